@@ -1,0 +1,308 @@
+"""Configuration: defaults, then config.toml, then validation; every error names its key."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytz
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "WatchConfig",
+    "DayConfig",
+    "SpoolConfig",
+    "StorageConfig",
+    "DirectoryConfig",
+    "S3Config",
+    "load_config",
+    "default_config_path",
+    "is_loopback_url",
+]
+
+CREDENTIALS_HINT = (
+    "remove it and give credentials through the environment "
+    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or an AWS profile (AWS_PROFILE, ~/.aws/credentials)"
+)
+# Any key whose name looks like one of these is a credential and is refused wherever it appears.
+_CREDENTIAL_WORDS = ("secret", "access_key", "accesskey", "session_token", "password", "key_id")
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    file: Path
+    batch_size: int = 10
+
+
+@dataclass(frozen=True)
+class DayConfig:
+    timezone: str = "America/New_York"
+    close_out_at: time = time(0, 0, 30)
+
+    @property
+    def tz(self) -> pytz.BaseTzInfo:
+        return pytz.timezone(self.timezone)
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    dir: Path
+    retry_interval_s: float = 30.0
+    max_backoff_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    path: Path
+
+
+@dataclass(frozen=True)
+class S3Config:
+    bucket: str = "sports-json-logs-all"
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str = "auto"
+    # None means "decide by endpoint": when_required for any non-AWS endpoint (Ceph RGW rejects
+    # boto3's default checksums with XAmzContentSHA256Mismatch), when_supported for AWS.
+    request_checksum_calculation: str | None = None
+    response_checksum_validation: str | None = None
+    allow_insecure_http: bool = False
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_attempts: int = 3
+
+    @property
+    def is_aws(self) -> bool:
+        if not self.endpoint_url:
+            return True
+        host = urlsplit(self.endpoint_url).hostname or ""
+        return host == "amazonaws.com" or host.endswith(".amazonaws.com")
+
+    @property
+    def checksum_mode(self) -> tuple[str, str]:
+        """(request_checksum_calculation, response_checksum_validation) after endpoint defaults."""
+        default = "when_supported" if self.is_aws else "when_required"
+        return (
+            self.request_checksum_calculation or default,
+            self.response_checksum_validation or default,
+        )
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = "directory"
+    prefix: str = "all_api_rotating_logs"
+    directory: DirectoryConfig = field(default_factory=lambda: DirectoryConfig(Path("data/bucket")))
+    s3: S3Config = field(default_factory=S3Config)
+
+
+@dataclass(frozen=True)
+class Config:
+    watch: WatchConfig
+    day: DayConfig
+    spool: SpoolConfig
+    storage: StorageConfig
+    source: Path | None = None
+
+
+# key -> (type(s), default); a nested dict is a sub-table.
+_SCHEMA: dict[str, Any] = {
+    "watch": {"file": (str, "data/all_api.json"), "batch_size": (int, 10)},
+    "day": {"timezone": (str, "America/New_York"), "close_out_at": (str, "00:00:30")},
+    "spool": {
+        "dir": (str, "data/spool"),
+        "retry_interval_s": ((int, float), 30),
+        "max_backoff_s": ((int, float), 600),
+    },
+    "storage": {
+        "backend": (str, "directory"),
+        "prefix": (str, "all_api_rotating_logs"),
+        "directory": {"path": (str, "data/bucket")},
+        "s3": {
+            "bucket": (str, "sports-json-logs-all"),
+            "endpoint_url": (str, None),
+            "region": (str, None),
+            "addressing_style": (str, "auto"),
+            "request_checksum_calculation": (str, None),
+            "response_checksum_validation": (str, None),
+            "allow_insecure_http": (bool, False),
+            "connect_timeout_s": ((int, float), 5),
+            "read_timeout_s": ((int, float), 30),
+            "max_attempts": (int, 3),
+        },
+    },
+}
+
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", (int, float): "a number"}
+
+
+def default_config_path() -> Path:
+    """``$UPLOADER_CONFIG``, else ``./config.toml``."""
+    return Path(os.environ.get("UPLOADER_CONFIG") or "config.toml")
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read, validate and resolve a config file; raise ConfigError naming the bad key."""
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            str(path), "file not found", "pass --config PATH or set UPLOADER_CONFIG"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"cannot read: {exc}", "check the path and permissions") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML ({exc})", "fix the syntax") from None
+    return config_from_dict(raw, base=path.resolve().parent, source=path)
+
+
+def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None) -> Config:
+    """Validate a parsed TOML table and build the Config; relative paths resolve against ``base``."""
+    _refuse_credentials(raw, "")
+    values = _apply_schema(raw, _SCHEMA, "")
+
+    def resolve(p: str) -> Path:
+        return (base / Path(p).expanduser()).resolve()
+
+    w, d, s, st = values["watch"], values["day"], values["spool"], values["storage"]
+    if w["batch_size"] < 1:
+        raise ConfigError("watch.batch_size", f"must be at least 1, got {w['batch_size']}")
+    try:
+        pytz.timezone(d["timezone"])
+    except pytz.UnknownTimeZoneError:
+        raise ConfigError(
+            "day.timezone", f"unknown time zone {d['timezone']!r}", "use an IANA name like America/New_York"
+        ) from None
+    close_out_at = _parse_time("day.close_out_at", d["close_out_at"])
+    for key in ("retry_interval_s", "max_backoff_s"):
+        if s[key] <= 0:
+            raise ConfigError(f"spool.{key}", f"must be greater than 0, got {s[key]}")
+    if s["max_backoff_s"] < s["retry_interval_s"]:
+        raise ConfigError("spool.max_backoff_s", "must not be smaller than spool.retry_interval_s")
+    if st["backend"] not in ("directory", "s3"):
+        raise ConfigError("storage.backend", f"unknown backend {st['backend']!r}", 'use "directory" or "s3"')
+    prefix = st["prefix"].strip("/")
+    if not prefix or ".." in prefix.split("/"):
+        raise ConfigError("storage.prefix", f"invalid prefix {st['prefix']!r}", "use a plain path like all_api_rotating_logs")
+    s3 = _s3_config(st["s3"], required=st["backend"] == "s3")
+    return Config(
+        watch=WatchConfig(file=resolve(w["file"]), batch_size=w["batch_size"]),
+        day=DayConfig(timezone=d["timezone"], close_out_at=close_out_at),
+        spool=SpoolConfig(
+            dir=resolve(s["dir"]),
+            retry_interval_s=float(s["retry_interval_s"]),
+            max_backoff_s=float(s["max_backoff_s"]),
+        ),
+        storage=StorageConfig(
+            backend=st["backend"],
+            prefix=prefix,
+            directory=DirectoryConfig(path=resolve(st["directory"]["path"])),
+            s3=s3,
+        ),
+        source=source,
+    )
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _s3_config(v: dict[str, Any], required: bool) -> S3Config:
+    if required and not v["bucket"]:
+        raise ConfigError("storage.s3.bucket", "must not be empty when backend is s3")
+    url = v["endpoint_url"]
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("storage.s3.endpoint_url", f"not an http(s) URL: {url!r}")
+        if parts.username or parts.password:
+            raise ConfigError("storage.s3.endpoint_url", "holds credentials", CREDENTIALS_HINT)
+        if parts.scheme == "http" and not is_loopback_url(url) and not v["allow_insecure_http"]:
+            raise ConfigError(
+                "storage.s3.endpoint_url",
+                f"plain http to a non-loopback host ({parts.hostname}) would send data unencrypted",
+                "use https, or set storage.s3.allow_insecure_http = true if you really mean it",
+            )
+    if v["addressing_style"] not in ("auto", "path", "virtual"):
+        raise ConfigError("storage.s3.addressing_style", f"got {v['addressing_style']!r}", 'use "auto", "path" or "virtual"')
+    for key in ("request_checksum_calculation", "response_checksum_validation"):
+        if v[key] is not None and v[key] not in ("when_supported", "when_required"):
+            raise ConfigError(f"storage.s3.{key}", f"got {v[key]!r}", 'use "when_supported" or "when_required"')
+    for key in ("connect_timeout_s", "read_timeout_s"):
+        if v[key] <= 0:
+            raise ConfigError(f"storage.s3.{key}", f"must be greater than 0, got {v[key]}")
+    if v["max_attempts"] < 1:
+        raise ConfigError("storage.s3.max_attempts", f"must be at least 1, got {v['max_attempts']}")
+    return S3Config(
+        bucket=v["bucket"],
+        endpoint_url=url,
+        region=v["region"],
+        addressing_style=v["addressing_style"],
+        request_checksum_calculation=v["request_checksum_calculation"],
+        response_checksum_validation=v["response_checksum_validation"],
+        allow_insecure_http=v["allow_insecure_http"],
+        connect_timeout_s=float(v["connect_timeout_s"]),
+        read_timeout_s=float(v["read_timeout_s"]),
+        max_attempts=v["max_attempts"],
+    )
+
+
+def _refuse_credentials(table: dict[str, Any], where: str) -> None:
+    for key, value in table.items():
+        name = f"{where}.{key}" if where else key
+        lowered = key.lower()
+        if any(word in lowered for word in _CREDENTIAL_WORDS):
+            # Never echo the value: it may be a real secret.
+            raise ConfigError(name, "credentials do not belong in the config file", CREDENTIALS_HINT)
+        if isinstance(value, dict):
+            _refuse_credentials(value, name)
+
+
+def _apply_schema(raw: dict[str, Any], schema: dict[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in raw:
+        if key not in schema:
+            name = f"{where}.{key}" if where else key
+            known = ", ".join(sorted(schema))
+            raise ConfigError(name, "unknown key", f"check the spelling; known here: {known}")
+    for key, spec in schema.items():
+        name = f"{where}.{key}" if where else key
+        if isinstance(spec, dict):
+            sub = raw.get(key, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(name, "must be a table", f"write it as [{name}]")
+            out[key] = _apply_schema(sub, spec, name)
+            continue
+        types, default = spec
+        if key not in raw:
+            out[key] = default
+            continue
+        value = raw[key]
+        # bool is an int subclass in Python; never accept true for a number or 1 for a flag.
+        ok = isinstance(value, types) and not (isinstance(value, bool) and types is not bool)
+        if not ok:
+            raise ConfigError(name, f"must be {_TYPE_NAMES[types]}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _parse_time(name: str, text: str) -> time:
+    try:
+        return time.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(name, f"not a time of day: {text!r}", 'use HH:MM:SS, e.g. "00:00:30"') from None

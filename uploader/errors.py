@@ -1,0 +1,78 @@
+"""The uploader's exception tree; every message says what failed and what to do.
+
+    UploaderError
+    ├── ConfigError          bad or unsafe configuration (exit 2)
+    ├── AlreadyRunning       another process holds the spool lock
+    ├── SpoolError           the local spool cannot be written or read
+    └── StoreError           the object store failed
+        ├── StoreUnavailable transient: retry later, keep the batch
+        ├── StoreRejected    permanent: fix credentials, bucket or permissions
+        ├── ObjectNotFound   the key does not exist (not a failure by itself)
+        └── PreconditionFailed  a conditional write lost a race: re-read and retry
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "UploaderError",
+    "ConfigError",
+    "AlreadyRunning",
+    "SpoolError",
+    "StoreError",
+    "StoreUnavailable",
+    "StoreRejected",
+    "ObjectNotFound",
+    "PreconditionFailed",
+]
+
+
+class UploaderError(Exception):
+    """Base of every error the uploader raises on purpose.
+
+    ``hint`` is the "what to do" part, printed by the CLI as "Try: ...".
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}. Try: {self.hint}" if self.hint else self.message
+
+
+class ConfigError(UploaderError):
+    """Raised when the config file is missing, unreadable, unsafe, or holds a bad value."""
+
+    def __init__(self, field: str, reason: str, hint: str | None = None) -> None:
+        super().__init__(f"config {field}: {reason}", hint)
+        self.field = field
+        self.reason = reason
+
+
+class AlreadyRunning(UploaderError):
+    """Raised when another uploader process already holds the spool folder's lock."""
+
+
+class SpoolError(UploaderError):
+    """Raised when the local spool (batches, journal, quarantine) cannot be written or read."""
+
+
+class StoreError(UploaderError):
+    """Base of object-store failures; raised as one of the subclasses below."""
+
+
+class StoreUnavailable(StoreError):
+    """Raised for transient failures (connection, timeout, 500, 503 SlowDown): retry later."""
+
+
+class StoreRejected(StoreError):
+    """Raised for permanent failures (AccessDenied, InvalidAccessKeyId, NoSuchBucket): fix and retry."""
+
+
+class ObjectNotFound(StoreError):
+    """Raised when the requested key does not exist."""
+
+
+class PreconditionFailed(StoreError):
+    """Raised when a conditional write (If-Match / If-None-Match) lost a race: re-read and retry."""
