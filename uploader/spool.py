@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Batch", "QuarantineItem"]
+from .errors import AlreadyRunning, SpoolError
+
+__all__ = ["Batch", "QuarantineItem", "SpooledBatch", "CutJournal", "Spool", "atomic_write"]
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+PENDING = ".pending"  # written by a cut that has not committed yet; invisible to uploads
+_BATCH_NAME = re.compile(r"^(\d{12})-(\d{4}-\d{2}-\d{2})-([0-9a-f]+)\.json$")
 
 
 @dataclass(frozen=True)
@@ -68,3 +85,232 @@ class QuarantineItem:
     offset: int
     detected_at: str
     day: date | None = None
+
+
+@dataclass(frozen=True)
+class SpooledBatch:
+    """A batch file in the spool, known from its name alone (no need to read it)."""
+
+    path: Path
+    seq: int
+    day: date
+    batch_id: str
+
+    def load(self) -> Batch:
+        try:
+            return Batch.from_json(self.path.read_bytes())
+        except (OSError, ValueError, KeyError) as exc:
+            raise SpoolError(
+                f"spooled batch {self.path} cannot be read: {exc}",
+                "move the file aside and report it; the other batches are unaffected",
+            ) from exc
+
+
+@dataclass(frozen=True)
+class CutJournal:
+    """The committed cut whose rewrite of the local file may not have finished.
+
+    ``length``/``digest``: the cut bytes at the front of the file. ``size``: the file's size
+    when cut. ``kept_*``: the bytes [length:size] that move to the front, and ``rest_digest``
+    covers [kept_len:size] of the old file, which tells a finished shift from a truncated one.
+    """
+
+    length: int
+    digest: str
+    size: int
+    kept_len: int
+    kept_digest: str
+    rest_digest: str
+    pending: list[str]
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CutJournal:
+        return cls(**json.loads(data))
+
+
+def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temp name, fsync, rename; then fsync the folder."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Durable local state under one folder (0700; files 0600).
+
+    Layout: ``batches/<seq>-<day>-<batch_id>.json`` waiting for upload; ``quarantine/`` bytes
+    that were not well-formed fetches (``.bin`` verbatim + ``.json`` why), ``quarantine/sent/``
+    once they are in the bucket; ``journal.json`` (+ ``journal.kept``) while a cut's rewrite
+    is unfinished; ``state.json`` the next sequence number; ``lock`` held by the running process.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.batches_dir = root / "batches"
+        self.quarantine_dir = root / "quarantine"
+        self.sent_dir = self.quarantine_dir / "sent"
+        self.journal_path = root / "journal.json"
+        self.kept_path = root / "journal.kept"
+        self._state_path = root / "state.json"
+        self._lock_fd: int | None = None
+        self._seq_lock = threading.Lock()
+        try:
+            for d in (root, self.batches_dir, self.quarantine_dir, self.sent_dir):
+                d.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                os.chmod(d, DIR_MODE)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool folder {root}: {exc.strerror}", "check spool.dir and its permissions") from exc
+        self._next_seq = self._recover_next_seq()
+
+    # -- single instance -------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self, what: str = "uploader") -> Iterator[None]:
+        """Hold the spool's exclusive lock; raise AlreadyRunning if another process has it."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"{what}: the spool {self.root} is in use by {holder}",
+                "stop the running `uploader run` first (or wait for it), then try again",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            os.close(fd)
+
+    # -- sequence numbers ------------------------------------------------------------------
+
+    def _recover_next_seq(self) -> int:
+        try:
+            persisted = int(json.loads(self._state_path.read_bytes())["next_seq"])
+        except FileNotFoundError:
+            persisted = 1
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("spool_state_unreadable path=%s error=%s action=derive-from-files", self._state_path, exc)
+            persisted = 1
+        seen = [int(p.name[:12]) for d in (self.batches_dir, self.quarantine_dir, self.sent_dir)
+                for p in d.iterdir() if p.name[:12].isdigit()]
+        return max([persisted, *(s + 1 for s in seen)])
+
+    def allocate_seqs(self, n: int) -> list[int]:
+        """Reserve ``n`` sequence numbers; they only ever grow, across restarts too."""
+        with self._seq_lock:
+            first = self._next_seq
+            self._next_seq += n
+            atomic_write(self._state_path, json.dumps({"next_seq": self._next_seq}).encode(), sync_dir=False)
+            return list(range(first, first + n))
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def stage_batch(self, batch: Batch) -> str:
+        """Write a batch under a pending name that uploads ignore; ``commit`` makes it visible."""
+        name = f"batches/{batch.seq:012d}-{batch.day.isoformat()}-{batch.batch_id}.json"
+        atomic_write(self.root / (name + PENDING), batch.to_json(), sync_dir=False)
+        return name
+
+    def stage_quarantine(self, item: QuarantineItem) -> list[str]:
+        """Write quarantined bytes verbatim (``.bin``) and why (``.json``), pending like batches."""
+        meta = {"reason": item.reason, "offset": item.offset, "detected_at": item.detected_at,
+                "day": item.day.isoformat() if item.day else None, "bytes": len(item.raw)}
+        names = [f"quarantine/{item.name}.json", f"quarantine/{item.name}.bin"]
+        atomic_write(self.root / (names[0] + PENDING), json.dumps(meta).encode(), sync_dir=False)
+        atomic_write(self.root / (names[1] + PENDING), item.raw, sync_dir=False)
+        return names
+
+    def commit(self, names: list[str]) -> None:
+        """Make staged files visible; idempotent, so recovery may run it again."""
+        for name in names:
+            staged = self.root / (name + PENDING)
+            if staged.exists():
+                os.replace(staged, self.root / name)
+        fsync_dir(self.batches_dir)
+        fsync_dir(self.quarantine_dir)
+
+    def discard_staged(self) -> int:
+        """Remove pending files of a cut that never committed (its bytes are still in the file)."""
+        staged = [*self.batches_dir.glob("*" + PENDING), *self.quarantine_dir.glob("*" + PENDING)]
+        for p in staged:
+            p.unlink()
+        return len(staged)
+
+    def pending_batches(self, day: date | None = None) -> list[SpooledBatch]:
+        """Committed batches waiting for upload, oldest (lowest seq) first."""
+        out = []
+        for name in os.listdir(self.batches_dir):
+            m = _BATCH_NAME.match(name)
+            if m:
+                entry = SpooledBatch(self.batches_dir / name, int(m[1]), date.fromisoformat(m[2]), m[3])
+                if day is None or entry.day == day:
+                    out.append(entry)
+        return sorted(out, key=lambda e: e.seq)
+
+    def remove(self, entries: list[SpooledBatch]) -> None:
+        """Forget batches that the store has acknowledged."""
+        for e in entries:
+            e.path.unlink(missing_ok=True)
+        fsync_dir(self.batches_dir)
+
+    # -- quarantine ------------------------------------------------------------------------
+
+    def pending_quarantine(self) -> list[tuple[QuarantineItem, Path]]:
+        out = []
+        for p in sorted(self.quarantine_dir.glob("*.bin")):
+            meta = json.loads(p.with_suffix(".json").read_bytes())
+            item = QuarantineItem(
+                name=p.stem, raw=p.read_bytes(), reason=meta["reason"], offset=meta["offset"],
+                detected_at=meta["detected_at"], day=date.fromisoformat(meta["day"]) if meta["day"] else None,
+            )
+            out.append((item, p))
+        return out
+
+    def mark_quarantine_sent(self, path: Path) -> None:
+        """Keep the local copy, out of the upload queue."""
+        for p in (path, path.with_suffix(".json")):
+            os.replace(p, self.sent_dir / p.name)
+        fsync_dir(self.quarantine_dir)
+
+    # -- cut journal -----------------------------------------------------------------------
+
+    def read_journal(self) -> CutJournal | None:
+        try:
+            return CutJournal.from_json(self.journal_path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise SpoolError(f"cut journal {self.journal_path} is unreadable: {exc}",
+                             "inspect it; do not delete it unless the local file is known to be intact") from exc
+
+    def write_journal(self, journal: CutJournal) -> None:
+        atomic_write(self.journal_path, journal.to_json())
+
+    def clear_journal(self) -> None:
+        self.journal_path.unlink(missing_ok=True)
+        self.kept_path.unlink(missing_ok=True)
+        fsync_dir(self.root)

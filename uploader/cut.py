@@ -1,0 +1,350 @@
+"""The cut: move complete records from the front of the local file into the spool, crash-safely.
+
+``plan_cut`` is pure: from scanned items it decides which front bytes to cut and how they
+group into batches (at most ``batch_size`` fetches, never two days in one batch) and what is
+quarantined. ``Cutter`` carries a plan out under the file's flock:
+
+1. stage batches and quarantined bytes in the spool (pending names, invisible to uploads);
+2. write the cut journal (length + digest of the cut bytes, digests of what stays): the commit;
+3. promote the staged files;
+4. shift the kept bytes to the front of the file in place (same inode) and truncate;
+5. clear the journal.
+
+A crash before 2 leaves the file untouched and the staged files are discarded on restart; a
+crash after 2 is finished by ``recover`` from the journal, whatever the writer appended since.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+import pytz
+
+from .errors import SpoolError
+from .fetchlog import Fetch, Item, Malformed, scan
+from .spool import Batch, CutJournal, QuarantineItem, Spool, atomic_write
+from .stamps import format_stamp
+
+__all__ = ["PlannedBatch", "CutPlan", "plan_cut", "CutOutcome", "Cutter"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_FIRST_READ = 8 << 20  # read this much of the file to plan; more only if one record is bigger
+_MAX_CUT = 64 << 20  # bytes one cut takes at most, so a large backlog goes in bounded steps
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    fetches: list[Fetch]
+
+    @property
+    def day(self) -> date:
+        return self.fetches[0].day
+
+
+@dataclass(frozen=True)
+class CutPlan:
+    length: int  # bytes to remove from the front of the file
+    batches: list[PlannedBatch] = field(default_factory=list)
+    quarantined: list[Malformed] = field(default_factory=list)
+    records_left: int = 0  # well-formed records left after ``length`` in the scanned bytes
+
+
+def plan_cut(
+    items: Sequence[Item],
+    batch_size: int,
+    close_through: date | None = None,
+    max_bytes: int = _MAX_CUT,
+) -> CutPlan:
+    """Plan a cut of the front of the file.
+
+    A batch closes at ``batch_size`` fetches, when the next fetch belongs to another day, or
+    (for close-out) when its day is on or before ``close_through`` and no more fetches follow.
+    Malformed spans are cut with the batch they sit in, or at once when between batches.
+    """
+    batches: list[PlannedBatch] = []
+    quarantined: list[Malformed] = []
+    group: list[Fetch] = []
+    group_bad: list[Malformed] = []
+    length = 0
+    size = 0
+
+    def close() -> None:
+        nonlocal length, size, group, group_bad
+        batches.append(PlannedBatch(group))
+        quarantined.extend(group_bad)
+        length = max(group[-1].end, *(m.end for m in group_bad)) if group_bad else group[-1].end
+        size = length
+        group, group_bad = [], []
+
+    for item in items:
+        if size >= max_bytes and not group:
+            break
+        if isinstance(item, Malformed):
+            if group:
+                group_bad.append(item)
+            else:
+                quarantined.append(item)
+                length = size = item.end
+            continue
+        if group and item.day != group[0].day:
+            close()
+            if size >= max_bytes:
+                break
+        group.append(item)
+        if len(group) == batch_size:
+            close()
+    if group and close_through is not None and group[0].day <= close_through:
+        close()
+    left = sum(1 for i in items if isinstance(i, Fetch) and i.start >= length)
+    return CutPlan(length=length, batches=batches, quarantined=quarantined, records_left=left)
+
+
+def batch_digest(chunks: Sequence[bytes]) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class CutOutcome:
+    batches: list[Batch] = field(default_factory=list)
+    quarantined: list[QuarantineItem] = field(default_factory=list)
+    removed: int = 0  # bytes removed from the front of the file
+    scanned_to: int = 0  # where the unfinished tail starts, after the removal
+    records_left: int = 0  # well-formed records before ``scanned_to``
+    more: bool = False  # the file holds more than one cut may take: cut again
+
+
+class Cutter:
+    """Cuts the local file into the spool. Not thread-safe: one thread (the watcher) owns it."""
+
+    def __init__(
+        self,
+        path: Path,
+        spool: Spool,
+        tz: pytz.BaseTzInfo,
+        batch_size: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(pytz.utc),
+        max_cut_bytes: int = _MAX_CUT,
+    ) -> None:
+        self.path = path
+        self.spool = spool
+        self.tz = tz
+        self.batch_size = batch_size
+        self.clock = clock
+        self.max_cut_bytes = max_cut_bytes
+
+    def recover(self) -> None:
+        """Finish a cut interrupted by a crash, or discard one that never committed."""
+        journal = self.spool.read_journal()
+        if journal is None:
+            n = self.spool.discard_staged()
+            if n:
+                log.warning("cut_discarded staged_files=%d reason=crash-before-commit", n)
+            return
+        self.spool.commit(journal.pending)
+        fd = self._open()
+        if fd is None:
+            log.error("cut_recovery_file_missing path=%s action=clear-journal", self.path)
+            self.spool.clear_journal()
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state = _finish_rewrite(fd, journal, self.spool.kept_path)
+            self.spool.clear_journal()
+            log.warning("cut_recovered path=%s state=%s removed=%d", self.path, state, journal.length)
+        finally:
+            os.close(fd)
+
+    def cut(self, close_through: date | None = None) -> CutOutcome:
+        """Cut what is complete at the front of the file; see the module docstring."""
+        fd = self._open()
+        if fd is None:
+            return CutOutcome()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return self._cut_locked(fd, close_through)
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _open(self) -> int | None:
+        try:
+            return os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+
+    def _cut_locked(self, fd: int, close_through: date | None) -> CutOutcome:
+        started = time.monotonic()
+        size = os.fstat(fd).st_size
+        now = self.clock()
+        want = min(size, _FIRST_READ)
+        while True:
+            buf = os.pread(fd, want, 0)
+            result = scan(buf, self.tz, now)
+            plan = plan_cut(result.items, self.batch_size, close_through, self.max_cut_bytes)
+            # One record larger than what we read: read more, unless that is the whole file.
+            if plan.length or result.items or want >= size:
+                break
+            want = min(size, want * 4)
+        more = plan.length > 0 and (plan.length >= self.max_cut_bytes or want < size)
+        if plan.length == 0:
+            return CutOutcome(scanned_to=result.consumed, records_left=plan.records_left)
+        stamp = format_stamp(now, self.tz)
+        seqs = self.spool.allocate_seqs(len(plan.batches) + len(plan.quarantined))
+        batches = [
+            Batch(
+                batch_id=batch_digest([buf[f.start:f.end] for f in pb.fetches]),
+                seq=seq,
+                day=pb.day,
+                cut_at=stamp,
+                fetches=[f.document for f in pb.fetches],
+                matches=sum(f.matches for f in pb.fetches),
+                fetch_ids=[f.fetch_id for f in pb.fetches],
+            )
+            for pb, seq in zip(plan.batches, seqs)
+        ]
+        quarantined = [
+            QuarantineItem(
+                name=f"{seq:012d}-{m.start}-{batch_digest([buf[m.start:m.end]])[:12]}",
+                raw=buf[m.start:m.end],
+                reason=m.reason,
+                offset=m.start,
+                detected_at=stamp,
+                day=now.astimezone(self.tz).date(),
+            )
+            for m, seq in zip(plan.quarantined, seqs[len(batches):])
+        ]
+        for pb in plan.batches:
+            for f in pb.fetches:
+                if f.time_source != "marker":
+                    log.warning(
+                        "fetch_time_fallback fetch_id=%s offset=%d source=%s day=%s",
+                        f.fetch_id, f.start, f.time_source, f.day,
+                    )
+        names: list[str] = []
+        try:
+            for b in batches:
+                names.append(self.spool.stage_batch(b))
+            for q in quarantined:
+                names.extend(self.spool.stage_quarantine(q))
+            journal = self._journal(fd, buf, plan.length, size, names)
+            self.spool.write_journal(journal)
+        except OSError as exc:
+            self.spool.discard_staged()
+            raise SpoolError(
+                f"cannot write to the spool {self.spool.root}: {exc.strerror or exc}; the local file was left untouched",
+                "free disk space (or fix permissions) under spool.dir; the cut is retried on the next write",
+            ) from exc
+        self.spool.commit(names)
+        _finish_rewrite(fd, journal, self.spool.kept_path)
+        self.spool.clear_journal()
+        ms = (time.monotonic() - started) * 1000
+        for b in batches:
+            log.info(
+                "cut day=%s batch=%s seq=%d fetches=%d matches=%d ms=%.1f",
+                b.day, b.batch_id, b.seq, b.fetch_count, b.matches, ms,
+            )
+        for q in quarantined:
+            log.warning(
+                "quarantined file=%s offset=%d bytes=%d reason=%r saved=%s",
+                self.path, q.offset, len(q.raw), q.reason, q.name,
+            )
+        return CutOutcome(
+            batches=batches,
+            quarantined=quarantined,
+            removed=plan.length,
+            scanned_to=result.consumed - plan.length,
+            records_left=plan.records_left,
+            more=more,
+        )
+
+    def _journal(self, fd: int, buf: bytes, length: int, size: int, names: list[str]) -> CutJournal:
+        kept_len = size - length
+        kept = hashlib.sha256()
+        rest = hashlib.sha256()
+        if kept_len:
+            # The sidecar lets recovery rebuild the kept bytes if the shift itself is cut short.
+            tmp = self.spool.kept_path
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                for off in range(length, size, _CHUNK):
+                    chunk = os.pread(fd, min(_CHUNK, size - off), off)
+                    kept.update(chunk)
+                    os.write(out, chunk)
+                os.fsync(out)
+            finally:
+                os.close(out)
+        for off in range(kept_len, size, _CHUNK):
+            rest.update(os.pread(fd, min(_CHUNK, size - off), off))
+        return CutJournal(
+            length=length,
+            digest=hashlib.sha256(buf[:length]).hexdigest(),
+            size=size,
+            kept_len=kept_len,
+            kept_digest=kept.hexdigest(),
+            rest_digest=rest.hexdigest(),
+            pending=names,
+        )
+
+
+def _digest_range(fd: int, start: int, end: int) -> str:
+    h = hashlib.sha256()
+    for off in range(start, end, _CHUNK):
+        h.update(os.pread(fd, min(_CHUNK, end - off), off))
+    return h.hexdigest()
+
+
+def _finish_rewrite(fd: int, j: CutJournal, kept_path: Path) -> str:
+    """Bring the file to ``kept + whatever was appended after the cut``; safe to repeat.
+
+    Returns which state the file was found in, for the log.
+    """
+    size = os.fstat(fd).st_size
+    if size >= j.size and _digest_range(fd, 0, j.length) == j.digest:
+        _shift(fd, j.length, size)  # not started (or nothing visible yet): do it all
+        return "not-started"
+    if _digest_range(fd, 0, j.kept_len) == j.kept_digest:
+        if size >= j.size and _digest_range(fd, j.kept_len, j.size) == j.rest_digest:
+            _shift_tail(fd, j.kept_len, j.size, size)  # shifted, not yet truncated
+            return "shifted"
+        return "done"
+    # Cut short mid-shift: the front is a mix; the sidecar holds the kept bytes.
+    if size < j.size:
+        raise SpoolError(
+            f"the local file shrank to {size} bytes during an interrupted cut (expected >= {j.size})",
+            "something else rewrote it; inspect the file and the spool journal before restarting",
+        )
+    with open(kept_path, "rb") as f:
+        off = 0
+        while chunk := f.read(_CHUNK):
+            os.pwrite(fd, chunk, off)
+            off += len(chunk)
+    _shift_tail(fd, j.kept_len, j.size, size)
+    return "mid-shift"
+
+
+def _shift(fd: int, start: int, size: int) -> None:
+    """Move bytes [start:size] to offset 0 and truncate, in place (same inode)."""
+    _shift_tail(fd, 0, start, size)
+
+
+def _shift_tail(fd: int, dest: int, src: int, size: int) -> None:
+    """Move bytes [src:size] to ``dest`` and truncate there; forward copy is safe as dest < src."""
+    off = 0
+    while src + off < size:
+        chunk = os.pread(fd, min(_CHUNK, size - src - off), src + off)
+        os.pwrite(fd, chunk, dest + off)
+        off += len(chunk)
+    os.ftruncate(fd, dest + off)
+    os.fsync(fd)
