@@ -1,0 +1,67 @@
+"""Child process for the crash tests: run one cut and SIGKILL itself at a chosen step.
+
+Usage: crash_child.py FILE SPOOL STEP [BATCH_SIZE]. The kill happens inside the real code path
+by wrapping the function that performs the step; no failpoints live in the product.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytz
+
+import uploader.cut as cut_mod
+from uploader.cut import Cutter
+from uploader.spool import Spool
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def after(obj: object, name: str, nth: int = 1) -> None:
+    """Die right after the nth call of obj.name returns."""
+    real = getattr(obj, name)
+    calls = [0]
+
+    def wrapper(*a, **kw):
+        result = real(*a, **kw)
+        calls[0] += 1
+        if calls[0] == nth:
+            die()
+        return result
+
+    setattr(obj, name, wrapper)
+
+
+def main() -> None:
+    path, spool_dir, step = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    batch_size = int(sys.argv[4]) if len(sys.argv) > 4 else 10
+    spool = Spool(spool_dir)
+    if step == "after-first-stage":
+        after(spool, "stage_batch")
+    elif step == "after-journal":
+        after(spool, "write_journal")
+    elif step == "after-commit":
+        after(spool, "commit")
+    elif step == "mid-shift":
+        cut_mod._CHUNK = 97  # many small copies, so the kill lands inside the shift
+        after(cut_mod.os, "pwrite", nth=5)
+    elif step == "before-truncate":
+        cut_mod.os.ftruncate = lambda fd, n: die()  # type: ignore[assignment]
+    elif step == "after-truncate":
+        after(cut_mod.os, "ftruncate")
+    elif step == "before-clear":
+        spool.clear_journal = die  # type: ignore[method-assign]
+    elif step != "none":
+        raise SystemExit(f"unknown step {step}")
+    cutter = Cutter(path, spool, pytz.timezone("America/New_York"), batch_size)
+    cutter.recover()
+    cutter.cut()
+
+
+if __name__ == "__main__":
+    main()

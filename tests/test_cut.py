@@ -1,0 +1,143 @@
+"""The cut: batches of one day at most batch_size, exact bytes removed in place, quarantine."""
+
+from __future__ import annotations
+
+import os
+from datetime import date, datetime, timedelta
+
+import pytz
+
+from helpers import NY, record, spooled
+from uploader.cut import Cutter, plan_cut
+from uploader.fetchlog import scan
+from uploader.spool import Spool
+
+DAY1 = pytz.utc.localize(datetime(2025, 7, 10, 20, 0))
+DAY2 = DAY1 + timedelta(days=1)
+
+
+def make_cutter(tmp_path, batch_size=10):
+    spool = Spool(tmp_path / "spool")
+    return Cutter(tmp_path / "all_api.json", spool, NY, batch_size, clock=lambda: DAY1), spool
+
+
+def write(path, *chunks: bytes) -> None:
+    with open(path, "ab") as f:
+        for c in chunks:
+            f.write(c)
+
+
+def test_25_records_make_two_batches_and_leave_five(tmp_path):
+    """25 records → two spooled batches of 10; the last 5 stay byte for byte, same inode."""
+    cutter, spool = make_cutter(tmp_path)
+    recs = [record(f"f{i:02d}", DAY1 + timedelta(seconds=i), matches=i) for i in range(25)]
+    write(cutter.path, *recs)
+    inode = cutter.path.stat().st_ino
+    outcome = cutter.cut()
+    assert [b.fetch_count for b in outcome.batches] == [10, 10]
+    assert cutter.path.read_bytes() == b"".join(recs[20:])
+    assert cutter.path.stat().st_ino == inode
+    batches = spooled(spool)
+    assert [b.fetch_ids for b in batches] == [[f"f{i:02d}" for i in range(k, k + 10)] for k in (0, 10)]
+    assert [b.matches for b in batches] == [sum(range(10)), sum(range(10, 20))]
+    assert batches[0].seq < batches[1].seq
+    assert spool.read_journal() is None
+
+
+def test_unfinished_tail_is_kept(tmp_path):
+    """A half-written record after the 10th stays in the file untouched."""
+    cutter, _ = make_cutter(tmp_path)
+    recs = [record(f"f{i}", DAY1) for i in range(10)]
+    partial = record("late", DAY1)[:57]
+    write(cutter.path, *recs, partial)
+    outcome = cutter.cut()
+    assert len(outcome.batches) == 1
+    assert cutter.path.read_bytes() == partial
+
+
+def test_two_days_never_share_a_batch(tmp_path):
+    """Records of two days (service down across midnight) are cut into separate batches."""
+    cutter, spool = make_cutter(tmp_path)
+    recs = [record(f"a{i}", DAY1) for i in range(7)] + [record(f"b{i}", DAY2) for i in range(12)]
+    write(cutter.path, *recs)
+    cutter.cut()
+    batches = spooled(spool)
+    assert [(b.day, b.fetch_count) for b in batches] == [(date(2025, 7, 10), 7), (date(2025, 7, 11), 10)]
+    assert cutter.path.read_bytes() == b"".join(recs[17:])
+
+
+def test_close_through_cuts_a_short_batch(tmp_path):
+    """Close-out cuts the previous day's records even when fewer than batch_size."""
+    cutter, spool = make_cutter(tmp_path)
+    write(cutter.path, *[record(f"a{i}", DAY1) for i in range(3)])
+    assert cutter.cut().batches == []
+    assert cutter.cut(close_through=date(2025, 7, 9)).batches == []
+    outcome = cutter.cut(close_through=date(2025, 7, 10))
+    assert [b.fetch_count for b in outcome.batches] == [3]
+    assert cutter.path.read_bytes() == b""
+
+
+def test_malformed_records_are_quarantined_verbatim(tmp_path):
+    """Malformed spans go to the spool's quarantine byte for byte and count in no batch."""
+    cutter, spool = make_cutter(tmp_path, batch_size=2)
+    garbage = b"not a record\n"
+    bad = record("bad", DAY1).replace(b'"total_matches": 3', b'"total_matches": -3')
+    write(cutter.path, garbage, record("a", DAY1), bad, record("b", DAY1), record("c", DAY1))
+    outcome = cutter.cut()
+    assert [b.fetch_ids for b in outcome.batches] == [["a", "b"]]
+    assert sorted(q.raw for q in outcome.quarantined) == sorted([garbage, bad])
+    saved = {item.raw: item for item, _ in spool.pending_quarantine()}
+    assert set(saved) == {garbage, bad}
+    assert saved[garbage].offset == 0 and "garbage" in saved[garbage].reason
+    assert cutter.path.read_bytes() == record("c", DAY1)
+    for _, path in spool.pending_quarantine():
+        assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_leading_garbage_is_cut_without_waiting_for_a_batch(tmp_path):
+    """Garbage in front of the first record is quarantined even before a batch is complete."""
+    cutter, _ = make_cutter(tmp_path)
+    write(cutter.path, b"oops\n", record("a", DAY1))
+    outcome = cutter.cut()
+    assert [q.raw for q in outcome.quarantined] == [b"oops\n"]
+    assert cutter.path.read_bytes() == record("a", DAY1)
+
+
+def test_same_bytes_give_the_same_batch_id(tmp_path):
+    """batch_id is a digest of the records' bytes, so a re-cut of the same bytes is recognisable."""
+    recs = b"".join(record(f"f{i}", DAY1) for i in range(10))
+    plans = [plan_cut(scan(recs, NY, DAY1).items, 10) for _ in range(2)]
+    a, b = make_cutter(tmp_path / "a")[0], make_cutter(tmp_path / "b")[0]
+    for c in (a, b):
+        c.path.parent.mkdir(parents=True, exist_ok=True)
+        write(c.path, recs)
+    assert a.cut().batches[0].batch_id == b.cut().batches[0].batch_id
+    assert plans[0] == plans[1]
+
+
+def test_large_backlog_is_cut_in_bounded_steps(tmp_path):
+    """A backlog bigger than one cut may take is cut over several calls, every record once."""
+    cutter, spool = make_cutter(tmp_path)
+    cutter.max_cut_bytes = 4096
+    recs = [record(f"f{i:03d}", DAY1, raw={"pad": "x" * 300}) for i in range(95)]
+    write(cutter.path, *recs)
+    rounds = 0
+    while True:
+        outcome = cutter.cut()
+        rounds += 1
+        if not outcome.more:
+            break
+    assert rounds > 2
+    ids = [i for b in spooled(spool) for i in b.fetch_ids]
+    assert ids == [f"f{i:03d}" for i in range(90)]
+    assert cutter.path.read_bytes() == b"".join(recs[90:])
+
+
+def test_spool_sequence_survives_restart(tmp_path):
+    """Sequence numbers keep growing across a new Spool on the same folder."""
+    cutter, spool = make_cutter(tmp_path, batch_size=1)
+    write(cutter.path, record("a", DAY1))
+    first = cutter.cut().batches[0].seq
+    spool.remove(spool.pending_batches())
+    again = Spool(tmp_path / "spool")
+    assert again.allocate_seqs(1)[0] > first
