@@ -1,0 +1,84 @@
+"""Configuration: defaults, relative paths, and every refusal as one line with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import time
+from pathlib import Path
+
+import pytest
+
+from uploader.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_SECRET = "FAKEsecretFAKEsecretFAKEsecretFAKE0000000"
+
+
+def test_shipped_config_loads_with_paths_beside_it():
+    """The shipped config.toml is valid; its relative paths resolve against its own folder."""
+    cfg = load_config(REPO / "config.toml")
+    assert cfg.watch.file == REPO / "data" / "all_api.json"
+    assert cfg.spool.dir == REPO / "data" / "spool"
+    assert cfg.storage.directory.path == REPO / "data" / "bucket"
+    assert cfg.watch.batch_size == 10 and cfg.day.close_out_at == time(0, 0, 30)
+    assert cfg.storage.backend == "directory"
+
+
+def test_checksum_mode_defaults_by_endpoint(tmp_path):
+    """Non-AWS endpoints get when_required checksums (Ceph RGW); AWS keeps boto3's default."""
+    linode = tmp_path / "l.toml"
+    linode.write_text('[storage.s3]\nendpoint_url = "https://us-ord-1.linodeobjects.com"\n')
+    assert load_config(linode).storage.s3.checksum_mode == ("when_required", "when_required")
+    aws = tmp_path / "a.toml"
+    aws.write_text('[storage.s3]\nendpoint_url = "https://s3.us-east-1.amazonaws.com"\n')
+    assert load_config(aws).storage.s3.checksum_mode == ("when_supported", "when_supported")
+
+
+@pytest.mark.parametrize(
+    ("toml", "expect"),
+    [
+        ('[watch]\nfiel = "x"\n', "watch.fiel: unknown key"),
+        ("[watch]\nbatch_size = 0\n", "watch.batch_size: must be at least 1"),
+        ('[watch]\nbatch_size = "10"\n', "watch.batch_size: must be an integer"),
+        ("[watch]\nbatch_size = true\n", "watch.batch_size: must be an integer"),
+        ('[day]\ntimezone = "Mars/Olympus"\n', "day.timezone: unknown time zone"),
+        ('[day]\nclose_out_at = "25:00"\n', "day.close_out_at: not a time of day"),
+        ("[spool]\nretry_interval_s = 0\n", "spool.retry_interval_s: must be greater than 0"),
+        ('[storage]\nbackend = "ftp"\n', "storage.backend: unknown backend"),
+        ('[storage.s3]\nendpoint_url = "http://objects.example.com"\n', "plain http to a non-loopback host"),
+        (f'[storage.s3]\naws_secret_access_key = "{FAKE_SECRET}"\n', "credentials do not belong in the config file"),
+        ('[storage.s3]\naws_access_key_id = "FAKEKEYID"\n', "credentials do not belong in the config file"),
+        ('[bogus]\nx = 1\n', "bogus: unknown key"),
+        ("[watch\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_refused_in_one_line(tmp_path, toml, expect):
+    """A bad config exits 2 with one line naming the key, no traceback, and never echoes a secret."""
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    proc = subprocess.run([sys.executable, "-m", "uploader.cli", "check", "--config", str(path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert expect in lines[0]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert FAKE_SECRET not in proc.stderr
+
+
+def test_insecure_http_allowed_when_asked_or_loopback(tmp_path):
+    """http:// is accepted for loopback hosts, and elsewhere only with allow_insecure_http."""
+    path = tmp_path / "c.toml"
+    path.write_text('[storage.s3]\nendpoint_url = "http://127.0.0.1:9000"\n')
+    assert load_config(path).storage.s3.endpoint_url == "http://127.0.0.1:9000"
+    path.write_text('[storage.s3]\nendpoint_url = "http://minio.lan:9000"\nallow_insecure_http = true\n')
+    assert load_config(path).storage.s3.allow_insecure_http
+
+
+def test_missing_config_file_says_how_to_point_at_one(tmp_path):
+    """No config file: exit 2 and a hint about --config / UPLOADER_CONFIG."""
+    proc = subprocess.run([sys.executable, "-m", "uploader.cli", "check", "--config", str(tmp_path / "nope.toml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "UPLOADER_CONFIG" in proc.stderr and "Traceback" not in proc.stderr
