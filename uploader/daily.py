@@ -1,0 +1,341 @@
+"""The daily document: key names, merge, close, deterministic bytes with the metadata last, verify.
+
+Everything here is a pure function of its inputs (the clock is passed in as ``now``).
+
+Byte layout (the contract that makes large appends cheap)::
+
+    {"uploads": [
+    <upload 1 as one compact JSON line>,
+    <upload 2>
+    ],
+    "daily_metadata": {...}}
+
+A JSON string can never hold a raw newline (``json.dumps`` escapes it), so the marker
+``\\n],\\n"daily_metadata": `` occurs exactly once, right after the last upload. Everything before
+it (the "body") is never rewritten by an append; only the tail from the marker on is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import pytz
+
+from .spool import Batch
+from .stamps import format_stamp
+
+__all__ = [
+    "KEY_TEMPLATE",
+    "TAIL_MARKER",
+    "TailEdit",
+    "MergeResult",
+    "day_key",
+    "new_document",
+    "merge_batches",
+    "close_document",
+    "serialize",
+    "parse",
+    "split_tail",
+    "parse_tail",
+    "append_to_tail",
+    "close_tail",
+    "user_metadata",
+    "counters_from_user_metadata",
+    "verify",
+]
+
+log = logging.getLogger(__name__)
+
+KEY_TEMPLATE = "{prefix}/all_api_json_log_{day}.json"
+HEAD = b'{"uploads": ['
+TAIL_MARKER = b'\n],\n"daily_metadata": '
+_END = b"}\n"
+
+
+def day_key(prefix: str, day: date) -> str:
+    """The object key of one day's document: ``<prefix>/all_api_json_log_YYYY-MM-DD.json``."""
+    return KEY_TEMPLATE.format(prefix=prefix.strip("/"), day=day.isoformat())
+
+
+def new_document(day: date, timezone: str) -> dict[str, Any]:
+    """An empty, open document for ``day``."""
+    return {"uploads": [], "daily_metadata": _new_metadata(day, timezone)}
+
+
+def _new_metadata(day: date, timezone: str) -> dict[str, Any]:
+    return {
+        "date": day.isoformat(),
+        "timezone": timezone,
+        "total_uploads_today": 0,
+        "total_fetches_today": 0,
+        "total_matches_today": 0,
+        "first_upload_today": None,
+        "last_upload": None,
+        "matches_in_this_upload": 0,
+        "batch_ids": [],
+        "closed": False,
+        "closed_at": None,
+        "late_uploads": [],
+    }
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """A document after a merge, and which batches were added or were already there."""
+
+    document: dict[str, Any]
+    stored: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TailEdit:
+    """An append expressed on bytes: keep the body, write ``insert`` + ``new_tail`` after it."""
+
+    data: bytes
+    metadata: dict[str, Any]
+    stored: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+
+
+def _upload_entries(
+    meta: dict[str, Any], batches: list[Batch], now: datetime, tz: pytz.BaseTzInfo
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str], list[str]]:
+    """Apply batches to a metadata dict (copied); return (meta, new entries, stored, already)."""
+    meta = {**_new_metadata(date.fromisoformat(meta["date"]), meta.get("timezone", "")), **meta}
+    meta["batch_ids"] = list(meta["batch_ids"])
+    meta["late_uploads"] = list(meta["late_uploads"])
+    seen = set(meta["batch_ids"])
+    stamp = format_stamp(now, tz)
+    entries: list[dict[str, Any]] = []
+    stored: list[str] = []
+    already: list[str] = []
+    for batch in sorted(batches, key=lambda b: b.seq):
+        if batch.day.isoformat() != meta["date"]:
+            raise ValueError(f"batch {batch.batch_id} is for {batch.day}, document is for {meta['date']}")
+        if batch.batch_id in seen:
+            already.append(batch.batch_id)
+            continue
+        seen.add(batch.batch_id)
+        meta["total_uploads_today"] += 1
+        entry = {
+            "upload_sequence": meta["total_uploads_today"],
+            "batch_id": batch.batch_id,
+            "upload_timestamp": stamp,
+            "matches_in_upload": batch.matches,
+            "fetches_in_upload": batch.fetch_count,
+            "fetch_data": batch.fetches,
+        }
+        entries.append(entry)
+        stored.append(batch.batch_id)
+        meta["total_fetches_today"] += batch.fetch_count
+        meta["total_matches_today"] += batch.matches
+        meta["first_upload_today"] = meta["first_upload_today"] or stamp
+        meta["last_upload"] = stamp
+        # "This upload" is the newest entry, as in the seed format; a group commit sums nothing.
+        meta["matches_in_this_upload"] = batch.matches
+        meta["batch_ids"].append(batch.batch_id)
+        if meta.get("closed"):
+            # A late replay for a closed day is still stored, and marked so an operator sees it.
+            meta["late_uploads"].append(batch.batch_id)
+    return meta, entries, stored, already
+
+
+def merge_batches(
+    document: dict[str, Any], batches: list[Batch], now: datetime, tz: pytz.BaseTzInfo
+) -> MergeResult:
+    """Append batches in seq order; a batch whose id the document lists is acknowledged only."""
+    meta, entries, stored, already = _upload_entries(document["daily_metadata"], batches, now, tz)
+    doc = {"uploads": [*document["uploads"], *entries], "daily_metadata": meta}
+    return MergeResult(doc, stored, already)
+
+
+def close_document(document: dict[str, Any], now: datetime, tz: pytz.BaseTzInfo) -> dict[str, Any]:
+    """Mark the day closed; closing twice keeps the first ``closed_at``."""
+    meta = _closed(document["daily_metadata"], now, tz)
+    return {"uploads": document["uploads"], "daily_metadata": meta}
+
+
+def _closed(meta: dict[str, Any], now: datetime, tz: pytz.BaseTzInfo) -> dict[str, Any]:
+    if meta.get("closed"):
+        return meta
+    return {**meta, "closed": True, "closed_at": format_stamp(now, tz)}
+
+
+def _dump_upload(entry: dict[str, Any]) -> bytes:
+    # Compact, one line: no raw newline can appear, which keeps TAIL_MARKER unique.
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _dump_tail(meta: dict[str, Any]) -> bytes:
+    return TAIL_MARKER + json.dumps(meta, ensure_ascii=False).encode("utf-8") + _END
+
+
+def _segment(entries: list[dict[str, Any]], had_uploads: bool) -> bytes:
+    parts = [_dump_upload(e) for e in entries]
+    if not parts:
+        return b""
+    lead = b",\n" if had_uploads else b"\n"
+    return lead + b",\n".join(parts)
+
+
+def serialize(document: dict[str, Any]) -> bytes:
+    """The document's canonical bytes: uploads one per line, ``daily_metadata`` last."""
+    return HEAD + _segment(document["uploads"], False) + _dump_tail(document["daily_metadata"])
+
+
+def parse(data: bytes) -> dict[str, Any]:
+    """Parse a whole document; metadata keys added since the seed format get their defaults."""
+    doc: dict[str, Any] = json.loads(data)
+    meta = doc.get("daily_metadata", {})
+    meta.setdefault("late_uploads", [])
+    return doc
+
+
+def split_tail(suffix: bytes, object_size: int) -> tuple[int, bytes] | None:
+    """Find the tail in the last ``len(suffix)`` bytes of an object of ``object_size`` bytes.
+
+    Returns (length of the body to keep, tail bytes), or None when the marker is not in the
+    suffix (read a longer suffix).
+    """
+    pos = suffix.rfind(TAIL_MARKER)
+    if pos < 0:
+        return None
+    return object_size - len(suffix) + pos, suffix[pos:]
+
+
+def parse_tail(tail: bytes) -> dict[str, Any]:
+    """The ``daily_metadata`` dict held in a tail returned by :func:`split_tail`."""
+    if not tail.startswith(TAIL_MARKER):
+        raise ValueError("not a document tail: marker missing")
+    body = tail[len(TAIL_MARKER) :].rstrip()
+    if not body.endswith(b"}"):
+        raise ValueError("not a document tail: closing brace missing")
+    meta: dict[str, Any] = json.loads(body[:-1])
+    meta.setdefault("late_uploads", [])
+    return meta
+
+
+def append_to_tail(
+    tail: bytes, batches: list[Batch], now: datetime, tz: pytz.BaseTzInfo
+) -> TailEdit:
+    """The bytes that replace ``tail`` to append ``batches``, without reading the body.
+
+    ``data`` is empty when every batch was already listed (nothing to write).
+    """
+    old = parse_tail(tail)
+    meta, entries, stored, already = _upload_entries(old, batches, now, tz)
+    if not entries:
+        return TailEdit(b"", old, stored, already)
+    data = _segment(entries, old["total_uploads_today"] > 0) + _dump_tail(meta)
+    return TailEdit(data, meta, stored, already)
+
+
+def close_tail(tail: bytes, now: datetime, tz: pytz.BaseTzInfo) -> TailEdit:
+    """The bytes that replace ``tail`` to close the day (empty data when already closed)."""
+    old = parse_tail(tail)
+    if old.get("closed"):
+        return TailEdit(b"", old)
+    meta = _closed(old, now, tz)
+    return TailEdit(_dump_tail(meta), meta)
+
+
+def user_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """The small x-amz-meta-* set that lets a HEAD answer status (no batch id list)."""
+    return {
+        "date": str(meta["date"]),
+        "total-uploads": str(meta["total_uploads_today"]),
+        "total-fetches": str(meta["total_fetches_today"]),
+        "total-matches": str(meta["total_matches_today"]),
+        "last-upload": meta["last_upload"] or "",
+        "closed": "true" if meta.get("closed") else "false",
+    }
+
+
+def counters_from_user_metadata(user_meta: dict[str, str]) -> dict[str, Any]:
+    """Read back :func:`user_metadata` (as a HEAD returns it) into typed counters."""
+
+    def number(name: str) -> int:
+        try:
+            return int(user_meta.get(name, "0"))
+        except ValueError:
+            return 0
+
+    return {
+        "date": user_meta.get("date"),
+        "total_uploads_today": number("total-uploads"),
+        "total_fetches_today": number("total-fetches"),
+        "total_matches_today": number("total-matches"),
+        "last_upload": user_meta.get("last-upload") or None,
+        "closed": user_meta.get("closed") == "true",
+    }
+
+
+def _fetch_id(fetch: Any) -> str | None:
+    header = fetch.get("FETCH_HEADER") if isinstance(fetch, dict) else None
+    if isinstance(header, dict):
+        value = header.get("fetch_id")
+        return str(value) if value is not None else None
+    return None
+
+
+def _fetch_matches(fetch: Any) -> int | None:
+    footer = fetch.get("FETCH_FOOTER") if isinstance(fetch, dict) else None
+    value = footer.get("total_matches") if isinstance(footer, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def verify(document: dict[str, Any], user_meta: dict[str, str] | None = None) -> list[str]:
+    """Re-count a document and list every disagreement with its metadata; [] means sound."""
+    problems: list[str] = []
+    uploads = document.get("uploads")
+    meta = document.get("daily_metadata")
+    if not isinstance(uploads, list) or not isinstance(meta, dict):
+        return ["document lacks an 'uploads' list or a 'daily_metadata' object"]
+    fetches = matches = 0
+    fetch_ids: Counter[str] = Counter()
+    for i, up in enumerate(uploads, start=1):
+        data = up.get("fetch_data", [])
+        if up.get("upload_sequence") != i:
+            problems.append(f"upload {i}: upload_sequence is {up.get('upload_sequence')}, expected {i}")
+        if up.get("fetches_in_upload") != len(data):
+            problems.append(
+                f"upload {i}: fetches_in_upload is {up.get('fetches_in_upload')}, fetch_data holds {len(data)}"
+            )
+        counted = [_fetch_matches(f) for f in data]
+        if all(c is not None for c in counted) and sum(c or 0 for c in counted) != up.get("matches_in_upload"):
+            problems.append(
+                f"upload {i}: matches_in_upload is {up.get('matches_in_upload')}, "
+                f"fetch footers sum to {sum(c or 0 for c in counted)}"
+            )
+        fetches += len(data)
+        matches += int(up.get("matches_in_upload") or 0)
+        fetch_ids.update(fid for fid in (_fetch_id(f) for f in data) if fid is not None)
+    ids = [up.get("batch_id") for up in uploads]
+    for bid, n in Counter(ids).items():
+        if n > 1:
+            problems.append(f"batch_id {bid} is stored {n} times")
+    for fid, n in fetch_ids.items():
+        if n > 1:
+            problems.append(f"fetch_id {fid} is stored {n} times")
+    expected = {
+        "total_uploads_today": len(uploads),
+        "total_fetches_today": fetches,
+        "total_matches_today": matches,
+    }
+    for name, value in expected.items():
+        if meta.get(name) != value:
+            problems.append(f"daily_metadata.{name} is {meta.get(name)}, the uploads add up to {value}")
+    if meta.get("batch_ids") != ids:
+        problems.append("daily_metadata.batch_ids does not list the uploads' batch_ids in order")
+    if user_meta is not None:
+        counters = counters_from_user_metadata(user_meta)
+        for name, value in expected.items():
+            if counters[name] != value:
+                problems.append(f"object metadata {name} is {counters[name]}, the uploads add up to {value}")
+    return problems
