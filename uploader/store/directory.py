@@ -1,0 +1,248 @@
+"""The embedded default backend: objects as files under a folder, with S3's ETags and conditions.
+
+Layout::
+
+    <root>/<key>                      the object's bytes, exactly
+    <root>/.uploader/meta/<key>.json  sidecar: etag, size, mtime_ns, user metadata
+    <root>/.uploader/tmp/             temporary files, renamed into place
+    <root>/.uploader/lock             flock'd around every check-and-write
+
+Writes go to a temporary file that is fsynced, renamed over the object and the folder fsynced,
+so a reader sees the old object or the new one, never a mix. The sidecar records the size and
+mtime of the bytes it describes; if a crash left it describing older bytes, the ETag is
+recomputed from the file rather than trusted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
+from . import FULL_CAPABILITIES, Capabilities, ObjectInfo, normalize_etag
+
+__all__ = ["DirectoryStore"]
+
+log = logging.getLogger(__name__)
+
+_INTERNAL = ".uploader"
+_CHUNK = 1024 * 1024
+
+
+class DirectoryStore:
+    """A Store whose bucket is a local folder; honours every capability the S3 path uses."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._meta = self.root / _INTERNAL / "meta"
+        self._tmp = self.root / _INTERNAL / "tmp"
+        self._thread_lock = threading.Lock()
+
+    def describe(self) -> str:
+        return f"directory {self.root}"
+
+    def capabilities(self) -> Capabilities:
+        return FULL_CAPABILITIES
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        with self._locked():
+            return self._info(key)
+
+    def get(self, key: str, suffix: int | None = None) -> tuple[bytes, ObjectInfo]:
+        with self._locked():
+            info = self._info(key)
+            if info is None:
+                raise ObjectNotFound(f"no object {key} in {self.root}")
+            with self._translate(key), open(self._path(key), "rb") as f:
+                if suffix is not None and suffix < info.size:
+                    f.seek(info.size - suffix)
+                return f.read(), info
+
+    def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        with self._translate(prefix):
+            if not self.root.is_dir():
+                return []
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                if Path(dirpath) == self.root and _INTERNAL in dirnames:
+                    dirnames.remove(_INTERNAL)
+                for name in filenames:
+                    key = (Path(dirpath) / name).relative_to(self.root).as_posix()
+                    if key.startswith(prefix):
+                        keys.append(key)
+        return sorted(keys)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        metadata: dict[str, str],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        with self._locked():
+            self._check(key, if_match, if_none_match)
+
+            def write(f: BinaryIO) -> str:
+                f.write(body)
+                return hashlib.md5(body, usedforsecurity=False).hexdigest()
+
+            return self._commit(key, write, metadata)
+
+    def replace_tail(
+        self, key: str, keep: int, data: bytes, metadata: dict[str, str], *, if_match: str
+    ) -> str:
+        with self._locked():
+            info = self._info(key)
+            if info is None:
+                raise ObjectNotFound(f"no object {key} in {self.root}")
+            self._check(key, if_match, False)
+            if keep > info.size:
+                raise ValueError(f"keep={keep} is beyond the object's size {info.size}")
+
+            def write(f: BinaryIO) -> str:
+                # One pass over the kept bytes: copy and hash together, then append the new tail.
+                digest = hashlib.md5(usedforsecurity=False)
+                with open(self._path(key), "rb") as src:
+                    left = keep
+                    while left:
+                        chunk = src.read(min(_CHUNK, left))
+                        if not chunk:
+                            raise StoreUnavailable(f"{key} shrank while being copied")
+                        digest.update(chunk)
+                        f.write(chunk)
+                        left -= len(chunk)
+                digest.update(data)
+                f.write(data)
+                return digest.hexdigest()
+
+            return self._commit(key, write, metadata)
+
+    def delete(self, key: str) -> None:
+        with self._locked(), self._translate(key):
+            for path in (self._path(key), self._sidecar(key)):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+            log.debug("store.deleted key=%s", key)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == _INTERNAL:
+            raise ValueError(f"invalid object key {key!r}")
+        return self.root / key
+
+    def _sidecar(self, key: str) -> Path:
+        return self._meta / f"{key}.json"
+
+    def _info(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        with self._translate(key):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return None
+            side: dict[str, Any] = {}
+            try:
+                side = json.loads(self._sidecar(key).read_text(encoding="utf-8"))
+            except (FileNotFoundError, ValueError):
+                pass
+            etag = side.get("etag")
+            if etag is None or side.get("size") != st.st_size or side.get("mtime_ns") != st.st_mtime_ns:
+                log.warning("store.sidecar_stale key=%s; recomputing etag", key)
+                etag = normalize_etag(_md5_file(path))
+            return ObjectInfo(key=key, size=st.st_size, etag=etag, metadata=dict(side.get("metadata", {})))
+
+    def _check(self, key: str, if_match: str | None, if_none_match: bool) -> None:
+        if not (if_match or if_none_match):
+            return
+        info = self._info(key)
+        if if_none_match and info is not None:
+            raise PreconditionFailed(f"{key} already exists (If-None-Match)")
+        if if_match is not None and (info is None or info.etag != normalize_etag(if_match)):
+            raise PreconditionFailed(f"{key} changed since it was read (If-Match)")
+
+    def _commit(self, key: str, write: Any, metadata: dict[str, str]) -> str:
+        """Write a temp file with ``write(f) -> md5 hex``, then atomically move it and its sidecar."""
+        path = self._path(key)
+        with self._translate(key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            side_path = self._sidecar(key)
+            side_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._tmp / f"{os.getpid()}-{threading.get_ident()}.data"
+            with open(tmp, "wb") as f:
+                md5hex = write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            st = tmp.stat()
+            etag = normalize_etag(md5hex)
+            side = {"etag": etag, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "metadata": metadata}
+            side_tmp = tmp.with_suffix(".json")
+            with open(side_tmp, "w", encoding="utf-8") as f:
+                json.dump(side, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            os.replace(side_tmp, side_path)
+            _fsync_dir(path.parent)
+            _fsync_dir(side_path.parent)
+        log.debug("store.written key=%s bytes=%d", key, st.st_size)
+        return etag
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # The thread lock orders threads of this process; flock orders other processes.
+        with self._thread_lock, self._translate("lock"):
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / _INTERNAL / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    @contextmanager
+    def _translate(self, key: str) -> Iterator[None]:
+        try:
+            yield
+        except PermissionError as exc:
+            raise StoreRejected(
+                f"permission denied writing {key} under {self.root}",
+                "make storage.directory.path writable by the uploader's user",
+            ) from exc
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+                raise
+            raise StoreUnavailable(f"cannot access {key} under {self.root}: {exc.strerror}", "check the disk") from exc
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
