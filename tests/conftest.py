@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import uuid
 from collections.abc import Iterator
 from datetime import date
@@ -121,3 +122,12 @@ def build_batch(
 def make_batch() -> Any:
     """The :func:`build_batch` factory."""
     return build_batch
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port with nothing listening on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port

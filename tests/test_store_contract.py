@@ -1,0 +1,154 @@
+"""One contract for every Store backend, run against the directory bucket and moto's S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from uploader.errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
+from uploader.store import MIN_PART_SIZE, Store, normalize_etag
+from uploader.store.s3 import S3Store
+
+KEY = "logs/all_api_json_log_2025-07-10.json"
+
+
+def test_store_satisfies_the_protocol(store: Store) -> None:
+    """Each backend is a Store."""
+    assert isinstance(store, Store)
+
+
+def test_head_of_missing_key_is_none(store: Store) -> None:
+    """HEAD of a key that does not exist answers None, not an error."""
+    assert store.head(KEY) is None
+
+
+def test_get_of_missing_key_raises_not_found(store: Store) -> None:
+    """GET of a missing key raises ObjectNotFound."""
+    with pytest.raises(ObjectNotFound):
+        store.get(KEY)
+
+
+def test_put_then_head_and_get_round_trip(store: Store) -> None:
+    """A PUT is read back byte for byte, with a quoted md5 ETag, its size and user metadata."""
+    body = b'{"hello": "world"}\n'
+    etag = store.put(KEY, body, {"total-uploads": "3", "closed": "false"})
+    assert etag == f'"{hashlib.md5(body).hexdigest()}"'
+    info = store.head(KEY)
+    assert info is not None
+    assert (info.size, info.etag, info.metadata) == (len(body), etag, {"total-uploads": "3", "closed": "false"})
+    data, got = store.get(KEY)
+    assert data == body and got.etag == etag and got.size == len(body)
+
+
+def test_suffix_get_returns_last_bytes_and_whole_size(store: Store) -> None:
+    """A suffix GET returns only the last N bytes, and the info still gives the whole size."""
+    body = bytes(range(256)) * 4
+    store.put(KEY, body, {})
+    data, info = store.get(KEY, suffix=100)
+    assert data == body[-100:] and info.size == len(body)
+    data, info = store.get(KEY, suffix=10_000)
+    assert data == body
+
+
+def test_if_none_match_refuses_existing_and_accepts_new(store: Store) -> None:
+    """If-None-Match refuses to overwrite an existing key and creates a new one."""
+    store.put(KEY, b"one", {}, if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        store.put(KEY, b"two", {}, if_none_match=True)
+    assert store.get(KEY)[0] == b"one"
+
+
+@pytest.mark.parametrize("quoted", [True, False])
+def test_if_match_refuses_stale_and_accepts_current_etag(store: Store, quoted: bool) -> None:
+    """If-Match with a stale ETag is refused; the current ETag, quoted or not, is accepted."""
+    first = store.put(KEY, b"one", {})
+    second = store.put(KEY, b"two", {}, if_match=first if quoted else first.strip('"'))
+    with pytest.raises(PreconditionFailed):
+        store.put(KEY, b"three", {}, if_match=first)
+    assert store.get(KEY)[0] == b"two" and store.head(KEY).etag == second  # type: ignore[union-attr]
+
+
+def test_if_match_on_missing_key_fails(store: Store) -> None:
+    """If-Match on a key that does not exist does not create it."""
+    with pytest.raises((PreconditionFailed, ObjectNotFound)):
+        store.put(KEY, b"x", {}, if_match='"abc"')
+    assert store.head(KEY) is None
+
+
+def test_delete_removes_and_is_idempotent(store: Store) -> None:
+    """DELETE removes the object; deleting a missing key is fine."""
+    store.put(KEY, b"x", {})
+    store.delete(KEY)
+    store.delete(KEY)
+    assert store.head(KEY) is None
+
+
+def test_list_returns_sorted_keys_under_prefix(store: Store) -> None:
+    """LIST returns the keys under a prefix, sorted, and nothing else."""
+    for key in ("logs/b.json", "logs/a.json", "logs/quarantine/q1", "other/c.json"):
+        store.put(key, b"x", {})
+    assert store.list("logs/") == ["logs/a.json", "logs/b.json", "logs/quarantine/q1"]
+    assert store.list("nothing/") == []
+
+
+def test_replace_tail_keeps_body_and_writes_new_tail(store: Store) -> None:
+    """replace_tail yields old[:keep] + data, with the new metadata and a fresh ETag."""
+    body = b"a" * MIN_PART_SIZE + b"OLD-TAIL"
+    etag = store.put(KEY, body, {"v": "1"})
+    new_etag = store.replace_tail(KEY, MIN_PART_SIZE, b"NEW-TAIL!", {"v": "2"}, if_match=etag)
+    data, info = store.get(KEY)
+    assert data == b"a" * MIN_PART_SIZE + b"NEW-TAIL!"
+    assert info.metadata == {"v": "2"} and info.etag == new_etag != etag
+
+
+def test_replace_tail_refuses_a_stale_etag(store: Store) -> None:
+    """replace_tail with an ETag that is no longer current changes nothing."""
+    body = b"b" * MIN_PART_SIZE + b"TAIL"
+    stale = store.put(KEY, body, {})
+    store.put(KEY, body + b"more", {})
+    with pytest.raises(PreconditionFailed):
+        store.replace_tail(KEY, MIN_PART_SIZE, b"X", {}, if_match=stale)
+    assert store.get(KEY, suffix=8)[0] == b"TAILmore"
+
+
+def test_capabilities_are_probed_and_remembered(store: Store) -> None:
+    """The capabilities a large append needs are found, and asking twice probes once."""
+    caps = store.capabilities()
+    assert caps.conditional_put and caps.server_side_append and caps.complete_etag
+    assert set(caps.etag_forms) == {"quoted", "unquoted"}
+    assert store.capabilities() is caps
+    assert not [k for k in store.list("") if ".uploader-check" in k]
+
+
+def test_s3_missing_bucket_is_rejected_with_what_to_fix(moto_url: str) -> None:
+    """A bucket that does not exist is a permanent error that names the bucket and the fix."""
+    store = S3Store("no-such-bucket-here", endpoint_url=moto_url, region="us-east-1", addressing_style="path")
+    with pytest.raises(StoreRejected) as info:
+        store.put(KEY, b"x", {})
+    assert "no-such-bucket-here" in str(info.value) and "storage.s3.bucket" in str(info.value)
+
+
+def test_s3_closed_port_is_unavailable(unused_port: int) -> None:
+    """A closed port is a transient error that names the endpoint."""
+    store = S3Store("bucket", endpoint_url=f"http://127.0.0.1:{unused_port}", region="us-east-1", max_attempts=1)
+    with pytest.raises(StoreUnavailable) as info:
+        store.head(KEY)
+    assert f"127.0.0.1:{unused_port}" in str(info.value)
+
+
+def test_s3_etag_normalisation_accepts_both_forms() -> None:
+    """ETags come back quoted whichever form they were given in."""
+    assert normalize_etag("abc") == normalize_etag('"abc"') == '"abc"'
+
+
+def test_directory_store_survives_stale_sidecar(tmp_path: Any) -> None:
+    """If a crash left the sidecar describing older bytes, the ETag is recomputed from the file."""
+    from uploader.store.directory import DirectoryStore
+
+    store = DirectoryStore(tmp_path)
+    store.put(KEY, b"old", {})
+    (tmp_path / KEY).write_bytes(b"new bytes")
+    info = store.head(KEY)
+    assert info is not None and info.etag == f'"{hashlib.md5(b"new bytes").hexdigest()}"'
