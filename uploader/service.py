@@ -1,0 +1,177 @@
+"""The service: wires watcher → cut → spool → upload worker → store, plus the scheduled jobs.
+
+It knows nothing of processes or signals: ``start``, ``stop``, and the two jobs
+(``close_out``, ``retry_tick``) that APScheduler runs and tests may call directly. The clock
+is injectable so tests can cross midnight without waiting for one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from datetime import date, datetime, timedelta
+
+import pytz
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from .config import Config
+from .cut import CutOutcome, Cutter
+from .schedule import CloseOutTrigger
+from .spool import Spool
+from .status import StatusFile
+from .store import Store, open_store
+from .upload import Uploader
+from .watcher import Watcher
+
+__all__ = ["Service"]
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """One running uploader. ``start`` holds the spool lock until ``stop``."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(pytz.utc),
+    ) -> None:
+        self.config = config
+        self.tz = config.day.tz
+        self.clock = clock
+        self.spool = Spool(config.spool.dir)
+        self.store = store or open_store(config.storage)
+        self.status = StatusFile(config.spool.dir / "status.json")
+        self.cutter = Cutter(config.watch.file, self.spool, self.tz, config.watch.batch_size, clock=clock)
+        self.uploader = Uploader(
+            self.spool, self.store, config.storage.prefix, self.tz, self.status,
+            config.spool.max_backoff_s, clock=clock,
+        )
+        self.watcher = Watcher(self.cutter, on_cut=self._on_cut)
+        self.scheduler = BackgroundScheduler(timezone=self.tz)
+        self._to_close: set[date] = set()
+        self._to_close_lock = threading.Lock()
+        self._kick = threading.Event()
+        self._stopping = threading.Event()
+        self._worker = threading.Thread(target=self._work_loop, name="upload-worker", daemon=True)
+        self._resources = ExitStack()
+        self._closed_through: date | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Take the lock, finish what a previous run left, then watch and schedule."""
+        self._resources.enter_context(self.spool.locked("uploader run"))
+        try:
+            self.cutter.recover()
+            yesterday = self.today() - timedelta(days=1)
+            # Records of past days left in the file (down at midnight) are cut and closed now.
+            while (outcome := self.cutter.cut(close_through=yesterday)).more or outcome.batches:
+                pass
+            self._schedule_close_of_past_days()
+            self._worker.start()
+            self._kick.set()
+            self.watcher.start()
+            self.scheduler.add_job(self.close_out, CloseOutTrigger(self.tz, self.config.day.close_out_at),
+                                   id="close-out", misfire_grace_time=3600, coalesce=True, max_instances=1)
+            self.scheduler.add_job(self.retry_tick, "interval", seconds=self.config.spool.retry_interval_s,
+                                   id="retry", coalesce=True, max_instances=1)
+            self.scheduler.start()
+        except BaseException:
+            self._resources.close()
+            raise
+        log.info(
+            "service_started file=%s spool=%s store=%s batch_size=%d timezone=%s pending=%d",
+            self.config.watch.file, self.config.spool.dir, self.store.describe(),
+            self.config.watch.batch_size, self.config.day.timezone, len(self.spool.pending_batches()),
+        )
+
+    def stop(self) -> None:
+        """Finish the cut under way, stop the worker, try one last upload, release the lock."""
+        log.info("service_stopping")
+        try:
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=False)
+            self.watcher.stop()
+            self._stopping.set()
+            self._kick.set()
+            if self._worker.is_alive():
+                self._worker.join()
+            report = self.uploader.drain(ignore_backoff=True)
+            self.uploader.upload_quarantine()
+            log.info("service_stopped uploaded=%d left_in_spool=%d", report.batches, report.left)
+        finally:
+            self._resources.close()
+
+    def today(self) -> date:
+        return self.clock().astimezone(self.tz).date()
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def close_out(self) -> None:
+        """Cut and upload every past day's records, then close those days (idempotent)."""
+        yesterday = self.today() - timedelta(days=1)
+        log.info("close_out through=%s", yesterday)
+        self.watcher.request_cut(close_through=yesterday).result()
+        self._schedule_close_of_past_days()
+        self._closed_through = yesterday
+        self._kick.set()
+
+    def retry_tick(self) -> None:
+        """Wake the upload worker; also catch a close-out that the clock jumped past."""
+        if self._closed_through is not None and self._closed_through < self.today() - timedelta(days=1):
+            self.close_out()
+        self.watcher.poke()
+        self._kick.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once nothing is due in the spool and no close is pending (for tests and tools)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            due = self.uploader.next_due()
+            with self._to_close_lock:
+                closing = bool(self._to_close)
+            if (due is None or due > self.clock().timestamp()) and not closing:
+                return True
+            self._kick.set()
+            time.sleep(0.02)  # polling interval of a deadline wait
+        return False
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _on_cut(self, outcome: CutOutcome) -> None:
+        self._kick.set()
+
+    def _schedule_close_of_past_days(self) -> None:
+        today = self.today()
+        days = {date.fromisoformat(d) for d in self.status.open_days()}
+        days |= {e.day for e in self.spool.pending_batches()}
+        with self._to_close_lock:
+            self._to_close |= {d for d in days if d < today}
+        if self._closed_through is None:
+            self._closed_through = today - timedelta(days=1)
+
+    def _work_loop(self) -> None:
+        while not self._stopping.is_set():
+            due = self.uploader.next_due()
+            timeout = None if due is None else max(0.0, due - self.clock().timestamp())
+            self._kick.wait(timeout)
+            self._kick.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                self.uploader.drain()
+                self.uploader.upload_quarantine()
+                with self._to_close_lock:
+                    days = sorted(self._to_close)
+                if days:
+                    closed = self.uploader.close_days(days)
+                    with self._to_close_lock:
+                        self._to_close -= set(closed)
+            except Exception:  # a bug must not kill the worker: batches stay spooled, we retry
+                log.exception("upload_worker_error (batches stay spooled; retrying)")
+                self._stopping.wait(self.config.spool.retry_interval_s)

@@ -1,0 +1,211 @@
+"""Spool → store: upload due batches (group commit per day), quarantine, and day closes.
+
+``Uploader.drain`` is synchronous, so the service's worker thread and `uploader replay` share
+it. A batch leaves the spool only after the store acknowledged it; a failure keeps it spooled
+with a per-batch backoff (``retry.compute_backoff``) recorded in the status file.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+import pytz
+
+from . import publish
+from .errors import SpoolError, StoreError, StoreRejected
+from .retry import compute_backoff
+from .spool import Spool, SpooledBatch
+from .status import RetryState, StatusFile
+from .store import Store
+
+__all__ = ["Uploader", "DrainReport"]
+
+log = logging.getLogger(__name__)
+
+GROUP_MAX_BATCHES = 100
+GROUP_MAX_BYTES = 32 << 20  # bound memory of one group commit (spool file sizes)
+_REPEAT_LOG_S = 60.0
+
+
+@dataclass
+class DrainReport:
+    batches: int = 0
+    fetches: int = 0
+    matches: int = 0
+    failed: int = 0
+    left: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Uploader:
+    """Moves spooled batches into the store; one instance per process, one caller at a time."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        store: Store,
+        prefix: str,
+        tz: pytz.BaseTzInfo,
+        status: StatusFile,
+        max_backoff_s: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(pytz.utc),
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.spool = spool
+        self.store = store
+        self.prefix = prefix
+        self.tz = tz
+        self.status = status
+        self.max_backoff_s = max_backoff_s
+        self.clock = clock
+        self.rand = rand
+        self._last_logged: dict[str, float] = {}
+
+    def next_due(self) -> float | None:
+        """POSIX time when the earliest spooled batch may be tried, None if the spool is empty."""
+        pending = self.spool.pending_batches()
+        if not pending:
+            return None
+        return min(self.status.retry_state(e.batch_id).next_at for e in pending)
+
+    def drain(
+        self,
+        *,
+        ignore_backoff: bool = False,
+        day: date | None = None,
+        progress: Callable[[DrainReport, int], None] | None = None,
+    ) -> DrainReport:
+        """Upload every due batch, oldest first, one append per day group; stop at a store error."""
+        report = DrainReport()
+        pending = self.spool.pending_batches(day)
+        now_ts = self.clock().timestamp()
+        due = [e for e in pending if ignore_backoff or self.status.retry_state(e.batch_id).next_at <= now_ts]
+        total = len(due)
+        for group in _groups(due):
+            try:
+                self._upload_group(group, report)
+            except StoreError as exc:
+                self._failed(group, exc, report)
+                break  # the store is failing: later groups would only fail the same way
+            if progress:
+                progress(report, total)
+        report.left = len(self.spool.pending_batches(day))
+        return report
+
+    def _upload_group(self, group: list[SpooledBatch], report: DrainReport) -> None:
+        batches = []
+        for entry in group:
+            try:
+                batches.append(entry.load())
+            except SpoolError as exc:
+                # One unreadable file must not hold back the others; it stays and is reported.
+                report.errors.append(str(exc))
+                self._note_failure(entry.batch_id, str(exc))
+                log.error("spool_unreadable batch=%s error=%s", entry.batch_id, exc)
+        if not batches:
+            return
+        started = time.monotonic()
+        result = publish.append_batches(self.store, self.prefix, self.tz, batches, self.clock())
+        ms = (time.monotonic() - started) * 1000
+        self.spool.remove([e for e in group if e.batch_id in {b.batch_id for b in batches}])
+        fetches = sum(b.fetch_count for b in batches)
+        matches = sum(b.matches for b in batches)
+        report.batches += len(batches)
+        report.fetches += fetches
+        report.matches += matches
+        day = batches[0].day.isoformat()
+        self.status.update(
+            success={"at": self.clock().isoformat(), "day": day, "batches": len(batches), "fetches": fetches},
+            done=[b.batch_id for b in batches],
+            opened=[day],
+        )
+        log.info(
+            "upload day=%s batches=%d fetches=%d matches=%d already=%d path=%s bytes=%d ms=%.1f attempts=%d",
+            day, len(result.stored), fetches, matches, len(result.already), result.path,
+            result.bytes_sent, ms, result.attempts,
+        )
+
+    def _failed(self, group: list[SpooledBatch], exc: StoreError, report: DrainReport) -> None:
+        message = str(exc)
+        report.failed += len(group)
+        report.errors.append(message)
+        attempts = 0
+        for entry in group:
+            attempts = self._note_failure(entry.batch_id, message)
+        self.status.update(error={"at": self.clock().isoformat(), "message": message,
+                                  "permanent": isinstance(exc, StoreRejected)})
+        level = logging.ERROR if isinstance(exc, StoreRejected) else logging.WARNING
+        # An outage fails every attempt the same way: say it once a minute, not every time.
+        now = time.monotonic()
+        if now - self._last_logged.get(message, -_REPEAT_LOG_S) >= _REPEAT_LOG_S:
+            self._last_logged[message] = now
+            log.log(level, "upload_failed day=%s batches=%d attempt=%d error=%s (batches stay spooled)",
+                    group[0].day, len(group), attempts, message)
+        else:
+            log.debug("upload_failed day=%s batches=%d attempt=%d error=%s", group[0].day, len(group), attempts, message)
+
+    def _note_failure(self, batch_id: str, message: str) -> int:
+        state = self.status.retry_state(batch_id)
+        attempts = state.attempts + 1
+        delay = compute_backoff(attempts, self.max_backoff_s, self.rand())
+        self.status.update(failed={batch_id: RetryState(attempts, self.clock().timestamp() + delay, message)})
+        return attempts
+
+    def upload_quarantine(self) -> int:
+        """Send quarantined bytes to ``<prefix>/quarantine/``; keep them locally as well."""
+        sent = 0
+        for item, path in self.spool.pending_quarantine():
+            try:
+                key = publish.upload_quarantine(self.store, self.prefix, item)
+            except StoreError as exc:
+                log.debug("quarantine_upload_failed name=%s error=%s", item.name, exc)
+                break
+            self.spool.mark_quarantine_sent(path)
+            log.info("quarantine_uploaded key=%s bytes=%d reason=%r", key, len(item.raw), item.reason)
+            sent += 1
+        return sent
+
+    def close_days(self, days: list[date]) -> list[date]:
+        """Close each day whose batches are all uploaded; return the days closed."""
+        closed = []
+        for day in sorted(days):
+            if self.spool.pending_batches(day):
+                continue  # not yet: closing now would make its remaining uploads "late"
+            try:
+                publish.close_day(self.store, self.prefix, self.tz, day, self.clock())
+            except StoreError as exc:
+                log.warning("close_failed day=%s error=%s (will retry)", day, exc)
+                break
+            self.status.update(closed=[day.isoformat()])
+            log.info("day_closed day=%s", day)
+            closed.append(day)
+        return closed
+
+
+def _groups(entries: list[SpooledBatch]) -> list[list[SpooledBatch]]:
+    """Group batches by day (days in order of their oldest batch), bounded in count and bytes."""
+    by_day: dict[date, list[SpooledBatch]] = {}
+    for e in entries:  # already in seq order
+        by_day.setdefault(e.day, []).append(e)
+    groups: list[list[SpooledBatch]] = []
+    for day_entries in by_day.values():
+        current: list[SpooledBatch] = []
+        size = 0
+        for e in day_entries:
+            try:
+                e_size = e.path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if current and (len(current) >= GROUP_MAX_BATCHES or size + e_size > GROUP_MAX_BYTES):
+                groups.append(current)
+                current, size = [], 0
+            current.append(e)
+            size += e_size
+        if current:
+            groups.append(current)
+    return groups
