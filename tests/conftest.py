@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 import uuid
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ def moto_url() -> Iterator[str]:
             mp.setenv(name, value)
         for name in UNSET_ENV:
             mp.delenv(name, raising=False)
+        # One access-log line per request would drown real failures in the captured output.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
