@@ -53,3 +53,37 @@ def spooled_ids(spool_dir: Path) -> list[str]:
     for p in sorted((spool_dir / "batches").glob("*.json")):
         ids.extend(json.loads(p.read_bytes())["fetch_ids"])
     return ids
+
+
+def write_config(tmp_path: Path, *, s3: tuple[str, str] | None = None, **sections: dict[str, Any]) -> Path:
+    """A config.toml under tmp_path; ``s3`` = (endpoint_url, bucket) selects the s3 backend."""
+    body: dict[str, dict[str, Any]] = {
+        "watch": {"file": "data/all_api.json"},
+        "spool": {"dir": "data/spool", "retry_interval_s": 1, "max_backoff_s": 2},
+        "storage": {"backend": "directory", "prefix": "logs"},
+        "storage.directory": {"path": "data/bucket"},
+    }
+    if s3:
+        body["storage"]["backend"] = "s3"
+        body["storage.s3"] = {"endpoint_url": s3[0], "bucket": s3[1], "region": "us-east-1",
+                              "addressing_style": "path", "max_attempts": 1,
+                              "connect_timeout_s": 1, "read_timeout_s": 5}
+    for name, values in sections.items():
+        body.setdefault(name.replace("__", "."), {}).update(values)
+    lines = []
+    for name, values in body.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class FakeClock:
+    """An injectable clock the test moves by hand."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
