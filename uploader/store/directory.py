@@ -133,11 +133,12 @@ class DirectoryStore:
 
     def delete(self, key: str) -> None:
         with self._locked(), self._translate(key):
-            for path in (self._path(key), self._sidecar(key)):
+            for path, top in ((self._path(key), self.root), (self._sidecar(key), self._meta)):
                 try:
                     path.unlink()
                 except FileNotFoundError:
                     pass
+                _prune_empty(path.parent, top)
             log.debug("store.deleted key=%s", key)
 
     # -- internals -----------------------------------------------------------------------------
@@ -238,6 +239,16 @@ def _md5_file(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _prune_empty(folder: Path, top: Path) -> None:
+    # Keys are names, not folders: drop folders a delete left empty, as a bucket would show it.
+    while folder != top and top in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
 
 
 def _fsync_dir(path: Path) -> None:

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
@@ -49,6 +51,21 @@ _CREDENTIALS_HINT = (
     "are the pair issued for this endpoint"
 )
 _STALE_ETAG = '"00000000000000000000000000000000"'
+
+# Parsing botocore's service models costs ~0.2 s per session; share the loader (a read-only cache)
+# but give every store its own session, so credentials still come fresh from the default chain.
+_LOADER_LOCK = threading.Lock()
+_LOADER: Any = None
+
+
+def _new_session() -> boto3.session.Session:
+    global _LOADER
+    with _LOADER_LOCK:
+        if _LOADER is None:
+            _LOADER = botocore.loaders.create_loader()
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _LOADER)
+    return boto3.session.Session(botocore_session=core)
 
 
 def _code(exc: ClientError) -> tuple[str, int]:
@@ -99,8 +116,7 @@ class S3Store:
         """The boto3 S3 client, built on first use (tests hook its events to count bytes)."""
         with self._lock:
             if self._client is None:
-                session = boto3.session.Session()
-                self._client = session.client("s3", endpoint_url=self.endpoint_url, config=self._boto_config)
+                self._client = _new_session().client("s3", endpoint_url=self.endpoint_url, config=self._boto_config)
             return self._client
 
     # -- the Store protocol --------------------------------------------------------------------
@@ -360,7 +376,7 @@ class S3Store:
         except (BotoConnectionError, HTTPClientError) as exc:
             raise StoreUnavailable(
                 f"cannot reach the S3 endpoint {self.endpoint_url or 'AWS'} ({type(exc).__name__})",
-                "check storage.s3.endpoint_url, that the server is up, and the network; the batch stays spooled",
+                "check storage.s3.endpoint_url, that the server is up, and the network",
             ) from exc
         except BotoCoreError as exc:
             raise StoreRejected(f"{where} failed: {type(exc).__name__}", "see the log for details") from exc
@@ -372,7 +388,7 @@ class S3Store:
         if code in _NOT_FOUND:
             return ObjectNotFound(f"{where}: no such key")
         if code in _TRANSIENT or status >= 500:
-            return StoreUnavailable(f"{where}: server busy or failing ({code})", "retry later; the batch stays spooled")
+            return StoreUnavailable(f"{where}: server busy or failing ({code})", "retry later")
         rejected: dict[str, tuple[str, str]] = {
             "InvalidAccessKeyId": ("the access key id is not known to the server", _CREDENTIALS_HINT),
             "SignatureDoesNotMatch": ("the secret key does not match the access key", _CREDENTIALS_HINT),

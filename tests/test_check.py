@@ -1,0 +1,125 @@
+"""`uploader check` as an operator runs it: a report when the store works, one plain line when not."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+
+from uploader.check import run_check
+from uploader.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write_config(tmp_path: Path, endpoint: str, bucket: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[storage]\n"
+        'backend = "s3"\n'
+        'prefix = "logs"\n'
+        "[storage.s3]\n"
+        f'bucket = "{bucket}"\n'
+        f'endpoint_url = "{endpoint}"\n'
+        'region = "us-east-1"\n'
+        'addressing_style = "path"\n'
+        "max_attempts = 1\n"
+        "connect_timeout_s = 2\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _run_check(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "uploader.cli", "check", "--config", str(config)],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+    )
+
+
+def _failure_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, proc.stdout
+    return failed[0]
+
+
+@pytest.fixture
+def iam_key(moto_url: str) -> Iterator[dict[str, Any]]:
+    """An IAM user's access key on the moto server, with moto checking signatures meanwhile."""
+    iam = boto3.client("iam", endpoint_url=moto_url, region_name="us-east-1")
+    name = f"uploader-{os.getpid()}-{id(iam)}"
+    iam.create_user(UserName=name)
+    iam.put_user_policy(
+        UserName=name, PolicyName="s3",
+        PolicyDocument='{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}',
+    )
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    # moto checks credentials only after this many requests; 0 means from now on.
+    requests.post(f"{moto_url}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
+    try:
+        yield key
+    finally:
+        requests.post(f"{moto_url}/moto-api/reset-auth", data=b"inf", timeout=10).raise_for_status()
+
+
+def test_check_reports_capabilities_against_a_good_server(tmp_path: Path, moto_url: str, bucket: str) -> None:
+    """Against a working server, check round-trips a probe, prints the capability table and exits 0."""
+    proc = _run_check(_write_config(tmp_path, moto_url, bucket))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "put probe object     ok" in proc.stdout and "delete probe object  ok" in proc.stdout
+    assert "conditional PUT (If-None-Match / If-Match)  yes" in proc.stdout
+    assert "UploadPartCopy with CopySourceRange         yes" in proc.stdout
+    assert proc.stdout.rstrip().endswith("OK: the store is usable")
+    assert boto3.client("s3", endpoint_url=moto_url).list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+def test_check_with_a_wrong_secret_says_the_secret_is_wrong(tmp_path: Path, moto_url: str, bucket: str, iam_key: dict[str, Any]) -> None:
+    """A known key id with the wrong secret gets one line naming the mismatch and where credentials go."""
+    proc = _run_check(
+        _write_config(tmp_path, moto_url, bucket),
+        AWS_ACCESS_KEY_ID=iam_key["AccessKeyId"], AWS_SECRET_ACCESS_KEY="not-the-secret",
+    )
+    line = _failure_line(proc)
+    assert "secret key does not match" in line and "AWS_SECRET_ACCESS_KEY" in line
+    assert "not-the-secret" not in proc.stdout + proc.stderr
+    assert iam_key["SecretAccessKey"] not in proc.stdout + proc.stderr
+
+
+def test_check_with_an_unknown_key_says_the_key_is_unknown(tmp_path: Path, moto_url: str, bucket: str, iam_key: dict[str, Any]) -> None:
+    """A key id the server does not know gets one line saying so."""
+    proc = _run_check(_write_config(tmp_path, moto_url, bucket), AWS_ACCESS_KEY_ID="AKIAUNKNOWN000000000")
+    line = _failure_line(proc)
+    assert "access key id is not known" in line and "AWS_ACCESS_KEY_ID" in line
+
+
+def test_check_with_a_missing_bucket_names_the_bucket(tmp_path: Path, moto_url: str) -> None:
+    """A bucket that does not exist gets one line naming it and the config key to fix."""
+    line = _failure_line(_run_check(_write_config(tmp_path, moto_url, "no-such-bucket-anywhere")))
+    assert "'no-such-bucket-anywhere' does not exist" in line and "storage.s3.bucket" in line
+
+
+def test_check_with_a_closed_port_says_the_endpoint_is_unreachable(tmp_path: Path, unused_port: int) -> None:
+    """An endpoint nobody listens on gets one line saying it cannot be reached and what to check."""
+    line = _failure_line(_run_check(_write_config(tmp_path, f"http://127.0.0.1:{unused_port}", "some-bucket")))
+    assert f"cannot reach the S3 endpoint http://127.0.0.1:{unused_port}" in line
+    assert "storage.s3.endpoint_url" in line
+
+
+def test_check_on_the_directory_backend_reports_ok(tmp_path: Path) -> None:
+    """The embedded directory bucket passes check and leaves no probe behind."""
+    config = tmp_path / "config.toml"
+    config.write_text('[storage]\nbackend = "directory"\nprefix = "logs"\n', encoding="utf-8")
+    out = io.StringIO()
+    assert run_check(load_config(config), out) == 0
+    assert "OK: the store is usable" in out.getvalue()
+    assert not (tmp_path / "data" / "bucket" / "logs").exists()
