@@ -41,7 +41,7 @@ def _write_config(tmp_path: Path, endpoint: str, bucket: str) -> Path:
 def _run_check(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "uploader.cli", "check", "--config", str(config)],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
     )
 
 

@@ -25,9 +25,9 @@ from .spool import Batch, QuarantineItem
 from .store import MIN_PART_SIZE, Store
 
 __all__ = [
-    "SMALL_LIMIT",
     "FIRST_SUFFIX",
     "MAX_ATTEMPTS",
+    "SMALL_LIMIT",
     "AppendResult",
     "append_batches",
     "close_day",

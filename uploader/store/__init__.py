@@ -12,13 +12,13 @@ from typing import Protocol, runtime_checkable
 from ..config import StorageConfig
 
 __all__ = [
-    "MIN_PART_SIZE",
-    "ObjectInfo",
-    "Capabilities",
     "FULL_CAPABILITIES",
+    "MIN_PART_SIZE",
+    "Capabilities",
+    "ObjectInfo",
     "Store",
-    "open_store",
     "normalize_etag",
+    "open_store",
 ]
 
 # S3 refuses a multipart part below 5 MiB unless it is the last one.
@@ -138,7 +138,8 @@ class Store(Protocol):
     ) -> str:
         """Replace the object with its first ``keep`` bytes followed by ``data``; return the ETag.
 
-        The kept bytes stay on the server (never sent by the client). Raises PreconditionFailed
+        The kept bytes stay on the server (never sent by the client); S3 needs ``keep`` of at
+        least MIN_PART_SIZE (a smaller first part is refused: ValueError). Raises PreconditionFailed
         if the object's ETag is no longer ``if_match`` (or it is gone), where the server lets
         that be checked; ObjectNotFound if the key is missing.
         """

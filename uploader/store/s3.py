@@ -7,6 +7,7 @@ must be refused) and remembered for the life of the instance.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
@@ -21,10 +22,12 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from ..errors import (
@@ -248,7 +251,7 @@ class S3Store:
                 im_refused = self._try(lambda: put(Bucket=self.bucket, Key=a, Body=body, IfMatch=_STALE_ETAG)) == "refused"
                 forms = []
                 for form, value in (("quoted", etag), ("unquoted", etag.strip('"'))):
-                    if self._try(lambda: put(Bucket=self.bucket, Key=a, Body=body, IfMatch=value)) == "ok":
+                    if self._try(functools.partial(put, Bucket=self.bucket, Key=a, Body=body, IfMatch=value)) == "ok":
                         forms.append(form)
                 etag = self._etag_of(a)
                 conditional_put = inm_refused and inm_ok and im_refused and bool(forms)
