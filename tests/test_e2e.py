@@ -87,7 +87,7 @@ def test_35_fetches_make_three_uploads_against_s3(tmp_path, moto_url, bucket):
 
 
 def test_second_run_and_replay_refuse_while_running(tmp_path):
-    """A second `run`, or a `replay`, refuses in one line while a service holds the spool."""
+    """A second `run`, or a `replay`, refuses in one line while a service holds the spool; status sees it."""
     config = write_config(tmp_path)
     proc = start_run(config)
     try:
@@ -98,6 +98,8 @@ def test_second_run_and_replay_refuse_while_running(tmp_path):
             assert res.returncode == 1
             assert "in use by pid" in res.stderr and "Traceback" not in res.stderr
             assert len(res.stderr.strip().splitlines()) == 1
+        status = uploader("status", "--json", "--config", str(config))
+        assert json.loads(status.stdout)["service_running"] is True
     finally:
         code, err = stop(proc)
     assert code == 0, err

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import pytz
 
 from .config import Config, default_config_path, load_config
-from .errors import AlreadyRunning, ConfigError, ObjectNotFound, StoreError, UploaderError
+from .errors import ConfigError, ObjectNotFound, StoreError, UploaderError
 
 __all__ = ["main", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE"]
 
@@ -133,7 +133,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     pending = spool.pending_batches()
     snap = StatusFile(config.spool.dir / "status.json").snapshot()
     today = datetime.now(config.day.tz).date()
-    running = _service_running(spool)
+    running = spool.is_locked()
     report: dict[str, Any] = {
         "service_running": running,
         "spool": str(config.spool.dir),
@@ -157,14 +157,6 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     else:
         _print_status(report, sys.stdout)
     return EXIT_PROBLEMS if problems else EXIT_OK
-
-
-def _service_running(spool: Any) -> bool:
-    try:
-        with spool.locked("status"):
-            return False
-    except AlreadyRunning:
-        return True
 
 
 def _print_status(r: dict[str, Any], out: TextIO) -> None:

@@ -19,6 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from .config import Config
 from .cut import CutOutcome, Cutter
+from .errors import SpoolError
 from .schedule import CloseOutTrigger
 from .spool import Spool
 from .status import StatusFile
@@ -68,10 +69,7 @@ class Service:
         self._resources.enter_context(self.spool.locked("uploader run"))
         try:
             self.cutter.recover()
-            yesterday = self.today() - timedelta(days=1)
-            # Records of past days left in the file (down at midnight) are cut and closed now.
-            while (outcome := self.cutter.cut(close_through=yesterday)).more or outcome.batches:
-                pass
+            self._cut_past_days()
             self._schedule_close_of_past_days()
             self._worker.start()
             self._kick.set()
@@ -142,6 +140,16 @@ class Service:
         return False
 
     # -- internals -------------------------------------------------------------------------
+
+    def _cut_past_days(self) -> None:
+        """Records of past days left in the file (down at midnight) are cut now, short or not."""
+        yesterday = self.today() - timedelta(days=1)
+        try:
+            while (outcome := self.cutter.cut(close_through=yesterday)).more or outcome.batches:
+                pass
+        except SpoolError as exc:
+            # Not fatal: the file keeps the records and the watcher retries on the next event.
+            log.error("startup_cut_failed error=%s", exc)
 
     def _on_cut(self, outcome: CutOutcome) -> None:
         self._kick.set()

@@ -205,6 +205,20 @@ class Spool:
             os.ftruncate(fd, 0)
             os.close(fd)
 
+    def is_locked(self) -> bool:
+        """True if some process holds the lock (a running service); takes nothing itself."""
+        try:
+            fd = os.open(self.root / "lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the shared lock if we got it
+
     # -- sequence numbers ------------------------------------------------------------------
 
     def _recover_next_seq(self) -> int:
