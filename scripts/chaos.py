@@ -1,0 +1,449 @@
+#!/usr/bin/env python3
+"""Chaos run: SIGKILL `uploader run` at random moments while S3 misbehaves; prove nothing is lost or doubled.
+
+Pieces, all on 127.0.0.1:
+
+- moto's S3 server (a subprocess), reached only through ``faultproxy.FaultProxy``, which answers
+  500 InternalError and 503 SlowDown, resets connections, stalls past the client's read timeout
+  (before or after the server processed the request) and goes fully down for stretches;
+- a writer process appending fetches through ``uploader.fetchlog.FetchWriter`` and keeping its
+  own ledger (fetch id, day, matches); its clock runs fast from ``--span-hours`` ago to now, so
+  the run crosses midnights (late batches, close-outs); now and then it appends a malformed
+  record that must end up in quarantine;
+- ``uploader run`` as a subprocess, SIGKILLed after a random time (mean ``--kill-interval``)
+  and restarted at once.
+
+At the end the writer stops, faults stop, the service restarts cleanly and drains, and every
+daily document is checked against the ledger. One summary line; exit 1 if anything is lost,
+doubled, in the wrong day, miscounted, or a well-formed fetch is in quarantine.
+
+    scripts/chaos.py --duration 1800 --seed 7 --kill-interval 4     # the long run
+    scripts/chaos.py --duration 60                                   # a quick look
+
+Importable: ``run(...)`` returns a ``Summary`` (the short test in tests/test_chaos.py uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for p in (str(REPO), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import pytz  # noqa: E402
+
+from faultproxy import FAULT_KINDS, FaultProxy  # noqa: E402
+
+TZ = "America/New_York"
+PREFIX = "chaos"
+BUCKET = "chaos-bucket"
+BATCH_SIZE = 10
+FAKE_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+}
+_DAY_KEY = re.compile(rf"^{PREFIX}/all_api_json_log_(\d{{4}}-\d{{2}}-\d{{2}})\.json$")
+
+
+@dataclass
+class Summary:
+    seed: int
+    seconds: float = 0.0
+    fetches: int = 0
+    junk: int = 0
+    kills: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    passed: int = 0
+    uploaded: int = 0
+    left_in_file: int = 0
+    lost: int = 0
+    doubled: int = 0
+    wrong_day: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.doubled == 0 and self.wrong_day == 0 and not self.problems
+
+    def line(self) -> str:
+        faults = ",".join(f"{k}:{self.faults.get(k, 0)}" for k in FAULT_KINDS)
+        return (
+            f"chaos: seed={self.seed} fetches={self.fetches} junk={self.junk} kills={self.kills} "
+            f"faults={faults} requests_passed={self.passed} uploaded={self.uploaded} "
+            f"left_in_file={self.left_in_file} lost={self.lost} doubled={self.doubled} "
+            f"wrong_day={self.wrong_day} problems={len(self.problems)} seconds={self.seconds:.0f}"
+        )
+
+
+# -- the writer process ------------------------------------------------------------------------
+
+
+def writer_main(file: str, ledger: str, rate: float, seed: int, span_hours: float, duration: float) -> None:
+    """Append fetches (and now and then a malformed record) until SIGTERM; log each to the ledger."""
+    from uploader.fetchlog import FetchWriter, append_bytes
+    from uploader.stamps import day_of, format_stamp
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    tz = pytz.timezone(TZ)
+    rng = random.Random(seed)
+    writer = FetchWriter(file, TZ)
+    real_start = datetime.now(pytz.utc)
+    virtual_start = real_start - timedelta(hours=span_hours)
+    speed = span_hours * 3600 / max(duration, 1.0)
+    started = time.monotonic()
+    with open(ledger, "a", encoding="utf-8") as out:
+        i = 0
+        while not stop.is_set():
+            elapsed = time.monotonic() - started
+            instant = min(virtual_start + timedelta(seconds=elapsed * speed), datetime.now(pytz.utc))
+            i += 1
+            if rng.random() < 0.01:
+                junk_id = f"junk-{seed}-{i}"
+                stamp = format_stamp(instant, tz)
+                append_bytes(file, f"=== FETCH START: {junk_id} | {stamp} ===\n{{\"not json\n"
+                                   f"=== FETCH END: {junk_id} | {stamp} ===\n".encode())
+                out.write(json.dumps({"junk": junk_id}) + "\n")
+            else:
+                matches = rng.randrange(0, 120)
+                raw = {"i": i, "games": [{"id": g, "odds": round(rng.uniform(1, 9), 2)} for g in range(3)],
+                       "pad": "p" * rng.randrange(0, 1500)}
+                fetch_id = writer.append(raw, total_matches=matches, fetch_id=f"f{seed}-{i:07d}", now=instant)
+                out.write(json.dumps({"id": fetch_id, "day": day_of(instant, tz).isoformat(),
+                                      "matches": matches}) + "\n")
+            out.flush()
+            if rate > 0:
+                stop.wait(rng.expovariate(rate))
+
+
+# -- orchestration -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL")}
+    env.update(FAKE_ENV)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def _start_moto(port: int, log: Path) -> subprocess.Popen[bytes]:
+    import boto3
+
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "ab"), env=_env())
+    deadline = time.monotonic() + 30
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    while True:
+        try:
+            client.create_bucket(Bucket=BUCKET)
+            return proc
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start; see {log}") from None
+            time.sleep(0.1)  # polling interval of a deadline wait
+
+
+def _write_config(work: Path, endpoint: str) -> Path:
+    path = work / "config.toml"
+    path.write_text(f"""\
+[watch]
+file = "data/all_api.json"
+batch_size = {BATCH_SIZE}
+
+[day]
+timezone = "{TZ}"
+
+[spool]
+dir = "data/spool"
+retry_interval_s = 0.5
+max_backoff_s = 2
+
+[storage]
+backend = "s3"
+prefix = "{PREFIX}"
+
+[storage.s3]
+bucket = "{BUCKET}"
+endpoint_url = "{endpoint}"
+region = "us-east-1"
+addressing_style = "path"
+max_attempts = 1
+connect_timeout_s = 1
+read_timeout_s = 2
+""")
+    (work / "data").mkdir(exist_ok=True)
+    return path
+
+
+class _Service:
+    """`uploader run` as a subprocess, its output appended to one log file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.unexpected: list[str] = []
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "uploader.cli", "run", "--config", str(self.config)],
+                stdout=out, stderr=out, env=_env(), cwd=str(REPO))
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            self.unexpected.append(f"uploader run exited by itself with {self.proc.returncode}; see {self.log}")
+            self.start()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def terminate(self, timeout: float = 120) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return -9
+
+
+def _down_stretches(proxy: FaultProxy, rng: random.Random, every: float, stop: threading.Event) -> None:
+    while not stop.wait(rng.uniform(every * 0.5, every * 1.5)):
+        proxy.go_down()
+        stop.wait(rng.uniform(1.0, 5.0))
+        proxy.come_up()
+
+
+def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate: float = 20.0,
+        fault_rate: float = 0.2, down_every: float = 15.0, span_hours: float = 30.0,
+        workdir: Path | None = None, drain_timeout: float = 180.0,
+        progress: Any = None) -> Summary:
+    """One chaos run; see the module docstring. ``workdir`` keeps the files for inspection."""
+    say = progress or (lambda msg: None)
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="chaos-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    summary = Summary(seed=seed)
+    started = time.monotonic()
+    moto_port = _free_port()
+    moto = _start_moto(moto_port, work / "moto.log")
+    proxy = FaultProxy(("127.0.0.1", moto_port), seed=seed, fault_rate=fault_rate,
+                       kinds=("http500", "http503", "reset", "stall"))
+    stop_down = threading.Event()
+    downs = threading.Thread(target=_down_stretches, args=(proxy, random.Random(seed + 1), down_every, stop_down),
+                             daemon=True)
+    config = _write_config(work, proxy.url)
+    ledger = work / "ledger.jsonl"
+    service = _Service(config, work / "service.log")
+    writer = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--writer", str(work / "data" / "all_api.json"),
+         str(ledger), "--rate", str(rate), "--seed", str(seed), "--span-hours", str(span_hours),
+         "--duration", str(duration)], env=_env())
+    try:
+        service.start()
+        downs.start()
+        deadline = started + duration
+        while time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.2, 2 * kill_interval))  # the random moment of the next kill
+            service.check_alive()
+            service.kill()
+            summary.kills += 1
+            service.start()
+            if summary.kills % 20 == 0:
+                say(f"chaos: {summary.kills} kills, {time.monotonic() - started:.0f}s, faults {proxy.counts}")
+        say("chaos: stopping writer and faults; draining")
+        writer.send_signal(signal.SIGTERM)
+        writer.wait(60)
+        stop_down.set()
+        downs.join()
+        proxy.faults_on = False
+        proxy.come_up()
+        service.check_alive()
+        service.kill()
+        summary.kills += 1
+        service.start()
+        if not _drained(work, drain_timeout):
+            summary.problems.append(f"spool did not drain within {drain_timeout}s")
+        code = service.terminate()
+        if code != 0:
+            summary.problems.append(f"final `uploader run` exited {code} on SIGTERM")
+        summary.problems.extend(service.unexpected)
+        summary.faults = {k: proxy.counts[k] for k in FAULT_KINDS}
+        summary.passed = proxy.counts["passed"]
+        _check(work, moto_port, ledger, summary)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+        if service.proc is not None and service.proc.poll() is None:
+            service.kill()
+        stop_down.set()
+        proxy.close()
+        moto.terminate()
+        moto.wait(30)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _drained(work: Path, timeout: float) -> bool:
+    """Wait until nothing is spooled or quarantined-unsent and fewer than a batch is in the file."""
+    from uploader.fetchlog import Fetch, scan
+
+    spool = work / "data" / "spool"
+    tz = pytz.timezone(TZ)
+    today = datetime.now(tz).date()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = (work / "data" / "all_api.json").read_bytes()
+        except FileNotFoundError:
+            data = b""
+        fetches = [i for i in scan(data, tz, datetime.now(pytz.utc)).items if isinstance(i, Fetch)]
+        busy = (any((spool / "batches").glob("*.json")) or any((spool / "quarantine").glob("*.bin"))
+                or len(fetches) >= BATCH_SIZE or any(f.day < today for f in fetches)
+                or (spool / "journal.json").exists())
+        if not busy:
+            return True
+        time.sleep(0.2)  # polling interval of a deadline wait
+    return False
+
+
+def _check(work: Path, moto_port: int, ledger_path: Path, summary: Summary) -> None:
+    """Compare every daily document (read straight from moto) with the writer's ledger."""
+    import boto3
+
+    from uploader import daily
+    from uploader.fetchlog import Fetch, scan
+
+    tz = pytz.timezone(TZ)
+    ledger: dict[str, dict[str, Any]] = {}
+    junk: list[str] = []
+    for line in ledger_path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if "junk" in entry:
+            junk.append(entry["junk"])
+        else:
+            ledger[entry["id"]] = entry
+    summary.fetches, summary.junk = len(ledger), len(junk)
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}", region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PREFIX + "/")
+            for o in page.get("Contents", [])]
+    seen: dict[str, list[str]] = defaultdict(list)
+    quarantine_blobs: list[bytes] = []
+    for key in keys:
+        obj = s3.get_object(Bucket=BUCKET, Key=key)
+        body = obj["Body"].read()
+        m = _DAY_KEY.match(key)
+        if not m:
+            if key.startswith(f"{PREFIX}/quarantine/"):
+                quarantine_blobs.append(body)
+            continue
+        day = m.group(1)
+        document = json.loads(body)
+        for p in daily.verify(document, obj.get("Metadata", {})):
+            summary.problems.append(f"{day}: verify: {p}")
+        ids = [f["FETCH_HEADER"]["fetch_id"] for u in document["uploads"] for f in u["fetch_data"]]
+        meta = document["daily_metadata"]
+        want_matches = sum(ledger[i]["matches"] for i in ids if i in ledger)
+        if meta["total_matches_today"] != want_matches:
+            summary.problems.append(f"{day}: total_matches_today={meta['total_matches_today']}, ledger says {want_matches}")
+        if meta["total_fetches_today"] != len(ids):
+            summary.problems.append(f"{day}: total_fetches_today={meta['total_fetches_today']}, document holds {len(ids)}")
+        for i in ids:
+            seen[i].append(day)
+    summary.uploaded = sum(len(v) for v in seen.values())
+    left = scan((work / "data" / "all_api.json").read_bytes(), tz, datetime.now(pytz.utc)).items
+    for item in left:
+        if isinstance(item, Fetch):
+            seen[item.fetch_id].append("file")
+            summary.left_in_file += 1
+    spool = work / "data" / "spool"
+    for p in (spool / "quarantine").rglob("*.bin"):
+        quarantine_blobs.append(p.read_bytes())
+    for fetch_id, entry in ledger.items():
+        where = seen.get(fetch_id, [])
+        if not where:
+            summary.lost += 1
+            summary.problems.append(f"lost: {fetch_id} ({entry['day']})")
+        elif len(where) > 1:
+            summary.doubled += 1
+            summary.problems.append(f"doubled: {fetch_id} in {where}")
+        elif where[0] not in ("file", entry["day"]):
+            summary.wrong_day += 1
+            summary.problems.append(f"wrong day: {fetch_id} of {entry['day']} in {where[0]}")
+    for fetch_id in set(seen) - set(ledger):
+        summary.problems.append(f"unknown fetch id in the documents: {fetch_id}")
+    blob = b"\n".join(quarantine_blobs)
+    for q in quarantine_blobs:
+        for item in scan(q if q.endswith(b"\n") else q + b"\n", tz, datetime.now(pytz.utc)).items:
+            if isinstance(item, Fetch):
+                summary.problems.append(f"well-formed fetch {item.fetch_id} in quarantine")
+    left_bytes = (work / "data" / "all_api.json").read_bytes()
+    for junk_id in junk:
+        if junk_id.encode() not in blob and junk_id.encode() not in left_bytes:
+            summary.problems.append(f"malformed record {junk_id} neither quarantined nor in the file")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of chaos before the drain (default 60)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--kill-interval", type=float, default=2.0, help="mean seconds between SIGKILLs (default 2)")
+    ap.add_argument("--rate", type=float, default=20.0, help="fetches per second the writer aims at (default 20)")
+    ap.add_argument("--fault-rate", type=float, default=0.2, help="share of S3 requests that get a fault (default 0.2)")
+    ap.add_argument("--down-every", type=float, default=15.0, help="mean seconds between full outages (default 15)")
+    ap.add_argument("--span-hours", type=float, default=30.0,
+                    help="the writer's clock runs from this many hours ago to now (default 30)")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep all files here (default: a temp folder)")
+    ap.add_argument("--writer", nargs=2, metavar=("FILE", "LEDGER"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.writer:
+        writer_main(args.writer[0], args.writer[1], args.rate, args.seed, args.span_hours, args.duration)
+        return 0
+    summary = run(duration=args.duration, seed=args.seed, kill_interval=args.kill_interval, rate=args.rate,
+                  fault_rate=args.fault_rate, down_every=args.down_every, span_hours=args.span_hours,
+                  workdir=args.workdir, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    for p in summary.problems[:50]:
+        print(f"problem: {p}", file=sys.stderr)
+    print(summary.line(), flush=True)
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
