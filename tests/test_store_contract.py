@@ -152,3 +152,31 @@ def test_directory_store_survives_stale_sidecar(tmp_path: Any) -> None:
     (tmp_path / KEY).write_bytes(b"new bytes")
     info = store.head(KEY)
     assert info is not None and info.etag == f'"{hashlib.md5(b"new bytes").hexdigest()}"'
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("SlowDown", 503, StoreUnavailable),
+        ("InternalError", 500, StoreUnavailable),
+        ("502", 502, StoreUnavailable),
+        ("AccessDenied", 403, StoreRejected),
+        ("InvalidAccessKeyId", 403, StoreRejected),
+        ("SignatureDoesNotMatch", 403, StoreRejected),
+        ("NoSuchBucket", 404, StoreRejected),
+        ("XAmzContentSHA256Mismatch", 400, StoreRejected),
+        ("NoSuchKey", 404, ObjectNotFound),
+        ("PreconditionFailed", 412, PreconditionFailed),
+        ("ConditionalRequestConflict", 409, PreconditionFailed),
+    ],
+)
+def test_s3_errors_are_translated_at_the_boundary(code: str, status: int, expected: type) -> None:
+    """Each S3 error code becomes the uploader's transient, permanent, not-found or conflict error."""
+    from botocore.exceptions import ClientError
+
+    store = S3Store("bucket", endpoint_url="http://127.0.0.1:9", region="us-east-1")
+    error = ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    with pytest.raises(expected) as info, store._translate("PUT", "k"):
+        raise error
+    assert info.value.__cause__ is error
+    assert expected is ObjectNotFound or code in str(info.value)
