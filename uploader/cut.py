@@ -30,7 +30,7 @@ import pytz
 
 from .errors import SpoolError
 from .fetchlog import Fetch, Item, Malformed, scan
-from .spool import Batch, CutJournal, QuarantineItem, Spool, atomic_write
+from .spool import Batch, CutJournal, QuarantineItem, Spool
 from .stamps import format_stamp
 
 __all__ = ["PlannedBatch", "CutPlan", "plan_cut", "CutOutcome", "Cutter"]

@@ -93,7 +93,8 @@ def append_batches(
         return daily.append_to_tail(tail, unique, now, tz)
 
     result = _apply(store, prefix, tz, days.pop(), _Edit(on_document, on_tail))
-    log.info(
+    # The caller logs the operator-facing "upload" line; this is the store-level detail.
+    log.debug(
         "publish.appended day=%s stored=%d already=%d path=%s attempts=%d sent=%d received=%d",
         result.day, len(result.stored), len(result.already), result.path, result.attempts,
         result.bytes_sent, result.bytes_received,

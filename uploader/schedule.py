@@ -20,13 +20,15 @@ __all__ = ["next_close_out", "wall_instant", "CloseOutTrigger"]
 def wall_instant(day: date, at: time, tz: pytz.BaseTzInfo) -> datetime:
     """The first instant at which the wall clock in ``tz`` shows ``day`` ``at`` or later."""
     naive = datetime.combine(day, at)
+    instant: datetime
     try:
-        return tz.localize(naive, is_dst=None)
+        instant = tz.localize(naive, is_dst=None)
     except pytz.AmbiguousTimeError:
-        return min(tz.localize(naive, is_dst=True), tz.localize(naive, is_dst=False))
+        instant = min(tz.localize(naive, is_dst=True), tz.localize(naive, is_dst=False))
     except pytz.NonExistentTimeError:
         # The standard-offset reading of a skipped wall time lands just past the gap.
-        return tz.normalize(tz.localize(naive, is_dst=False))
+        instant = tz.normalize(tz.localize(naive, is_dst=False))
+    return instant
 
 
 def next_close_out(after: datetime, tz: pytz.BaseTzInfo, at: time) -> datetime:

@@ -30,9 +30,10 @@ def parse_stamp(text: str, tz: pytz.BaseTzInfo) -> datetime | None:
     except ValueError:
         return None
     if abbr.upper() in _UTC_NAMES:
-        return pytz.utc.localize(naive)
+        utc: datetime = pytz.utc.localize(naive)
+        return utc
     for is_dst in (False, True):
-        aware = tz.localize(naive, is_dst=is_dst)
+        aware: datetime = tz.localize(naive, is_dst=is_dst)
         if aware.tzname() == abbr:
             return aware.astimezone(pytz.utc)
     return None

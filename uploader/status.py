@@ -50,7 +50,8 @@ class StatusFile:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return json.loads(json.dumps(asdict(self._s)))
+            copy: dict[str, Any] = json.loads(json.dumps(asdict(self._s)))
+            return copy
 
     def retry_state(self, batch_id: str) -> RetryState:
         with self._lock:

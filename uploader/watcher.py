@@ -142,7 +142,7 @@ class Watcher:
                 while outcomes[-1].more:
                     outcomes.append(self._cut(close_through))
                 fut.set_result(outcomes)
-            except BaseException as exc:  # the requester decides what to do with it
+            except Exception as exc:  # the requester decides what to do with it
                 fut.set_exception(exc)
 
     def _cut(self, close_through: date | None) -> CutOutcome:
