@@ -250,10 +250,10 @@ class Cutter:
         _finish_rewrite(fd, journal, self.spool.kept_path)
         self.spool.clear_journal()
         ms = (time.monotonic() - started) * 1000
-        for b in batches:
+        for b, pb in zip(batches, plan.batches):
             log.info(
-                "cut day=%s batch=%s seq=%d fetches=%d matches=%d ms=%.1f",
-                b.day, b.batch_id, b.seq, b.fetch_count, b.matches, ms,
+                "cut day=%s batch=%s seq=%d fetches=%d matches=%d bytes=%d ms=%.1f",
+                b.day, b.batch_id, b.seq, b.fetch_count, b.matches, sum(f.size for f in pb.fetches), ms,
             )
         for q in quarantined:
             log.warning(
