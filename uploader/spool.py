@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 PENDING = ".pending"  # written by a cut that has not committed yet; invisible to uploads
+TMP = ".tmp"  # atomic_write's temporary name; left behind only by a crash mid-write
 _BATCH_NAME = re.compile(r"^(\d{12})-(\d{4}-\d{2}-\d{2})-([0-9a-f]+)\.json$")
 
 
@@ -133,16 +134,21 @@ class CutJournal:
 
 def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE, sync_dir: bool = True) -> None:
     """Write ``data`` to ``path`` via a temp name, fsync, rename; then fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}{TMP}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk must not also fill up with half-written temp files, one per attempt.
+        tmp.unlink(missing_ok=True)
+        raise
     if sync_dir:
         fsync_dir(path.parent)
 
@@ -269,7 +275,8 @@ class Spool:
 
     def discard_staged(self) -> int:
         """Remove pending files of a cut that never committed (its bytes are still in the file)."""
-        staged = [*self.batches_dir.glob("*" + PENDING), *self.quarantine_dir.glob("*" + PENDING)]
+        staged = [p for d in (self.batches_dir, self.quarantine_dir)
+                  for pattern in ("*" + PENDING, ".*" + TMP) for p in d.glob(pattern)]
         for p in staged:
             p.unlink()
         return len(staged)
