@@ -50,7 +50,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._open: set[socket.socket] = set()
-        self._sock: socket.socket | None = socket.create_server(("127.0.0.1", 0))
+        self._drawn = 0
+        self._sock: socket.socket | None = _listen_outside_ephemeral_range(self._rng)
         self.port: int = self._sock.getsockname()[1]
         self._accepter = threading.Thread(target=self._accept, args=(self._sock,), daemon=True)
         self._accepter.start()
@@ -70,12 +71,21 @@ class FaultProxy:
             self.counts["down"] += 1
         sock.close()
 
-    def come_up(self) -> None:
-        with self._lock:
-            if self._sock is not None or self._stop.is_set():
-                return
-            self._sock = socket.create_server(("127.0.0.1", self.port))
-            sock = self._sock
+    def come_up(self, timeout: float = 30.0) -> None:
+        """Listen again on the same port (retrying while the port is briefly taken)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._sock is not None or self._stop.is_set():
+                    return
+                try:
+                    self._sock = socket.create_server(("127.0.0.1", self.port))
+                    sock = self._sock
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+            time.sleep(0.05)  # polling interval of a deadline wait
         threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
 
     @property
@@ -99,10 +109,16 @@ class FaultProxy:
     # -- serving ---------------------------------------------------------------------------
 
     def _draw(self) -> tuple[str, bool]:
-        """(fault kind or "pass", whether the upstream sees the request first)."""
+        """(fault kind or "pass", whether the upstream sees the request first).
+
+        The first faults go round every kind once, so even a short run sees them all.
+        """
         with self._lock:
             if not self.faults_on or self._rng.random() >= self.fault_rate:
                 return "pass", True
+            self._drawn += 1
+            if self._drawn <= len(self.kinds):
+                return self.kinds[self._drawn - 1], self._drawn % 2 == 0
             return self._rng.choice(self.kinds), self._rng.random() < 0.5
 
     def _accept(self, sock: socket.socket) -> None:
@@ -160,6 +176,23 @@ class FaultProxy:
                 return b"".join(chunks)
         except OSError:
             return None
+
+
+def _listen_outside_ephemeral_range(rng: random.Random) -> socket.socket:
+    """A listening socket on a port below the kernel's ephemeral range, so that while the proxy
+    is "down" no outgoing connection can take its port and the proxy can come back on it."""
+    low = 32768
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        try:
+            return socket.create_server(("127.0.0.1", port))
+        except OSError:
+            continue
+    raise OSError("no free loopback port below the ephemeral range")
 
 
 def _read_request(client: socket.socket) -> bytes | None:
