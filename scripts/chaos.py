@@ -415,6 +415,10 @@ def _check(work: Path, moto_port: int, ledger_path: Path, summary: Summary) -> N
             if isinstance(item, Fetch):
                 summary.problems.append(f"well-formed fetch {item.fetch_id} in quarantine")
     left_bytes = (work / "data" / "all_api.json").read_bytes()
+    service_log = (work / "service.log").read_text(encoding="utf-8", errors="replace")
+    for bug in ("Traceback", "upload_worker_error"):
+        if bug in service_log:
+            summary.problems.append(f"{bug} in {work / 'service.log'}")
     for junk_id in junk:
         if junk_id.encode() not in blob and junk_id.encode() not in left_bytes:
             summary.problems.append(f"malformed record {junk_id} neither quarantined nor in the file")
