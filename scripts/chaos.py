@@ -45,13 +45,12 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-for p in (str(REPO), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+for _path in (str(REPO), str(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
-import pytz  # noqa: E402
-
-from faultproxy import FAULT_KINDS, FaultProxy  # noqa: E402
+import pytz
+from faultproxy import FAULT_KINDS, FaultProxy
 
 TZ = "America/New_York"
 PREFIX = "chaos"
@@ -158,9 +157,11 @@ def _env() -> dict[str, str]:
 
 def _start_moto(port: int, log: Path) -> subprocess.Popen[bytes]:
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "ab"), env=_env())
+    with open(log, "ab") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=err, env=_env())
     deadline = time.monotonic() + 30
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
@@ -168,7 +169,7 @@ def _start_moto(port: int, log: Path) -> subprocess.Popen[bytes]:
         try:
             client.create_bucket(Bucket=BUCKET)
             return proc
-        except Exception:
+        except (BotoCoreError, ClientError):
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise RuntimeError(f"moto server did not start; see {log}") from None
@@ -394,8 +395,7 @@ def _check(work: Path, moto_port: int, ledger_path: Path, summary: Summary) -> N
             seen[item.fetch_id].append("file")
             summary.left_in_file += 1
     spool = work / "data" / "spool"
-    for p in (spool / "quarantine").rglob("*.bin"):
-        quarantine_blobs.append(p.read_bytes())
+    quarantine_blobs += [q.read_bytes() for q in (spool / "quarantine").rglob("*.bin")]
     for fetch_id, entry in ledger.items():
         where = seen.get(fetch_id, [])
         if not where:

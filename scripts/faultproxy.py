@@ -18,9 +18,10 @@ import random
 import socket
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Self
 
-__all__ = ["FaultProxy", "FAULT_KINDS"]
+__all__ = ["FAULT_KINDS", "FaultProxy"]
 
 FAULT_KINDS = ("http500", "http503", "reset", "stall", "down")
 
@@ -100,10 +101,10 @@ class FaultProxy:
         for c in conns:
             _close(c)
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- serving ---------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def _listen_outside_ephemeral_range(rng: random.Random) -> socket.socket:
     is "down" no outgoing connection can take its port and the proxy can come back on it."""
     low = 32768
     try:
-        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         pass
     for _ in range(200):

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-import chaos  # noqa: E402
+import chaos
 
 
 @pytest.mark.slow

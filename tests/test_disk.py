@@ -12,17 +12,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytz
-
 from helpers import record, wait_for, write_config
 
 LIMIT = 1024  # bytes: more than the small state files, less than one batch of ten fetches
 
 
-def _limit_file_size() -> None:
-    """In the child: files may not grow past LIMIT (EFBIG instead of SIGXFSZ), soft limit only."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an ignored signal stays ignored across exec
-    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, hard))
+# `uploader run` whose files may not grow past LIMIT (EFBIG instead of SIGXFSZ); soft limit only,
+# so the test can raise it again from outside with prlimit.
+LIMITED_RUN = f"""
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({LIMIT}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+sys.argv = ["uploader", *sys.argv[1:]]
+runpy.run_module("uploader.cli", run_name="__main__")
+"""
 
 
 def test_spool_write_failure_leaves_the_file_alone_and_the_cut_resumes(tmp_path: Path) -> None:
@@ -37,13 +40,12 @@ def test_spool_write_failure_leaves_the_file_alone_and_the_cut_resumes(tmp_path:
     now = datetime.now(pytz.utc)
     recs = [record(f"disk{i:02d}", now - timedelta(seconds=60 - i)) for i in range(25)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "uploader.cli", "run", "--config", str(config)],
-                                stdout=out, stderr=out, preexec_fn=_limit_file_size)
+        proc = subprocess.Popen([sys.executable, "-c", LIMITED_RUN, "run", "--config", str(config)],
+                                stdout=out, stderr=out)
     try:
         wait_for(lambda: b"service_started" in log.read_bytes(), timeout=30, what="service start")
         with open(local, "ab") as f:
-            for r in recs[:24]:
-                f.write(r)
+            f.writelines(recs[:24])
         before = local.read_bytes()
         wait_for(lambda: b"watch_error" in log.read_bytes(), timeout=30, what="the spool write error")
         # A second attempt (the pipeline appends again) fails the same way, without a second line.

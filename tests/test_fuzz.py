@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import pytz
+from helpers import NY, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import NY, record
 from uploader.cut import plan_cut
 from uploader.fetchlog import Fetch, Malformed, ScanResult, scan
 

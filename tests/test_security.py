@@ -7,7 +7,6 @@ config.toml and plain http to a non-loopback endpoint (tests/test_config.py,
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import pytz
-
 from conftest import make_s3_store
 from helpers import record, wait_for, write_config
+
 from uploader import daily
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +34,14 @@ KEY_SHAPES = [
 ]
 
 
+UMASK_000_RUN = """
+import os, runpy, sys
+os.umask(0)
+sys.argv = ["uploader", *sys.argv[1:]]
+runpy.run_module("uploader.cli", run_name="__main__")
+"""
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, AWS_SESSION_TOKEN=SECRET + "tok")
     env.update(extra)
@@ -43,7 +50,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "uploader.cli", *args], capture_output=True, text=True,
-                          timeout=120, env=_env(), cwd=cwd)
+                          timeout=120, env=_env(), cwd=cwd, check=False)
 
 
 def _records(n: int, prefix: str = "sec") -> bytes:
@@ -118,9 +125,8 @@ def test_spool_and_quarantine_files_are_private_whatever_the_umask(tmp_path, bac
     spool = tmp_path / "data" / "spool"
     log = tmp_path / "run.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "uploader.cli", "run", "--config", str(config)],
-                                stdout=out, stderr=out, env=_env(), cwd=tmp_path,
-                                preexec_fn=lambda: os.umask(0))
+        proc = subprocess.Popen([sys.executable, "-c", UMASK_000_RUN, "run", "--config", str(config)],
+                                stdout=out, stderr=out, env=_env(), cwd=tmp_path)
     try:
         quarantined = (spool / "quarantine").glob if backend == "s3-down" else (spool / "quarantine" / "sent").glob
         wait_for(lambda: any(quarantined("*.bin")), timeout=30, what="quarantined bytes")
