@@ -1,0 +1,207 @@
+"""Benchmark 3: the cost of ONE append when the day already holds 1, 16, 128, 512 MiB.
+
+For each size the bench builds one valid day document (``daily.serialize``, PUT once, not
+measured) and a copy of it for the seed. Both sides then append the same 10 fetches through a
+byte-counting proxy in front of moto:
+
+- project: ``publish.append_batches`` through ``S3Store`` in a child process (its capabilities
+  probed before the measurement starts, as a running service has);
+- seed: the seed's 10th ``subprocess.run`` call with 9 fetches already in its local file, which
+  GETs the whole document, appends, and PUTs it all back.
+
+Both documents are read back and checked afterwards, then deleted so moto frees the memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytz
+
+from uploader import daily
+from uploader.spool import Batch
+
+from .harness import (
+    ROOT,
+    SEED,
+    TZ,
+    BenchError,
+    CountingProxy,
+    MotoServer,
+    Row,
+    Section,
+    bench_env,
+    make_raw,
+    today,
+    verify_day,
+)
+
+__all__ = ["DEFAULT_SIZES_MIB", "run"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZES_MIB = (1, 16, 128, 512)
+_MIB = 1 << 20
+
+
+def build_day(size_mib: int) -> bytes:
+    """A valid day document of about ``size_mib`` MiB: uploads of ~1 MiB (10 fetches each)."""
+    day = today()
+    uploads = max(1, size_mib)
+    per_fetch = (size_mib * _MIB // uploads) // 10 - 200
+    filler = "x" * per_fetch  # one shared string: building 512 MiB takes seconds, not minutes
+    batches = [
+        Batch(batch_id=hashlib.sha256(f"old-{u}".encode()).hexdigest()[:32], seq=u, day=day,
+              cut_at="07/10/2025 04:15:00 PM EDT",
+              fetches=[{"FETCH_HEADER": {"fetch_id": f"old-{u}-{i}"}, "RAW_API_DATA": {"filler": filler},
+                        "FETCH_FOOTER": {"total_matches": 5}} for i in range(10)],
+              matches=50, fetch_ids=[f"old-{u}-{i}" for i in range(10)])
+        for u in range(uploads)
+    ]
+    merged = daily.merge_batches(daily.new_document(day, TZ.zone), batches, datetime.now(pytz.utc), TZ)
+    return daily.serialize(merged.document)
+
+
+def _load_seed() -> Any:
+    spec = importlib.util.spec_from_file_location("seed_logger", SEED)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _seed_append(seed: Any, proxy: CountingProxy, bucket: str, work: Path, fetch_size: int) -> dict[str, Any]:
+    """The seed's 10th call: 9 fetches already in its file, the 10th triggers GET + PUT of the day."""
+    local = work / "seed_all_api.json"
+    local.write_text("")
+    now = datetime.now(TZ)
+    log_data = [{"raw_data": make_raw(fetch_size, i), "match_stats": {"total_matches": 5},
+                 "pipeline_duration": 1.0} for i in range(10)]
+    for item in log_data[:9]:
+        seed.append_local(str(local), item, now)
+    env = bench_env(SEED_LOCAL_FILE=str(local), SEED_BUCKET=bucket, SEED_PREFIX="seed",
+                    AWS_ENDPOINT_URL=proxy.url)
+    proxy.reset()
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(SEED), json.dumps(log_data[9])], env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise BenchError(f"seed_logger.py exited {proc.returncode}")
+    sent, received = proxy.counts()
+    return {"seconds": seconds, "sent": sent, "received": received, "hwm_kib": usage.ru_maxrss}
+
+
+def _project_append(proxy: CountingProxy, bucket: str, fetch_size: int) -> dict[str, Any]:
+    """One project append in a child process; bytes counted from its "go" to its answer."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.benchmarks.append_child", proxy.url, bucket, "proj",
+         today().isoformat(), str(fetch_size)],
+        env=bench_env(), cwd=str(ROOT), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise BenchError("append_child did not get ready")
+    proxy.reset()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    sent, received = proxy.counts()
+    if proc.wait(60) != 0 or not line:
+        raise BenchError("append_child failed")
+    result: dict[str, Any] = json.loads(line)
+    result.update(wire_sent=sent, wire_received=received)
+    return result
+
+
+def _check_seed_doc(moto: MotoServer, bucket: str, key: str, uploads: int) -> None:
+    doc = json.loads(moto.admin.get_object(Bucket=bucket, Key=key)["Body"].read())
+    ids = Counter(f["FETCH_HEADER"]["fetch_id"] for u in doc["uploads"] for f in u["fetch_data"])
+    problems = []
+    if len(doc["uploads"]) != uploads or doc["daily_metadata"]["total_uploads_today"] != uploads:
+        problems.append(f"{len(doc['uploads'])} uploads, expected {uploads}")
+    if len(doc["uploads"][-1]["fetch_data"]) != 10 or sum(ids.values()) != uploads * 10:
+        problems.append("fetch count is off")
+    if any(n > 1 for n in ids.values()):
+        problems.append("duplicate fetch ids")
+    if problems:
+        raise BenchError(f"seed document {key}: " + "; ".join(problems))
+
+
+def _size(n: float) -> str:
+    return f"{n / _MIB:.2f} MiB" if n >= _MIB else f"{n / 1024:.1f} KiB"
+
+
+def run(moto: MotoServer, sizes_mib: tuple[int, ...] = DEFAULT_SIZES_MIB, fetch_size: int = 5 * 1024) -> Section:
+    """Measure one append per day size, project beside seed, and verify both documents."""
+    section = Section("3. Append cost vs day size (one batch of 10 fetches)")
+    proxy = CountingProxy(moto.port)
+    seed = _load_seed()
+    day = today()
+    pkey, skey = daily.day_key("proj", day), daily.day_key("seed", day)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-append-") as tmp:
+            for size in sizes_mib:
+                bucket = moto.new_bucket(f"append{size}")
+                body = build_day(size)
+                old = daily.parse_tail(daily.split_tail(body[-65536:], len(body))[1])  # type: ignore[index]
+                started = time.perf_counter()
+                moto.admin.put_object(Bucket=bucket, Key=pkey, Body=body,
+                                      Metadata=daily.user_metadata(old))
+                moto.admin.copy_object(Bucket=bucket, Key=skey, CopySource={"Bucket": bucket, "Key": pkey})
+                build_s = time.perf_counter() - started
+                old_size, n = len(body), old["total_uploads_today"]
+                del body
+                proj = _project_append(proxy, bucket, fetch_size)
+                if proj["stored"] != 1:
+                    raise BenchError(f"project append at {size} MiB stored {proj['stored']} batches")
+                new_size = moto.admin.head_object(Bucket=bucket, Key=pkey)["ContentLength"]
+                verify_day(moto.admin, bucket, pkey, n + 1, (n + 1) * 10)
+                s = _seed_append(seed, proxy, bucket, Path(tmp), fetch_size)
+                _check_seed_doc(moto, bucket, skey, n + 1)
+                moto.empty_bucket(bucket)
+                moto.admin.delete_bucket(Bucket=bucket)
+
+                added = new_size - old_size
+                limit = 2 * added + 65536
+                p_bytes = proj["wire_sent"] + proj["wire_received"]
+                s_bytes = s["sent"] + s["received"]
+                label = f"{size} MiB day"
+                section.rows.append(Row(f"{label}: bytes on the wire", _size(s_bytes), _size(p_bytes),
+                                        f"{s_bytes / p_bytes:,.1f}x",
+                                        f"<= {_size(limit)} (2x batch + 64 KiB)", p_bytes <= limit))
+                section.rows.append(Row(f"{label}: wall time", f"{s['seconds']:.2f} s",
+                                        f"{proj['seconds'] * 1000:.0f} ms",
+                                        f"{s['seconds'] / proj['seconds']:,.0f}x"))
+                section.rows.append(Row(f"{label}: peak RSS", f"{s['hwm_kib'] / 1024:.0f} MiB",
+                                        f"{proj['hwm_kib'] / 1024:.0f} MiB", "-", "<= 150 MiB",
+                                        proj["hwm_kib"] <= 150 * 1024))
+                section.notes.append(
+                    f"{label} ({_size(old_size)}, {n} uploads; built and stored in {build_s:.1f} s): "
+                    f"project path={proj['path']}, sent {_size(proj['wire_sent'])} / received "
+                    f"{_size(proj['wire_received'])} on the wire (payload {_size(proj['sent'])} / "
+                    f"{_size(proj['received'])}); seed sent {_size(s['sent'])} / received "
+                    f"{_size(s['received'])}; the batch added {_size(added)} to the document"
+                )
+    finally:
+        proxy.close()
+    section.notes.append(
+        "Wire bytes include HTTP headers. The seed's wall time includes starting Python and "
+        "importing boto3 (it is a fresh process per fetch); the project's is the append alone. "
+        "Existing uploads hold one long filler string per fetch, the cheapest case for the "
+        "seed's json.loads / json.dumps."
+    )
+    return section

@@ -1,0 +1,137 @@
+"""Benchmark 1: how long the pipeline is blocked per fetch, FetchWriter.append vs the seed's subprocess.
+
+The seed design runs ``subprocess.run([python, seed_logger.py, json.dumps(log_data)])`` for every
+fetch (and every 10th call also rewrites the day document). The project's pipeline calls
+``FetchWriter.append``, one write under a flock, while ``uploader run`` cuts the same file
+concurrently (so waits for the cut's lock are part of the figure).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from uploader import daily
+from uploader.fetchlog import FetchWriter
+
+from .harness import (
+    SEED,
+    MotoServer,
+    Row,
+    Section,
+    bench_env,
+    make_raw,
+    percentile,
+    record_size,
+    running_uploader,
+    today,
+    verify_day,
+    write_config,
+)
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _seed_calls(moto: MotoServer, size: int, n: int, work: Path) -> dict[str, Any]:
+    """Run the seed's per-fetch subprocess ``n`` times; stop at the first that cannot start."""
+    bucket = moto.new_bucket("seed-writer")
+    local = work / f"seed-{size}.json"
+    env = bench_env(SEED_LOCAL_FILE=str(local), SEED_BUCKET=bucket, SEED_PREFIX="seed",
+                    AWS_ENDPOINT_URL=moto.url)
+    times: list[float] = []
+    failure = None
+    for i in range(n):
+        log_data = {"raw_data": make_raw(size, i), "match_stats": {"total_matches": 5},
+                    "pipeline_duration": 1.0}
+        started = time.perf_counter()
+        try:
+            subprocess.run([sys.executable, str(SEED), json.dumps(log_data)], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+        except OSError as exc:
+            failure = f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}"
+            if exc.errno != errno.E2BIG:
+                raise
+            break
+        times.append(time.perf_counter() - started)
+    uploads = 0
+    if times:
+        key = daily.day_key("seed", today())
+        doc = json.loads(moto.admin.get_object(Bucket=bucket, Key=key)["Body"].read())
+        uploads = len(doc["uploads"])
+        fetches = sum(len(u["fetch_data"]) for u in doc["uploads"])
+        if uploads != n // 10 or fetches != uploads * 10:
+            raise RuntimeError(f"seed document holds {uploads} uploads / {fetches} fetches after {n} calls")
+    moto.empty_bucket(bucket)
+    return {"times": times, "failure": failure, "uploads": uploads}
+
+
+def _project_calls(moto: MotoServer, size: int, n: int, work: Path) -> list[float]:
+    """Append ``n`` fetches with FetchWriter while ``uploader run`` uploads them; verify the day."""
+    bucket = moto.new_bucket("proj-writer")
+    folder = work / f"proj-{size}"
+    config = write_config(folder, moto.url, bucket)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    writer = FetchWriter(folder / "data" / "all_api.json", "America/New_York")
+    raws = [make_raw(size, i) for i in range(n)]
+    times: list[float] = []
+    with running_uploader(config) as proc:
+        for raw in raws:
+            started = time.perf_counter()
+            writer.append(raw, 5, footer={"pipeline_duration": 1.0})
+            times.append(time.perf_counter() - started)
+        proc.wait_for(r"uploader.upload upload .*", timeout=60)
+    # The SIGTERM drain uploads whatever is left; then every fetch must be there exactly once.
+    verify_day(moto.admin, bucket, daily.day_key("logs", today()), n // 10, n)
+    moto.empty_bucket(bucket)
+    return times
+
+
+def run(moto: MotoServer, sizes: tuple[int, ...] = (5 * 1024, 200 * 1024),
+        seed_calls: int = 20, project_calls: int = 1000) -> Section:
+    """Time both writers at each fetch size; the seed's calls include its every-10th upload."""
+    section = Section("1. Cost to the pipeline per fetch (time blocked)")
+    with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
+        work = Path(tmp)
+        for size in sizes:
+            label = f"{size // 1024} KiB"
+            seed = _seed_calls(moto, size, seed_calls, work)
+            proj = _project_calls(moto, size, project_calls if size <= 64 * 1024 else project_calls // 5, work)
+            p_mean, p_med = statistics.fmean(proj), statistics.median(proj)
+            rec = record_size(size)
+            section.notes.append(
+                f"{label} fetch: record is {rec} bytes; project {len(proj)} appends "
+                f"(median {_ms(p_med)}, p99 {_ms(percentile(proj, 99))}, max {_ms(max(proj))}) "
+                "with `uploader run` cutting the same file"
+            )
+            if seed["failure"]:
+                section.rows.append(Row(f"mean per fetch, {label}", f"fails: {seed['failure']}",
+                                        _ms(p_mean), "seed cannot", ">= 1000x less", True))
+                section.notes.append(f"{label}: the seed's very first call failed before the child "
+                                     f"started ({seed['failure']}): a single argv string is "
+                                     "limited to 128 KiB on Linux (MAX_ARG_STRLEN)")
+                continue
+            s_mean, s_med = statistics.fmean(seed["times"]), statistics.median(seed["times"])
+            ratio = s_mean / p_mean
+            section.rows.append(Row(f"mean per fetch, {label}", _ms(s_mean), _ms(p_mean),
+                                    f"{ratio:,.0f}x", ">= 1000x less", ratio >= 1000))
+            section.rows.append(Row(f"median per fetch, {label}", _ms(s_med), _ms(p_med),
+                                    f"{s_med / p_med:,.0f}x"))
+            section.notes.append(
+                f"{label}: seed {len(seed['times'])} calls (every 10th also rewrote the day: "
+                f"{seed['uploads']} uploads), max {_ms(max(seed['times']))}"
+            )
+    return section
