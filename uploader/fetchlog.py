@@ -217,12 +217,24 @@ def count_end_markers(chunk: bytes, at_line_start: bool) -> int:
 def encode_record(
     fetch_id: str, instant: datetime, tz: pytz.BaseTzInfo, document: Mapping[str, Any]
 ) -> bytes:
-    """The exact bytes of one bookended record, END line and final newline included."""
+    """The exact bytes of one bookended record, END line and final newline included.
+
+    The body has one top-level member per line, each value compact: as readable as the seed's
+    layout, but encoded by json's C encoder (``indent`` forces the pure-Python one, ~50x slower:
+    50 ms instead of 1 ms for a 200 KiB fetch, all of it time the pipeline is blocked).
+    """
     stamp = format_stamp(instant, tz)
-    body = json.dumps(document, indent=2, ensure_ascii=False)
+    body = _encode_body(document)
     return (
         f"=== FETCH START: {fetch_id} | {stamp} ===\n{body}\n=== FETCH END: {fetch_id} | {stamp} ===\n"
     ).encode("utf-8")
+
+
+def _encode_body(document: Mapping[str, Any]) -> str:
+    members = [json.dumps({k: v}, ensure_ascii=False)[1:-1] for k, v in document.items()]
+    if not members:
+        return "{}"
+    return "{\n  " + ",\n  ".join(members) + "\n}"
 
 
 class FetchWriter:
