@@ -202,6 +202,7 @@ def run(moto: MotoServer, sizes_mib: tuple[int, ...] = DEFAULT_SIZES_MIB, fetch_
         "Wire bytes include HTTP headers. The seed's wall time includes starting Python and "
         "importing boto3 (it is a fresh process per fetch); the project's is the append alone. "
         "Existing uploads hold one long filler string per fetch, the cheapest case for the "
-        "seed's json.loads / json.dumps."
+        "seed's json.loads / json.dumps. The seed's peak RSS (wait4 ru_maxrss) also counts the "
+        "bench process's pages the child held between fork and exec: an upper bound."
     )
     return section
