@@ -141,3 +141,22 @@ def test_spool_sequence_survives_restart(tmp_path):
     spool.remove(spool.pending_batches())
     again = Spool(tmp_path / "spool")
     assert again.allocate_seqs(1)[0] > first
+
+
+def test_cut_abandoned_when_file_changes_before_the_lock(tmp_path):
+    """If the file is rewritten between the unlocked scan and the lock, nothing is cut or spooled."""
+    cutter, spool = make_cutter(tmp_path)
+    write(cutter.path, *[record(f"a{i}", DAY1) for i in range(10)])
+    replacement = b"".join(record(f"z{i}", DAY1) for i in range(3))
+    real_sync = spool.sync_staged
+
+    def replace_then_sync() -> None:
+        real_sync()
+        cutter.path.write_bytes(replacement)  # an operator rewrote the file meanwhile
+
+    spool.sync_staged = replace_then_sync  # type: ignore[method-assign]
+    outcome = cutter.cut()
+    assert outcome.batches == [] and outcome.removed == 0
+    assert spooled(spool) == []
+    assert not list(spool.batches_dir.glob("*.pending"))
+    assert cutter.path.read_bytes() == replacement

@@ -52,6 +52,13 @@ def file_ids(path: Path) -> list[str]:
     return [i.fetch_id for i in scan(path.read_bytes(), NY, datetime.now(pytz.utc)).items if isinstance(i, Fetch)]
 
 
+def wait_running(proc: subprocess.Popen, config: Path) -> None:
+    """Wait until this process holds the spool lock: its signal handlers are installed by then."""
+    lock = load_config(config).spool.dir / "lock"
+    wait_for(lambda: lock.exists() and lock.read_text().strip() == f"pid {proc.pid}", timeout=30,
+             what="the service to start")
+
+
 def stop(proc: subprocess.Popen) -> tuple[int, str]:
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -135,6 +142,7 @@ def test_sigterm_during_uploads_loses_nothing(tmp_path, moto_url, bucket):
     everything = stored() + spooled_ids(cfg.spool.dir) + file_ids(cfg.watch.file)
     assert sorted(everything) == sorted(r["fetch_id"] for r in ledger)
     proc = start_run(config)
+    wait_running(proc, config)
     try:
         wait_for(lambda: len(stored()) == 400 - len(file_ids(cfg.watch.file)) and len(file_ids(cfg.watch.file)) < 10,
                  timeout=60, what="the restart to upload the rest")

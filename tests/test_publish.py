@@ -12,7 +12,7 @@ import pytest
 import pytz
 
 from uploader import daily
-from uploader.publish import SMALL_LIMIT, append_batches, close_day, upload_quarantine
+from uploader.publish import SMALL_LIMIT, WriteCache, append_batches, close_day, upload_quarantine
 from uploader.spool import QuarantineItem
 from uploader.store import Store
 from uploader.store.s3 import S3Store
@@ -224,3 +224,45 @@ def test_quarantine_is_uploaded_verbatim_once(store: Store) -> None:
     assert data == item.raw
     assert info.metadata["reason"] == "END without START at line 3" and info.metadata["offset"] == "123"
     assert store.list(f"{PREFIX}/quarantine/") == [key]
+
+
+class _CallCounter:
+    """Counts the S3 operations a client makes, by name."""
+
+    def __init__(self, store: S3Store) -> None:
+        self.calls: list[str] = []
+        store.client.meta.events.register("before-call.s3", self._on_call)
+
+    def _on_call(self, model: Any, **_: Any) -> None:
+        self.calls.append(model.name)
+
+
+@pytest.mark.parametrize("pad", [0, 60_000], ids=["small-day", "large-day"])
+def test_write_cache_skips_rereading_our_own_last_write(store: Store, make_batch: Any, pad: int) -> None:
+    """After our own write, the next append needs no HEAD or GET: the cached ETag guards it."""
+    cache = WriteCache()
+    append_batches(store, PREFIX, TZ, [make_batch(i, pad=pad) for i in range(1, 12)], T0, cache)
+    store.capabilities()
+    counter = _CallCounter(store) if isinstance(store, S3Store) else None
+    result = append_batches(store, PREFIX, TZ, [make_batch(12)], T0 + timedelta(minutes=1), cache)
+    assert result.stored and result.bytes_received == 0
+    if counter is not None:
+        assert "HeadObject" not in counter.calls[:1] and "GetObject" not in counter.calls
+    doc = _load(store)
+    assert doc["daily_metadata"]["total_uploads_today"] == 12
+    assert daily.verify(doc) == []
+
+
+@pytest.mark.parametrize("pad", [0, 60_000], ids=["small-day", "large-day"])
+def test_write_cache_notices_another_writer(store_factory: Any, make_batch: Any, pad: int) -> None:
+    """A change by another writer after our last write is refused, re-read and kept: nothing is lost."""
+    ours, theirs = store_factory(), store_factory()
+    cache = WriteCache()
+    append_batches(ours, PREFIX, TZ, [make_batch(i, pad=pad) for i in range(1, 12)], T0, cache)
+    append_batches(theirs, PREFIX, TZ, [make_batch(50)], T0 + timedelta(minutes=1))
+    result = append_batches(ours, PREFIX, TZ, [make_batch(60)], T0 + timedelta(minutes=2), cache)
+    assert result.attempts == 2 and result.stored
+    doc = _load(ours)
+    ids = [u["batch_id"] for u in doc["uploads"]]
+    assert make_batch(50).batch_id in ids and make_batch(60).batch_id in ids
+    assert daily.verify(doc) == []

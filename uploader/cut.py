@@ -4,11 +4,13 @@
 group into batches (at most ``batch_size`` fetches, never two days in one batch) and what is
 quarantined. ``Cutter`` carries a plan out under the file's flock:
 
-1. stage batches and quarantined bytes in the spool (pending names, invisible to uploads);
-2. write the cut journal (length + digest of the cut bytes, digests of what stays): the commit;
+1. without the lock, scan and stage batches and quarantined bytes in the spool (pending
+   names, invisible to uploads, fsynced): writers only append, so the front cannot change;
+2. under the flock, check the front still holds the same bytes, then write the cut journal
+   (length + digest of the cut bytes, digests of what stays): the commit;
 3. promote the staged files;
 4. shift the kept bytes to the front of the file in place (same inode) and truncate;
-5. clear the journal.
+5. make the promotions durable and clear the journal.
 
 A crash before 2 leaves the file untouched and the staged files are discarded on restart; a
 crash after 2 is finished by ``recover`` from the journal, whatever the writer appended since.
@@ -117,6 +119,17 @@ def batch_digest(chunks: Sequence[bytes]) -> str:
 
 
 @dataclass(frozen=True)
+class _Staged:
+    """A planned cut whose batches are durable under pending names, not yet committed."""
+
+    plan: CutPlan
+    outcome: CutOutcome
+    names: list[str] = field(default_factory=list)
+    digest: str = ""
+    started: float = 0.0
+
+
+@dataclass(frozen=True)
 class CutOutcome:
     batches: list[Batch] = field(default_factory=list)
     quarantined: list[QuarantineItem] = field(default_factory=list)
@@ -154,6 +167,9 @@ class Cutter:
                 log.warning("cut_discarded staged_files=%d reason=crash-before-commit", n)
             return
         self.spool.commit(journal.pending)
+        n = self.spool.discard_staged()  # a later cut that never committed
+        if n:
+            log.warning("cut_discarded staged_files=%d reason=crash-before-commit", n)
         fd = self._open()
         if fd is None:
             log.error("cut_recovery_file_missing path=%s action=clear-journal", self.path)
@@ -168,13 +184,21 @@ class Cutter:
             os.close(fd)
 
     def cut(self, close_through: date | None = None) -> CutOutcome:
-        """Cut what is complete at the front of the file; see the module docstring."""
+        """Cut what is complete at the front of the file; see the module docstring.
+
+        The slow part (scan, staging with fsyncs) runs without the flock: writers only append,
+        so complete records at the front cannot change under us. The flock is held only to
+        re-check that, write the journal and rewrite the file, so the pipeline waits less.
+        """
         fd = self._open()
         if fd is None:
             return CutOutcome()
         try:
+            staged = self._stage(fd, close_through)
+            if staged is None or staged.plan.length == 0:
+                return staged.outcome if staged else CutOutcome()
             fcntl.flock(fd, fcntl.LOCK_EX)
-            return self._cut_locked(fd, close_through)
+            return self._commit_locked(fd, staged)
         finally:
             os.close(fd)  # releases the flock
 
@@ -184,7 +208,7 @@ class Cutter:
         except FileNotFoundError:
             return None
 
-    def _cut_locked(self, fd: int, close_through: date | None) -> CutOutcome:
+    def _stage(self, fd: int, close_through: date | None) -> _Staged | None:
         started = time.monotonic()
         size = os.fstat(fd).st_size
         now = self.clock()
@@ -193,13 +217,11 @@ class Cutter:
             buf = os.pread(fd, want, 0)
             result = scan(buf, self.tz, now)
             plan = plan_cut(result.items, self.batch_size, close_through, self.max_cut_bytes)
-            # One record larger than what we read: read more, unless that is the whole file.
-            if plan.length or result.items or want >= size:
+            if plan.batches or want >= size or (result.items and want >= self.max_cut_bytes):
                 break
-            want = min(size, want * 4)
-        more = plan.length > 0 and (plan.length >= self.max_cut_bytes or want < size)
+            want = min(size, want * 4)  # the next batch ends beyond what we read: read more
         if plan.length == 0:
-            return CutOutcome(scanned_to=result.consumed, records_left=plan.records_left)
+            return _Staged(plan, CutOutcome(scanned_to=result.consumed, records_left=plan.records_left))
         stamp = format_stamp(now, self.tz)
         seqs = self.spool.allocate_seqs(len(plan.batches) + len(plan.quarantined))
         batches = [
@@ -225,51 +247,70 @@ class Cutter:
             )
             for m, seq in zip(plan.quarantined, seqs[len(batches):])
         ]
-        for pb in plan.batches:
-            for f in pb.fetches:
-                if f.time_source != "marker":
-                    log.warning(
-                        "fetch_time_fallback fetch_id=%s offset=%d source=%s day=%s",
-                        f.fetch_id, f.start, f.time_source, f.day,
-                    )
         names: list[str] = []
         try:
             for b in batches:
                 names.append(self.spool.stage_batch(b))
             for q in quarantined:
                 names.extend(self.spool.stage_quarantine(q))
-            journal = self._journal(fd, buf, plan.length, size, names)
-            self.spool.write_journal(journal)
+            self.spool.sync_staged()
         except OSError as exc:
             self.spool.discard_staged()
             raise SpoolError(
                 f"cannot write to the spool {self.spool.root}: {exc.strerror or exc}; the local file was left untouched",
                 "free disk space (or fix permissions) under spool.dir; the cut is retried on the next write",
             ) from exc
-        self.spool.commit(names)
-        _finish_rewrite(fd, journal, self.spool.kept_path)
-        self.spool.clear_journal()
-        ms = (time.monotonic() - started) * 1000
-        for b, pb in zip(batches, plan.batches):
-            log.info(
-                "cut day=%s batch=%s seq=%d fetches=%d matches=%d bytes=%d ms=%.1f",
-                b.day, b.batch_id, b.seq, b.fetch_count, b.matches, sum(f.size for f in pb.fetches), ms,
-            )
-        for q in quarantined:
-            log.warning(
-                "quarantined file=%s offset=%d bytes=%d reason=%r saved=%s",
-                self.path, q.offset, len(q.raw), q.reason, q.name,
-            )
-        return CutOutcome(
+        outcome = CutOutcome(
             batches=batches,
             quarantined=quarantined,
             removed=plan.length,
             scanned_to=result.consumed - plan.length,
             records_left=plan.records_left,
-            more=more,
+            more=plan.length >= self.max_cut_bytes or want < size,
         )
+        return _Staged(plan, outcome, names, hashlib.sha256(buf[:plan.length]).hexdigest(), started)
 
-    def _journal(self, fd: int, buf: bytes, length: int, size: int, names: list[str]) -> CutJournal:
+    def _commit_locked(self, fd: int, staged: _Staged) -> CutOutcome:
+        plan, outcome = staged.plan, staged.outcome
+        size = os.fstat(fd).st_size
+        if size < plan.length or _digest_range(fd, 0, plan.length) != staged.digest:
+            # Someone replaced or truncated the file between the scan and the lock.
+            self.spool.discard_staged()
+            log.warning("cut_abandoned path=%s reason=file-changed-under-us", self.path)
+            return CutOutcome()
+        try:
+            journal = self._journal(fd, plan.length, size, staged.digest, staged.names)
+            self.spool.write_journal(journal)
+        except OSError as exc:
+            self.spool.discard_staged()
+            raise SpoolError(
+                f"cannot write the cut journal in {self.spool.root}: {exc.strerror or exc}; the local file was left untouched",
+                "free disk space (or fix permissions) under spool.dir; the cut is retried on the next write",
+            ) from exc
+        self.spool.commit(staged.names)
+        _finish_rewrite(fd, journal, self.spool.kept_path)
+        self.spool.sync_committed()
+        self.spool.clear_journal()
+        ms = (time.monotonic() - staged.started) * 1000
+        for b, pb in zip(outcome.batches, plan.batches):
+            log.info(
+                "cut day=%s batch=%s seq=%d fetches=%d matches=%d bytes=%d ms=%.1f",
+                b.day, b.batch_id, b.seq, b.fetch_count, b.matches, sum(f.size for f in pb.fetches), ms,
+            )
+            for f in pb.fetches:
+                if f.time_source != "marker":
+                    log.warning(
+                        "fetch_time_fallback fetch_id=%s offset=%d source=%s day=%s",
+                        f.fetch_id, f.start, f.time_source, f.day,
+                    )
+        for q in outcome.quarantined:
+            log.warning(
+                "quarantined file=%s offset=%d bytes=%d reason=%r saved=%s",
+                self.path, q.offset, len(q.raw), q.reason, q.name,
+            )
+        return outcome
+
+    def _journal(self, fd: int, length: int, size: int, digest: str, names: list[str]) -> CutJournal:
         kept_len = size - length
         kept = hashlib.sha256()
         rest = hashlib.sha256()
@@ -289,7 +330,7 @@ class Cutter:
             rest.update(os.pread(fd, min(_CHUNK, size - off), off))
         return CutJournal(
             length=length,
-            digest=hashlib.sha256(buf[:length]).hexdigest(),
+            digest=digest,
             size=size,
             kept_len=kept_len,
             kept_digest=kept.hexdigest(),

@@ -29,6 +29,7 @@ __all__ = [
     "MAX_ATTEMPTS",
     "SMALL_LIMIT",
     "AppendResult",
+    "WriteCache",
     "append_batches",
     "close_day",
     "quarantine_key",
@@ -71,7 +72,12 @@ class _Edit:
 
 
 def append_batches(
-    store: Store, prefix: str, tz: pytz.BaseTzInfo, batches: list[Batch], now: datetime
+    store: Store,
+    prefix: str,
+    tz: pytz.BaseTzInfo,
+    batches: list[Batch],
+    now: datetime,
+    cache: WriteCache | None = None,
 ) -> AppendResult:
     """Append all ``batches`` (one day, any order) to that day's document in one write.
 
@@ -92,7 +98,7 @@ def append_batches(
     def on_tail(tail: bytes) -> daily.TailEdit:
         return daily.append_to_tail(tail, unique, now, tz)
 
-    result = _apply(store, prefix, tz, days.pop(), _Edit(on_document, on_tail))
+    result = _apply(store, prefix, tz, days.pop(), _Edit(on_document, on_tail), cache)
     # The caller logs the operator-facing "upload" line; this is the store-level detail.
     log.debug(
         "publish.appended day=%s stored=%d already=%d path=%s attempts=%d sent=%d received=%d",
@@ -102,7 +108,9 @@ def append_batches(
     return result
 
 
-def close_day(store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, now: datetime) -> AppendResult:
+def close_day(
+    store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, now: datetime, cache: WriteCache | None = None
+) -> AppendResult:
     """Mark ``day`` closed (creating an empty closed document if it has none); idempotent."""
 
     def on_document(doc: dict[str, Any]) -> daily.MergeResult | None:
@@ -113,33 +121,76 @@ def close_day(store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, now: da
     def on_tail(tail: bytes) -> daily.TailEdit:
         return daily.close_tail(tail, now, tz)
 
-    result = _apply(store, prefix, tz, day, _Edit(on_document, on_tail))
+    result = _apply(store, prefix, tz, day, _Edit(on_document, on_tail), cache)
     log.info("publish.closed day=%s path=%s attempts=%d", day, result.path, result.attempts)
     return result
 
 
-def _apply(store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, edit: _Edit) -> AppendResult:
+@dataclass(frozen=True)
+class _Known:
+    """The ETag, size and last bytes (the whole body when small) of an object we wrote."""
+
+    etag: str
+    size: int
+    suffix: bytes
+
+
+class WriteCache:
+    """What this process last wrote to each day's document, so the next append skips HEAD + GET.
+
+    Only used where the server honours conditional writes: the write still carries the cached
+    ETag, so a change by anyone else is refused, the entry dropped, and the object re-read.
+    """
+
+    def __init__(self, max_entries: int = 4) -> None:
+        self._entries: dict[str, _Known] = {}
+        self._max = max_entries
+
+    def get(self, key: str) -> _Known | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, known: _Known) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = known
+        while len(self._entries) > self._max:
+            self._entries.pop(next(iter(self._entries)))
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+def _apply(
+    store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, edit: _Edit, cache: WriteCache | None
+) -> AppendResult:
     key = daily.day_key(prefix, day)
     sent = received = 0
+    caps = store.capabilities()
+    remember = cache.put if cache is not None and caps.conditional_put else lambda key, known: None
     for attempt in range(1, MAX_ATTEMPTS + 1):
         started = time.monotonic()
-        caps = store.capabilities()
+        known = cache.get(key) if cache is not None and caps.conditional_put else None
         try:
-            info = store.head(key)
-            if info is None:
-                merged = edit.on_document(daily.new_document(day, tz.zone))
-                if merged is None:  # pragma: no cover - a new document always changes
-                    return AppendResult(day, key, attempts=attempt)
-                body = daily.serialize(merged.document)
-                meta = daily.user_metadata(merged.document["daily_metadata"])
-                etag = store.put(key, body, meta, if_none_match=caps.conditional_put)
-                return _done(day, key, merged, "new", etag, attempt, sent + len(body), received, started)
+            if known is None:
+                info = store.head(key)
+                if info is None:
+                    merged = edit.on_document(daily.new_document(day, tz.zone))
+                    if merged is None:  # pragma: no cover - a new document always changes
+                        return AppendResult(day, key, attempts=attempt)
+                    body = daily.serialize(merged.document)
+                    meta = daily.user_metadata(merged.document["daily_metadata"])
+                    etag = store.put(key, body, meta, if_none_match=caps.conditional_put)
+                    remember(key, _Known(etag, len(body), body))
+                    return _done(day, key, merged, "new", etag, attempt, sent + len(body), received, started)
+                size, etag = info.size, info.etag
+            else:
+                size, etag = known.size, known.etag
 
-            data: bytes | None = None
-            etag = info.etag
-            if info.size >= SMALL_LIMIT and caps.server_side_append:
-                found, data, etag, n = _read_tail(store, key)
-                received += n
+            whole = known.suffix if known is not None and len(known.suffix) >= size else None
+            if size >= SMALL_LIMIT and caps.server_side_append:
+                found = daily.split_tail(known.suffix, size) if known is not None else None
+                if found is None:
+                    found, whole, etag, n = _read_tail(store, key)
+                    received += n
                 if found is not None and found[0] >= SMALL_LIMIT:
                     keep, tail = found
                     te = edit.on_tail(tail)
@@ -149,20 +200,25 @@ def _apply(store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, edit: _Edi
                         key, keep, te.data, daily.user_metadata(te.metadata), if_match=etag
                     )
                     sent += len(te.data)
+                    if caps.complete_etag:
+                        remember(key, _Known(new_etag, keep + len(te.data), te.data))
                     return _done(day, key, te, "tail", new_etag, attempt, sent, received, started)
-            if data is None:
-                data, got = store.get(key)
+            if whole is None:
+                whole, got = store.get(key)
                 etag = got.etag
-                received += len(data)
-            merged = edit.on_document(daily.parse(data))
+                received += len(whole)
+            merged = edit.on_document(daily.parse(whole))
             if merged is None or (not merged.stored and merged.already):
                 already = merged.already if merged else []
                 return AppendResult(day, key, [], already, "none", etag, attempt, sent, received)
             body = daily.serialize(merged.document)
             meta = daily.user_metadata(merged.document["daily_metadata"])
             new_etag = store.put(key, body, meta, if_match=etag if caps.conditional_put else None)
+            remember(key, _Known(new_etag, len(body), body))
             return _done(day, key, merged, "rewrite", new_etag, attempt, sent + len(body), received, started)
         except PreconditionFailed:
+            if cache is not None:
+                cache.drop(key)
             log.info("publish.conflict key=%s attempt=%d; re-reading", key, attempt)
     raise PreconditionFailed(
         f"{key} kept changing during {MAX_ATTEMPTS} attempts to write it",

@@ -132,8 +132,14 @@ class CutJournal:
         return cls(**json.loads(data))
 
 
-def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temp name, fsync, rename; then fsync the folder."""
+def atomic_write(
+    path: Path, data: bytes, mode: int = FILE_MODE, sync_dir: bool = True, durable: bool = True
+) -> None:
+    """Write ``data`` to ``path`` via a temp name, fsync, rename; then fsync the folder.
+
+    ``durable=False`` skips both fsyncs: still never a torn file, but it may be lost to a
+    power cut (fine for advisory state).
+    """
     tmp = path.with_name(f".{path.name}{TMP}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -141,7 +147,8 @@ def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE, sync_dir: bool 
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -149,7 +156,7 @@ def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE, sync_dir: bool 
         # A full disk must not also fill up with half-written temp files, one per attempt.
         tmp.unlink(missing_ok=True)
         raise
-    if sync_dir:
+    if sync_dir and durable:
         fsync_dir(path.parent)
 
 
@@ -264,12 +271,24 @@ class Spool:
         atomic_write(self.root / (names[1] + PENDING), item.raw, sync_dir=False)
         return names
 
+    def sync_staged(self) -> None:
+        """Make staged names durable (their contents already are) before the journal commits."""
+        fsync_dir(self.batches_dir)
+        fsync_dir(self.quarantine_dir)
+
     def commit(self, names: list[str]) -> None:
-        """Make staged files visible; idempotent, so recovery may run it again."""
+        """Make staged files visible; idempotent, so recovery may run it again.
+
+        No fsync here: until ``sync_committed`` the journal still lists these names, and
+        recovery promotes them again after a crash.
+        """
         for name in names:
             staged = self.root / (name + PENDING)
             if staged.exists():
                 os.replace(staged, self.root / name)
+
+    def sync_committed(self) -> None:
+        """Make promoted names durable; after this the journal may go."""
         fsync_dir(self.batches_dir)
         fsync_dir(self.quarantine_dir)
 
@@ -296,7 +315,8 @@ class Spool:
         """Forget batches that the store has acknowledged."""
         for e in entries:
             e.path.unlink(missing_ok=True)
-        fsync_dir(self.batches_dir)
+        # No fsync: a removal lost to a power cut brings the batch back, and the daily
+        # document acknowledges its batch_id instead of storing it twice.
 
     # -- quarantine ------------------------------------------------------------------------
 
@@ -334,4 +354,5 @@ class Spool:
     def clear_journal(self) -> None:
         self.journal_path.unlink(missing_ok=True)
         self.kept_path.unlink(missing_ok=True)
-        fsync_dir(self.root)
+        # No fsync: a journal that comes back after a power cut finds its cut already done
+        # (kept bytes at the front) and is simply cleared again.

@@ -79,7 +79,8 @@ class StatusFile:
             for batch_id in done:
                 s.retries.pop(batch_id, None)
             s.open_days = sorted((set(s.open_days) | set(opened)) - set(closed))
-            atomic_write(self.path, json.dumps(asdict(s), indent=1).encode(), sync_dir=False)
+            # Advisory state for `uploader status`: losing the last update to a power cut is fine.
+            atomic_write(self.path, json.dumps(asdict(s), indent=1).encode(), durable=False)
 
     def open_days(self) -> list[str]:
         with self._lock:

@@ -65,6 +65,7 @@ class Uploader:
         self.clock = clock
         self.rand = rand
         self._last_logged: dict[str, float] = {}
+        self._written = publish.WriteCache()
 
     def next_due(self) -> float | None:
         """POSIX time when the earliest spooled batch may be tried, None if the spool is empty."""
@@ -110,7 +111,7 @@ class Uploader:
         if not batches:
             return
         started = time.monotonic()
-        result = publish.append_batches(self.store, self.prefix, self.tz, batches, self.clock())
+        result = publish.append_batches(self.store, self.prefix, self.tz, batches, self.clock(), self._written)
         ms = (time.monotonic() - started) * 1000
         self.spool.remove([e for e in group if e.batch_id in {b.batch_id for b in batches}])
         fetches = sum(b.fetch_count for b in batches)
@@ -177,7 +178,7 @@ class Uploader:
             if self.spool.pending_batches(day):
                 continue  # not yet: closing now would make its remaining uploads "late"
             try:
-                publish.close_day(self.store, self.prefix, self.tz, day, self.clock())
+                publish.close_day(self.store, self.prefix, self.tz, day, self.clock(), self._written)
             except StoreError as exc:
                 log.warning("close_failed day=%s error=%s (will retry)", day, exc)
                 break
