@@ -228,6 +228,19 @@ class _Service:
             self.unexpected.append(f"uploader run exited by itself with {self.proc.returncode}; see {self.log}")
             self.start()
 
+    def wait_running(self, lock: Path, timeout: float = 60) -> bool:
+        """Wait until this process holds the spool lock (its signal handlers are installed by then)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if lock.read_text().strip() == f"pid {self.proc.pid}":
+                    return True
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)  # polling interval of a deadline wait
+        return False
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
@@ -299,6 +312,10 @@ def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate:
         service.kill()
         summary.kills += 1
         service.start()
+        # Otherwise the old process's uploads can satisfy the drain check before the new one has
+        # even installed its SIGTERM handler.
+        if not service.wait_running(work / "data" / "spool" / "lock"):
+            summary.problems.append("the final `uploader run` did not start")
         if not _drained(work, drain_timeout):
             summary.problems.append(f"spool did not drain within {drain_timeout}s")
         code = service.terminate()
