@@ -47,7 +47,8 @@ def test_cuts_when_the_tenth_record_completes(watched):
     writer.append({"i": 9}, 1, fetch_id="a9")
     wait_for(lambda: spool.pending_batches(), what="a spooled batch")
     assert spooled_ids(spool.root) == [f"a{i}" for i in range(10)]
-    assert watcher.path.read_bytes() == b""
+    # A batch is visible once its cut commits; the file's rewrite follows a moment later.
+    wait_for(lambda: watcher.path.read_bytes() == b"", what="the cut records removed from the file")
     # on_cut runs just after the cut commits, so it may trail the spool file by a moment.
     wait_for(lambda: len(cuts) == 1, what="the on_cut callback")
     assert len(cuts[0].batches) == 1
@@ -75,7 +76,7 @@ def test_file_created_deleted_truncated_and_replaced(watched):
     os.replace(replacement, path)
     wait_for(lambda: spool.pending_batches(), what="the replaced file cut")
     assert spooled_ids(spool.root) == [f"r{i}" for i in range(10)]
-    assert file_ids(path) == ["r10", "r11"]
+    wait_for(lambda: file_ids(path) == ["r10", "r11"], what="the cut records removed from the file")
 
 
 def test_request_cut_closes_a_short_day(watched):

@@ -101,7 +101,6 @@ def setup_logging(level: str, fmt: str) -> None:
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from .service import Service
 
-    service = Service(config)
     stop = threading.Event()
     signals = {"count": 0}
 
@@ -113,8 +112,10 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         log.info("signal_received signal=%s action=drain-and-exit", signal.Signals(signum).name)
         stop.set()
 
+    # Handlers first: a SIGTERM while the service is still starting then means "stop once started".
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    service = Service(config)
     service.start()
     try:
         stop.wait()
