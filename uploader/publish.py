@@ -135,6 +135,20 @@ class _Known:
     suffix: bytes
 
 
+def _tail_only(etag: str, size: int, written: bytes) -> _Known:
+    """What to remember of a write: the whole body while small, else just the tail's bytes.
+
+    Past SMALL_LIMIT the next append needs only the tail, so holding the uploads just sent
+    (up to a whole group commit) would only cost memory.
+    """
+    if size < SMALL_LIMIT:
+        return _Known(etag, size, written)
+    found = daily.split_tail(written, size)
+    if found is None:  # pragma: no cover - we just wrote it in our own layout
+        return _Known(etag, size, written)
+    return _Known(etag, size, written[len(written) - (size - found[0]):])
+
+
 class WriteCache:
     """What this process last wrote to each day's document, so the next append skips HEAD + GET.
 
@@ -201,7 +215,7 @@ def _apply(
                     )
                     sent += len(te.data)
                     if caps.complete_etag:
-                        remember(key, _Known(new_etag, keep + len(te.data), te.data))
+                        remember(key, _tail_only(new_etag, keep + len(te.data), te.data))
                     return _done(day, key, te, "tail", new_etag, attempt, sent, received, started)
             if whole is None:
                 whole, got = store.get(key)
@@ -214,7 +228,7 @@ def _apply(
             body = daily.serialize(merged.document)
             meta = daily.user_metadata(merged.document["daily_metadata"])
             new_etag = store.put(key, body, meta, if_match=etag if caps.conditional_put else None)
-            remember(key, _Known(new_etag, len(body), body))
+            remember(key, _tail_only(new_etag, len(body), body))
             return _done(day, key, merged, "rewrite", new_etag, attempt, sent + len(body), received, started)
         except PreconditionFailed:
             if cache is not None:

@@ -28,7 +28,9 @@ __all__ = ["Uploader", "DrainReport"]
 log = logging.getLogger(__name__)
 
 GROUP_MAX_BATCHES = 100
-GROUP_MAX_BYTES = 32 << 20  # bound memory of one group commit (spool file sizes)
+# Bounds one group commit's memory: batches are parsed into Python objects (several times their
+# JSON size) and serialized again, so 8 MiB of spool files already cost ~50 MiB at the peak.
+GROUP_MAX_BYTES = 8 << 20
 _REPEAT_LOG_S = 60.0
 
 
