@@ -40,7 +40,7 @@ __all__ = ["PlannedBatch", "CutPlan", "plan_cut", "CutOutcome", "Cutter"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-_FIRST_READ = 8 << 20  # read this much of the file to plan; more only if one record is bigger
+_FIRST_READ = 2 << 20  # read this much of the file to plan; more only if one record is bigger
 _MAX_CUT = 64 << 20  # bytes one cut takes at most, so a large backlog goes in bounded steps
 
 

@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 GROUP_MAX_BATCHES = 100
 # Bounds one group commit's memory: batches are parsed into Python objects (several times their
-# JSON size) and serialized again, so 8 MiB of spool files already cost ~50 MiB at the peak.
-GROUP_MAX_BYTES = 8 << 20
+# JSON size) and serialized again. With the cut's 2 MiB reads this keeps `uploader run` near
+# 126 MiB peak RSS under a flat-out 50 KiB-fetch writer (tests/benchmarks/bench_throughput.py).
+GROUP_MAX_BYTES = 4 << 20
 _REPEAT_LOG_S = 60.0
 
 
