@@ -266,3 +266,22 @@ def test_write_cache_notices_another_writer(store_factory: Any, make_batch: Any,
     ids = [u["batch_id"] for u in doc["uploads"]]
     assert make_batch(50).batch_id in ids and make_batch(60).batch_id in ids
     assert daily.verify(doc) == []
+
+
+def test_append_to_a_day_written_by_the_old_logger(store: Store, make_batch: Any) -> None:
+    """A document in the seed's layout (metadata first, pretty-printed) takes an append and is rewritten in ours."""
+    seed_doc = {
+        "daily_metadata": {"date": DAY.isoformat(), "total_uploads_today": 1, "total_matches_today": 7,
+                           "first_upload_today": "07/10/2025 09:00:00 AM EDT"},
+        "uploads": [{"upload_sequence": 1, "upload_timestamp": "07/10/2025 09:00:00 AM EDT",
+                     "matches_in_upload": 7, "fetches_in_upload": 1,
+                     "fetch_data": [{"FETCH_HEADER": {"fetch_id": "old1"}, "FETCH_FOOTER": {"total_matches": 7}}]}],
+    }
+    store.put(KEY, json.dumps(seed_doc, indent=2).encode(), {})
+    result = append_batches(store, PREFIX, TZ, [make_batch(1)], T0, WriteCache())
+    assert result.stored == [make_batch(1).batch_id]
+    doc = _load(store)
+    assert [u["fetches_in_upload"] for u in doc["uploads"]] == [1, 10]
+    assert doc["daily_metadata"]["total_uploads_today"] == 2
+    assert doc["daily_metadata"]["total_matches_today"] == 7 + 50
+    assert list(doc) == ["uploads", "daily_metadata"]

@@ -221,6 +221,20 @@ def _apply(
                 whole, got = store.get(key)
                 etag = got.etag
                 received += len(whole)
+            found = daily.split_tail(whole, len(whole))
+            if found is not None:
+                # Same change as a full merge, byte for byte, without parsing and re-encoding
+                # the whole day: only the PUT stays O(day), as S3 requires below 5 MiB.
+                keep, tail = found
+                te = edit.on_tail(tail)
+                if not te.data:
+                    return AppendResult(day, key, [], te.already, "none", etag, attempt, sent, received)
+                body = whole[:keep] + te.data
+                new_etag = store.put(key, body, daily.user_metadata(te.metadata),
+                                     if_match=etag if caps.conditional_put else None)
+                remember(key, _tail_only(new_etag, len(body), body))
+                return _done(day, key, te, "rewrite", new_etag, attempt, sent + len(body), received, started)
+            # Not our layout (e.g. a day first written by the old logger): merge the parsed document.
             merged = edit.on_document(daily.parse(whole))
             if merged is None or (not merged.stored and merged.already):
                 already = merged.already if merged else []
