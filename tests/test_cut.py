@@ -148,13 +148,13 @@ def test_cut_abandoned_when_file_changes_before_the_lock(tmp_path):
     cutter, spool = make_cutter(tmp_path)
     write(cutter.path, *[record(f"a{i}", DAY1) for i in range(10)])
     replacement = b"".join(record(f"z{i}", DAY1) for i in range(3))
-    real_sync = spool.sync_staged
+    real_sync = spool.sync_names
 
     def replace_then_sync() -> None:
         real_sync()
         cutter.path.write_bytes(replacement)  # an operator rewrote the file meanwhile
 
-    spool.sync_staged = replace_then_sync  # type: ignore[method-assign]
+    spool.sync_names = replace_then_sync  # type: ignore[method-assign]
     outcome = cutter.cut()
     assert outcome.batches == [] and outcome.removed == 0
     assert spooled(spool) == []

@@ -11,7 +11,8 @@ import signal
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from types import FrameType
@@ -178,25 +179,23 @@ def _print_status(r: dict[str, Any], out: TextIO) -> None:
         w(f"retrying       batch {batch_id} attempts={st['attempts']} last error: {st['last_error']}\n")
 
 
-def _exclusive(config: Config, what: str) -> tuple[Any, Any]:
-    """Spool + uploader for a one-shot command, refusing while `uploader run` holds the lock."""
+@contextmanager
+def _exclusive(config: Config, what: str) -> Iterator[Any]:
+    """An uploader for a one-shot command, refusing while `uploader run` holds the spool lock."""
     from .spool import Spool
     from .status import StatusFile
     from .store import open_store
     from .upload import Uploader
 
     spool = Spool(config.spool.dir)
-    lock = spool.locked(what)
-    lock.__enter__()
-    status = StatusFile(config.spool.dir / "status.json")
-    uploader = Uploader(spool, open_store(config.storage), config.storage.prefix, config.day.tz,
-                        status, config.spool.max_backoff_s)
-    return lock, uploader
+    with spool.locked(what):
+        status = StatusFile(config.spool.dir / "status.json")
+        yield Uploader(spool, open_store(config.storage), config.storage.prefix, config.day.tz,
+                       status, config.spool.max_backoff_s)
 
 
 def cmd_replay(config: Config, args: argparse.Namespace) -> int:
-    lock, uploader = _exclusive(config, "uploader replay")
-    try:
+    with _exclusive(config, "uploader replay") as uploader:
         pending = uploader.spool.pending_batches(args.day)
         if args.dry_run:
             for day, n in sorted(Counter(e.day for e in pending).items()):
@@ -218,8 +217,6 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> int:
         for err in dict.fromkeys(report.errors):
             print(f"replay: error: {err}", file=sys.stderr)
         return EXIT_OK if report.left == 0 and not report.errors else EXIT_PROBLEMS
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def cmd_check(config: Config, args: argparse.Namespace) -> int:
@@ -229,8 +226,7 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_close_day(config: Config, args: argparse.Namespace) -> int:
-    lock, uploader = _exclusive(config, "uploader close-day")
-    try:
+    with _exclusive(config, "uploader close-day") as uploader:
         report = uploader.drain(ignore_backoff=True, day=args.day)
         if report.left:
             print(f"close-day: {report.left} batch(es) of {args.day} could not be uploaded; day left open", file=sys.stderr)
@@ -240,8 +236,6 @@ def cmd_close_day(config: Config, args: argparse.Namespace) -> int:
             return EXIT_PROBLEMS
         print(f"close-day: {args.day} is closed")
         return EXIT_OK
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:

@@ -253,13 +253,9 @@ class Cutter:
                 names.append(self.spool.stage_batch(b))
             for q in quarantined:
                 names.extend(self.spool.stage_quarantine(q))
-            self.spool.sync_staged()
+            self.spool.sync_names()
         except OSError as exc:
-            self.spool.discard_staged()
-            raise SpoolError(
-                f"cannot write to the spool {self.spool.root}: {exc.strerror or exc}; the local file was left untouched",
-                "free disk space (or fix permissions) under spool.dir; the cut is retried on the next write",
-            ) from exc
+            raise self._spool_failed("write to the spool", exc) from exc
         outcome = CutOutcome(
             batches=batches,
             quarantined=quarantined,
@@ -282,14 +278,10 @@ class Cutter:
             journal = self._journal(fd, plan.length, size, staged.digest, staged.names)
             self.spool.write_journal(journal)
         except OSError as exc:
-            self.spool.discard_staged()
-            raise SpoolError(
-                f"cannot write the cut journal in {self.spool.root}: {exc.strerror or exc}; the local file was left untouched",
-                "free disk space (or fix permissions) under spool.dir; the cut is retried on the next write",
-            ) from exc
+            raise self._spool_failed("write the cut journal in", exc) from exc
         self.spool.commit(staged.names)
         _finish_rewrite(fd, journal, self.spool.kept_path)
-        self.spool.sync_committed()
+        self.spool.sync_names()
         self.spool.clear_journal()
         ms = (time.monotonic() - staged.started) * 1000
         for b, pb in zip(outcome.batches, plan.batches):
@@ -310,10 +302,17 @@ class Cutter:
             )
         return outcome
 
+    def _spool_failed(self, what: str, exc: OSError) -> SpoolError:
+        """Undo the staged files of a cut that could not commit; the local file is untouched."""
+        self.spool.discard_staged()
+        return SpoolError(
+            f"cannot {what} {self.spool.root}: {exc.strerror or exc}; the local file was left untouched",
+            "free disk space (or fix permissions) under spool.dir; the cut is retried on the next write",
+        )
+
     def _journal(self, fd: int, length: int, size: int, digest: str, names: list[str]) -> CutJournal:
         kept_len = size - length
         kept = hashlib.sha256()
-        rest = hashlib.sha256()
         if kept_len:
             # The sidecar lets recovery rebuild the kept bytes if the shift itself is cut short.
             tmp = self.spool.kept_path
@@ -326,15 +325,13 @@ class Cutter:
                 os.fsync(out)
             finally:
                 os.close(out)
-        for off in range(kept_len, size, _CHUNK):
-            rest.update(os.pread(fd, min(_CHUNK, size - off), off))
         return CutJournal(
             length=length,
             digest=digest,
             size=size,
             kept_len=kept_len,
             kept_digest=kept.hexdigest(),
-            rest_digest=rest.hexdigest(),
+            rest_digest=_digest_range(fd, kept_len, size),
             pending=names,
         )
 

@@ -200,40 +200,41 @@ def _apply(
                 size, etag = known.size, known.etag
 
             whole = known.suffix if known is not None and len(known.suffix) >= size else None
+            found: tuple[int, bytes] | None = None
             if size >= SMALL_LIMIT and caps.server_side_append:
-                found = daily.split_tail(known.suffix, size) if known is not None else None
+                if known is not None:
+                    found = daily.split_tail(known.suffix, size)
                 if found is None:
                     found, whole, etag, n = _read_tail(store, key)
                     received += n
-                if found is not None and found[0] >= SMALL_LIMIT:
-                    keep, tail = found
-                    te = edit.on_tail(tail)
-                    if not te.data:
-                        return AppendResult(day, key, [], te.already, "none", etag, attempt, sent, received)
-                    new_etag = store.replace_tail(
-                        key, keep, te.data, daily.user_metadata(te.metadata), if_match=etag
-                    )
-                    sent += len(te.data)
-                    if caps.complete_etag:
-                        remember(key, _tail_only(new_etag, keep + len(te.data), te.data))
-                    return _done(day, key, te, "tail", new_etag, attempt, sent, received, started)
-            if whole is None:
+                if found is not None and found[0] < SMALL_LIMIT:
+                    found = None  # the body is too small for a copy part: rewrite it whole
+            server_side = found is not None
+            if whole is None and not server_side:
                 whole, got = store.get(key)
                 etag = got.etag
                 received += len(whole)
-            found = daily.split_tail(whole, len(whole))
+            if whole is not None and not server_side:
+                found = daily.split_tail(whole, len(whole))
             if found is not None:
-                # Same change as a full merge, byte for byte, without parsing and re-encoding
-                # the whole day: only the PUT stays O(day), as S3 requires below 5 MiB.
+                # Our layout: edit only the tail bytes, never parse or re-encode the whole day.
                 keep, tail = found
                 te = edit.on_tail(tail)
                 if not te.data:
                     return AppendResult(day, key, [], te.already, "none", etag, attempt, sent, received)
+                meta = daily.user_metadata(te.metadata)
+                if server_side or whole is None:
+                    new_etag = store.replace_tail(key, keep, te.data, meta, if_match=etag)
+                    sent += len(te.data)
+                    if caps.complete_etag:
+                        remember(key, _tail_only(new_etag, keep + len(te.data), te.data))
+                    return _done(day, key, te, "tail", new_etag, attempt, sent, received, started)
+                # Below 5 MiB S3 has no way to keep the body server-side: PUT it whole.
                 body = whole[:keep] + te.data
-                new_etag = store.put(key, body, daily.user_metadata(te.metadata),
-                                     if_match=etag if caps.conditional_put else None)
+                new_etag = store.put(key, body, meta, if_match=etag if caps.conditional_put else None)
                 remember(key, _tail_only(new_etag, len(body), body))
                 return _done(day, key, te, "rewrite", new_etag, attempt, sent + len(body), received, started)
+            assert whole is not None  # not server-side, so the whole object was read above
             # Not our layout (e.g. a day first written by the old logger): merge the parsed document.
             merged = edit.on_document(daily.parse(whole))
             if merged is None or (not merged.stored and merged.already):

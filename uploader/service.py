@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import date, datetime, timedelta
@@ -125,19 +124,6 @@ class Service:
             self.close_out()
         self.watcher.poke()
         self._kick.set()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """True once nothing is due in the spool and no close is pending (for tests and tools)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            due = self.uploader.next_due()
-            with self._to_close_lock:
-                closing = bool(self._to_close)
-            if (due is None or due > self.clock().timestamp()) and not closing:
-                return True
-            self._kick.set()
-            time.sleep(0.02)  # polling interval of a deadline wait
-        return False
 
     # -- internals -------------------------------------------------------------------------
 

@@ -271,26 +271,25 @@ class Spool:
         atomic_write(self.root / (names[1] + PENDING), item.raw, sync_dir=False)
         return names
 
-    def sync_staged(self) -> None:
-        """Make staged names durable (their contents already are) before the journal commits."""
+    def sync_names(self) -> None:
+        """Make file names in the batch and quarantine folders durable (their contents are).
+
+        Called for staged names before the journal commits, and for promoted names before the
+        journal goes.
+        """
         fsync_dir(self.batches_dir)
         fsync_dir(self.quarantine_dir)
 
     def commit(self, names: list[str]) -> None:
         """Make staged files visible; idempotent, so recovery may run it again.
 
-        No fsync here: until ``sync_committed`` the journal still lists these names, and
+        No fsync here: until ``sync_names`` the journal still lists these names, and
         recovery promotes them again after a crash.
         """
         for name in names:
             staged = self.root / (name + PENDING)
             if staged.exists():
                 os.replace(staged, self.root / name)
-
-    def sync_committed(self) -> None:
-        """Make promoted names durable; after this the journal may go."""
-        fsync_dir(self.batches_dir)
-        fsync_dir(self.quarantine_dir)
 
     def discard_staged(self) -> int:
         """Remove pending files of a cut that never committed (its bytes are still in the file)."""
