@@ -1,96 +1,120 @@
-"""Shared fixtures: one moto S3 server on loopback per session, a fresh bucket per test, and a
-``store`` fixture that runs a test body once per backend (directory, s3)."""
+"""Shared fixtures: the real S3 servers (moto and Ceph RGW, each started once per session on
+loopback), a fresh bucket per test, and ``store`` / ``s3_server`` fixtures that run one test body
+against every backend and server.
+
+Ceph RGW needs Debian's packages (``scripts/test.sh`` installs them where it can use apt-get).
+Where they are missing, Ceph-backed tests are skipped with a loud banner; under ``CI=true`` a
+missing Ceph fails them instead.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import logging
+import os
 import socket
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
+from s3servers import CephRGW, MotoServer, S3Server, ServerUnavailable, ceph_missing, client_env
 from uploader.spool import Batch
 from uploader.store import Store
 from uploader.store.directory import DirectoryStore
 from uploader.store.s3 import S3Store
 
-FAKE_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    # Keep the developer's own AWS setup out of the tests.
-    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-}
-UNSET_ENV = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL")
+SERVERS = ("moto", "ceph")
+_ceph_skipped: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fake_credentials() -> Iterator[None]:
+    """The fake keys both servers accept, and nothing of the developer's own AWS setup."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("AWS_"):
+                mp.delenv(name)
+        for name, value in client_env({}).items():
+            mp.setenv(name, value)
+        yield
 
 
 @pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """URL of a moto S3 server on a free 127.0.0.1 port, with fake credentials in the env."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in FAKE_ENV.items():
-            mp.setenv(name, value)
-        for name in UNSET_ENV:
-            mp.delenv(name, raising=False)
-        # One access-log line per request would drown real failures in the captured output.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server, its own process on a free 127.0.0.1 port."""
+    launcher = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        yield launcher.start()
+    finally:
+        launcher.stop()
+
+
+@pytest.fixture(scope="session")
+def ceph_server() -> Iterator[S3Server]:
+    """A private Ceph cluster with radosgw on free 127.0.0.1 ports (what Linode runs)."""
+    why = ceph_missing()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Ceph RGW is required under CI=true: {why}", pytrace=False)
+        _ceph_skipped.append(why)
+        pytest.skip(f"Ceph RGW not available: {why}")
+    launcher = CephRGW()
+    try:
+        server = launcher.start()
+    except ServerUnavailable as exc:
+        pytest.fail(f"Ceph RGW did not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        launcher.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _ceph_skipped:
+        bar = "!" * 78
+        for line in (bar, "Ceph RGW tests were SKIPPED: nothing here was proven on the server Linode runs.",
+                     _ceph_skipped[0], bar):
+            terminalreporter.write_line(line, red=True, bold=True)
+
+
+@pytest.fixture(params=SERVERS)
+def s3_server(request: pytest.FixtureRequest) -> S3Server:
+    """Each real S3 server in turn: moto, then Ceph RGW."""
+    server: S3Server = request.getfixturevalue(f"{request.param}_server")
+    return server
 
 
 @pytest.fixture
-def s3_admin(moto_url: str) -> Any:
-    """A plain boto3 client on the moto server, for test set-up and inspection only."""
-    return boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+def bucket(s3_server: S3Server) -> str:
+    """A fresh, empty bucket for one test, on the test's server."""
+    return s3_server.new_bucket()
 
 
-@pytest.fixture
-def bucket(s3_admin: Any) -> str:
-    """A fresh, empty bucket for one test."""
-    name = f"test-{uuid.uuid4().hex[:16]}"
-    s3_admin.create_bucket(Bucket=name)
-    return name
+def make_s3_store(server: S3Server | str, bucket: str, **kw: Any) -> S3Store:
+    """The production S3 store on a test server (or any endpoint URL), as the tests configure it."""
+    endpoint = server.endpoint if isinstance(server, S3Server) else server
+    options: dict[str, Any] = {"region": "us-east-1", "addressing_style": "path", "max_attempts": 2,
+                               "prefix": "logs"}
+    options.update(kw)
+    return S3Store(bucket, endpoint_url=endpoint, **options)
 
 
-def make_s3_store(moto_url: str, bucket: str) -> S3Store:
-    return S3Store(
-        bucket,
-        endpoint_url=moto_url,
-        region="us-east-1",
-        addressing_style="path",
-        max_attempts=2,
-        probe_prefix="logs/.uploader-check",
-    )
-
-
-@pytest.fixture(params=["directory", "s3"])
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """A function making fresh Store instances on one shared bucket, once per backend."""
+@pytest.fixture(params=["directory", *SERVERS])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """A function making fresh Store instances on one shared bucket, once per backend and server."""
     if request.param == "directory":
         return lambda: DirectoryStore(tmp_path / "bucket")
-    moto_url = request.getfixturevalue("moto_url")
-    name = request.getfixturevalue("bucket")
-    return lambda: make_s3_store(moto_url, name)
+    server: S3Server = request.getfixturevalue(f"{request.param}_server")
+    name = server.new_bucket()
+    return lambda: make_s3_store(server, name)
 
 
 @pytest.fixture
-def store(store_factory: Any) -> Store:
-    """A Store on an empty bucket, once per backend."""
-    made: Store = store_factory()
-    return made
+def store(store_factory: Callable[[], Store]) -> Store:
+    """A Store on an empty bucket, once per backend and server."""
+    return store_factory()
 
 
 def build_batch(

@@ -58,9 +58,11 @@ def _records(n: int, prefix: str = "sec") -> bytes:
     return b"".join(record(f"{prefix}{i:03d}", now - timedelta(seconds=n - i)) for i in range(n))
 
 
-def test_credentials_never_appear_in_logs_or_status_even_at_debug(tmp_path, moto_url, bucket, unused_port):
+def test_credentials_never_appear_in_logs_or_status_even_at_debug(tmp_path, moto_server, unused_port):
     """With credentials in the environment, run/status/check/replay/verify at DEBUG never print them."""
-    config = write_config(tmp_path, s3=(moto_url, bucket))
+    # moto takes any key pair, so the secret under test can be one that looks real.
+    bucket = moto_server.new_bucket()
+    config = write_config(tmp_path, s3=(moto_server.endpoint, bucket))
     (tmp_path / "data").mkdir()
     log = tmp_path / "run.log"
     with open(log, "w") as out:
@@ -68,7 +70,7 @@ def test_credentials_never_appear_in_logs_or_status_even_at_debug(tmp_path, moto
                                  "--log-level", "DEBUG"], stdout=out, stderr=out, env=_env(), cwd=tmp_path)
     try:
         (tmp_path / "data" / "all_api.json").write_bytes(_records(10) + b"garbage line\n" + _records(3, "rest"))
-        store = make_s3_store(moto_url, bucket)
+        store = make_s3_store(moto_server, bucket)
         key = daily.day_key("logs", datetime.now(pytz.timezone("America/New_York")).date())
         wait_for(lambda: store.head(key), timeout=30, what="the first upload")
     finally:

@@ -1,17 +1,17 @@
-"""The service in-process: midnight close-out with an injected clock, down at midnight, S3 outage."""
+"""The service in-process, on the directory bucket, moto and Ceph RGW: midnight close-out with an
+injected clock, down at midnight, S3 outage."""
 
 from __future__ import annotations
 
 import json
 from datetime import date, datetime, timedelta
-from urllib.parse import urlsplit
 
 import pytest
 import pytz
 
-from conftest import make_s3_store
+from conftest import SERVERS, make_s3_store
+from faultproxy import FaultProxy
 from helpers import NY, FakeClock, wait_for, write_config
-from proxy import TcpProxy
 from uploader import daily
 from uploader.config import load_config
 from uploader.errors import AlreadyRunning
@@ -34,17 +34,17 @@ def fetch_ids(document: dict) -> list[str]:
 
 @pytest.fixture
 def backend(request, tmp_path):
-    """(config path, store) for the directory backend or the moto S3 server."""
-    if request.param == "s3":
-        moto_url, bucket = request.getfixturevalue("moto_url"), request.getfixturevalue("bucket")
-        path = write_config(tmp_path, s3=(moto_url, bucket))
+    """(config, store) for the directory backend or a real S3 server (moto, Ceph RGW)."""
+    if request.param in SERVERS:
+        server = request.getfixturevalue(f"{request.param}_server")
+        path = write_config(tmp_path, s3=(server.endpoint, server.new_bucket()))
     else:
         path = write_config(tmp_path)
     config = load_config(path)
     return config, open_store(config.storage)
 
 
-@pytest.mark.parametrize("backend", ["directory", "s3"], indirect=True)
+@pytest.mark.parametrize("backend", ["directory", *SERVERS], indirect=True)
 def test_midnight_close_out_with_injected_clock(backend):
     """Day D's fetches, a short last batch included, land in D's closed document; D+1's in D+1's."""
     config, store = backend
@@ -76,7 +76,7 @@ def test_midnight_close_out_with_injected_clock(backend):
         service.stop()
 
 
-@pytest.mark.parametrize("backend", ["directory"], indirect=True)
+@pytest.mark.parametrize("backend", ["directory", *SERVERS], indirect=True)
 def test_down_at_midnight_closes_yesterday_on_start(backend):
     """Yesterday's records found in the file at start land in yesterday's document, which is closed."""
     config, store = backend
@@ -111,12 +111,11 @@ def test_second_instance_is_refused(backend):
         first.stop()
 
 
-def test_s3_outage_piles_up_then_drains(tmp_path, moto_url, bucket):
+def test_s3_outage_piles_up_then_drains(tmp_path, s3_server, bucket):
     """With S3 unreachable the service keeps cutting into the spool, then drains all once it is back."""
-    target = urlsplit(moto_url)
-    with TcpProxy((target.hostname, target.port)) as proxy:
+    with FaultProxy((s3_server.host, s3_server.port)) as proxy:
         config = load_config(write_config(tmp_path, s3=(proxy.url, bucket)))
-        store = make_s3_store(moto_url, bucket)  # straight to the server, around the proxy
+        store = make_s3_store(s3_server, bucket)  # straight to the server, around the proxy
         now = datetime.now(pytz.utc)
         today = now.astimezone(NY).date()
         service = Service(config)

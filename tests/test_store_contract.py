@@ -1,4 +1,4 @@
-"""One contract for every Store backend, run against the directory bucket and moto's S3 server."""
+"""One contract for every Store backend, run against the directory bucket, moto and Ceph RGW."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import pytest
 from uploader.errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
 from uploader.store import MIN_PART_SIZE, Store, normalize_etag
 from uploader.store.s3 import S3Store
+
+from conftest import make_s3_store
+from s3servers import S3Server
 
 KEY = "logs/all_api_json_log_2025-07-10.json"
 
@@ -114,17 +117,36 @@ def test_replace_tail_refuses_a_stale_etag(store: Store) -> None:
 
 
 def test_capabilities_are_probed_and_remembered(store: Store) -> None:
-    """The capabilities a large append needs are found, and asking twice probes once."""
+    """Asking twice probes once, and a probe leaves no object behind."""
     caps = store.capabilities()
-    assert caps.conditional_put and caps.server_side_append and caps.complete_etag
-    assert set(caps.etag_forms) == {"quoted", "unquoted"}
     assert store.capabilities() is caps
     assert not [k for k in store.list("") if ".uploader-check" in k]
 
 
-def test_s3_missing_bucket_is_rejected_with_what_to_fix(moto_url: str) -> None:
+# What each real server was found to honour (docs/ARCHITECTURE.md has the table and why).
+OBSERVED = {
+    "moto": {"conditional_put": True, "etag_forms": ("quoted", "unquoted"), "range_copy": True,
+             "copy_source_if_match": False, "complete_if_match": False, "suffix_range": True,
+             "complete_etag": True},
+    "ceph": {"conditional_put": True, "etag_forms": ("unquoted",), "range_copy": True,
+             "copy_source_if_match": False, "complete_if_match": False, "suffix_range": True,
+             "complete_etag": False},
+}
+
+
+def test_probe_finds_what_each_server_honours(s3_server: S3Server, bucket: str) -> None:
+    """moto and Ceph RGW each get the findings their answers support, conclusive, with reasons."""
+    caps = make_s3_store(s3_server, bucket).capabilities()
+    found = {name: getattr(caps, name) for name in OBSERVED[s3_server.name]}
+    assert found == OBSERVED[s3_server.name]
+    assert caps.conclusive and caps.server_side_append
+    assert set(caps.notes) == {name for name, value in found.items() if value is False}
+    assert s3_server.keys(bucket) == [] and not s3_server.admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_s3_missing_bucket_is_rejected_with_what_to_fix(s3_server: S3Server) -> None:
     """A bucket that does not exist is a permanent error that names the bucket and the fix."""
-    store = S3Store("no-such-bucket-here", endpoint_url=moto_url, region="us-east-1", addressing_style="path")
+    store = make_s3_store(s3_server, "no-such-bucket-here")
     with pytest.raises(StoreRejected) as info:
         store.put(KEY, b"x", {})
     assert "no-such-bucket-here" in str(info.value) and "storage.s3.bucket" in str(info.value)

@@ -1,4 +1,4 @@
-"""`uploader check`: put, get and delete a probe object, then report what the server supports."""
+"""`uploader check`: round-trip a probe object, remove probe leftovers, probe what the server honours."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import TextIO
 
 from .config import Config
 from .errors import StoreError
-from .store import Capabilities, Store, open_store
+from .spool import Spool
+from .store import LEFTOVER_AGE_S, Capabilities, Store, open_store, probe_prefix
 
 __all__ = ["run_check"]
 
@@ -21,28 +22,39 @@ EXIT_PROBLEMS = 1
 def run_check(config: Config, out: TextIO) -> int:
     """Exercise the configured store and print a short report; 0 if usable, 1 if not.
 
-    Any store failure becomes ONE line saying what is wrong and what to do, no traceback.
+    The capability findings are saved in the spool, so the next `uploader run` starts without
+    probing. Any store failure becomes ONE line saying what is wrong and what to do.
     """
-    store = open_store(config.storage)
+    store = open_store(config.storage, config.spool.dir)
     print(f"uploader check: {store.describe()} (prefix {config.storage.prefix})", file=out)
+    # While `uploader run` works, its appends' multipart uploads and a young probe object may be
+    # work in flight: leave those to it (it tidies them itself once a day).
+    running = Spool(config.spool.dir).is_locked()
     try:
         _round_trip(store, config.storage.prefix, out)
-        caps = _probe(store)
+        leftovers = store.remove_leftovers(older_than_s=LEFTOVER_AGE_S if running else 0.0, uploads=not running)
+        caps = store.capabilities(refresh=True)
     except StoreError as exc:
         log.info("check.failed error=%s", type(exc).__name__)
         print(f"FAILED: {exc.message}. Try: {exc.hint or 'see the log'}", file=out)
         return EXIT_PROBLEMS
-    width = max(len(name) for name, _ in caps.rows())
+    if leftovers:
+        print(f"  removed {len(leftovers)} leftover(s) of interrupted probes and appends:", file=out)
+        for item in leftovers:
+            print(f"    {item}", file=out)
+    rows = [*caps.rows(), ("appends to days past 5 MiB", _append_mode(caps))]
+    width = max(len(name) for name, _ in rows)
     print("server capabilities:", file=out)
-    for name, finding in caps.rows():
+    for name, finding in rows:
         print(f"  {name:<{width}}  {finding}", file=out)
-    print(f"  {'appends to days past 5 MiB':<{width}}  {_append_mode(caps)}", file=out)
+    if not caps.conclusive:
+        print("  (some findings are unsure after passing faults; they are probed again within the hour)", file=out)
     print("OK: the store is usable", file=out)
     return EXIT_OK
 
 
 def _round_trip(store: Store, prefix: str, out: TextIO) -> None:
-    key = f"{prefix}/.uploader-check/check-{uuid.uuid4().hex}"
+    key = f"{probe_prefix(prefix)}/check-{uuid.uuid4().hex}"
     body = f"uploader check {key}\n".encode()
     store.put(key, body, {"purpose": "uploader-check"})
     print("  put probe object     ok", file=out)
@@ -59,13 +71,6 @@ def _round_trip(store: Store, prefix: str, out: TextIO) -> None:
     if store.head(key) is not None:
         raise StoreError("the probe object is still there after DELETE", "check the bucket's versioning/retention settings")
     print("  delete probe object  ok", file=out)
-
-
-def _probe(store: Store) -> Capabilities:
-    # A fresh probe, not one remembered from an earlier use of this instance.
-    probe = getattr(store, "probe", None)
-    caps: Capabilities = probe() if callable(probe) else store.capabilities()
-    return caps
 
 
 def _append_mode(caps: Capabilities) -> str:

@@ -190,7 +190,7 @@ def _exclusive(config: Config, what: str) -> Iterator[Any]:
     spool = Spool(config.spool.dir)
     with spool.locked(what):
         status = StatusFile(config.spool.dir / "status.json")
-        yield Uploader(spool, open_store(config.storage), config.storage.prefix, config.day.tz,
+        yield Uploader(spool, open_store(config.storage, config.spool.dir), config.storage.prefix, config.day.tz,
                        status, config.spool.max_backoff_s)
 
 

@@ -6,6 +6,7 @@
     ├── SpoolError           the local spool cannot be written or read
     └── StoreError           the object store failed
         ├── StoreUnavailable transient: retry later, keep the batch
+        │   └── CapabilityLost  the server refused a feature it had honoured: use the fallback
         ├── StoreRejected    permanent: fix credentials, bucket or permissions
         ├── ObjectNotFound   the key does not exist (not a failure by itself)
         └── PreconditionFailed  a conditional write lost a race: re-read and retry
@@ -20,6 +21,7 @@ __all__ = [
     "SpoolError",
     "StoreError",
     "StoreUnavailable",
+    "CapabilityLost",
     "StoreRejected",
     "ObjectNotFound",
     "PreconditionFailed",
@@ -64,6 +66,12 @@ class StoreError(UploaderError):
 
 class StoreUnavailable(StoreError):
     """Raised for transient failures (connection, timeout, 500, 503 SlowDown): retry later."""
+
+
+class CapabilityLost(StoreUnavailable):
+    """Raised when the server refused an optional feature (a conditional header, a range copy)
+    that its probe had found honoured; the store has stopped using it, so a retry takes the
+    fallback path at once."""
 
 
 class StoreRejected(StoreError):

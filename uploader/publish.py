@@ -20,7 +20,7 @@ from typing import Any
 import pytz
 
 from . import daily
-from .errors import PreconditionFailed
+from .errors import CapabilityLost, PreconditionFailed
 from .spool import Batch, QuarantineItem
 from .store import MIN_PART_SIZE, Store
 
@@ -178,10 +178,12 @@ def _apply(
 ) -> AppendResult:
     key = daily.day_key(prefix, day)
     sent = received = 0
-    caps = store.capabilities()
-    remember = cache.put if cache is not None and caps.conditional_put else lambda key, known: None
+    lost: CapabilityLost | None = None
     for attempt in range(1, MAX_ATTEMPTS + 1):
         started = time.monotonic()
+        # Asked on every attempt: a refused feature (CapabilityLost below) changes the path.
+        caps = store.capabilities()
+        remember = cache.put if cache is not None and caps.conditional_put else _forget
         known = cache.get(key) if cache is not None and caps.conditional_put else None
         try:
             if known is None:
@@ -246,13 +248,26 @@ def _apply(
             remember(key, _tail_only(new_etag, len(body), body))
             return _done(day, key, merged, "rewrite", new_etag, attempt, sent + len(body), received, started)
         except PreconditionFailed:
+            lost = None
             if cache is not None:
                 cache.drop(key)
             log.info("publish.conflict key=%s attempt=%d; re-reading", key, attempt)
+        except CapabilityLost as exc:
+            # Nothing was written; the store no longer uses the refused feature.
+            if cache is not None:
+                cache.drop(key)
+            log.info("publish.fallback key=%s attempt=%d reason=%s", key, attempt, exc.message)
+            lost = exc
+    if lost is not None:
+        raise lost  # the server kept refusing features, each time one more (never expected)
     raise PreconditionFailed(
         f"{key} kept changing during {MAX_ATTEMPTS} attempts to write it",
         "another writer is active on this day; stop it (one uploader per bucket prefix) and retry",
     )
+
+
+def _forget(key: str, known: _Known) -> None:
+    """The write cache's ``put`` where there is no cache (or no ETag guard to trust it with)."""
 
 
 def _done(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import date, datetime, timedelta
@@ -22,13 +23,15 @@ from .errors import SpoolError
 from .schedule import CloseOutTrigger
 from .spool import Spool
 from .status import StatusFile
-from .store import Store, open_store
+from .store import LEFTOVER_AGE_S, Store, open_store
 from .upload import Uploader
 from .watcher import Watcher
 
 __all__ = ["Service"]
 
 log = logging.getLogger(__name__)
+
+TIDY_EVERY_S = 24 * 3600.0
 
 
 class Service:
@@ -44,7 +47,7 @@ class Service:
         self.tz = config.day.tz
         self.clock = clock
         self.spool = Spool(config.spool.dir)
-        self.store = store or open_store(config.storage)
+        self.store = store or open_store(config.storage, config.spool.dir)
         self.status = StatusFile(config.spool.dir / "status.json")
         self.cutter = Cutter(config.watch.file, self.spool, self.tz, config.watch.batch_size, clock=clock)
         self.uploader = Uploader(
@@ -60,6 +63,8 @@ class Service:
         self._worker = threading.Thread(target=self._work_loop, name="upload-worker", daemon=True)
         self._resources = ExitStack()
         self._closed_through: date | None = None
+        # A start costs no request: leftovers of a killed predecessor are too young to remove yet.
+        self._next_tidy = time.monotonic() + LEFTOVER_AGE_S
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -160,6 +165,9 @@ class Service:
             try:
                 self.uploader.drain()
                 self.uploader.upload_quarantine()
+                if time.monotonic() >= self._next_tidy:
+                    self._next_tidy = time.monotonic() + TIDY_EVERY_S
+                    self.uploader.tidy()
                 with self._to_close_lock:
                     days = sorted(self._to_close)
                 if days:

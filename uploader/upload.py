@@ -21,7 +21,7 @@ from .errors import SpoolError, StoreError, StoreRejected
 from .retry import compute_backoff
 from .spool import Spool, SpooledBatch
 from .status import RetryState, StatusFile
-from .store import Store
+from .store import LEFTOVER_AGE_S, Store
 
 __all__ = ["Uploader", "DrainReport"]
 
@@ -173,6 +173,19 @@ class Uploader:
             log.info("quarantine_uploaded key=%s bytes=%d reason=%r", key, len(item.raw), item.reason)
             sent += 1
         return sent
+
+    def tidy(self) -> None:
+        """Remove what killed probes and appends left in the bucket (run by the prefix's writer).
+
+        A failure only postpones it: nothing depends on it but the bucket's bill.
+        """
+        try:
+            removed = self.store.remove_leftovers(older_than_s=LEFTOVER_AGE_S)
+        except StoreError as exc:
+            log.info("leftovers_kept error=%s (tried again later)", exc)
+            return
+        if removed:
+            log.info("leftovers_removed count=%d first=%s", len(removed), removed[0])
 
     def close_days(self, days: list[date]) -> list[date]:
         """Close each day whose batches are all uploaded; return the days closed."""

@@ -6,23 +6,32 @@ quoted or not. User metadata is a small dict of ASCII strings (x-amz-meta-* on S
 
 from __future__ import annotations
 
+import builtins
+
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ..config import StorageConfig
+from .capabilities import FULL_CAPABILITIES, Capabilities
 
 __all__ = [
     "FULL_CAPABILITIES",
+    "LEFTOVER_AGE_S",
     "MIN_PART_SIZE",
     "Capabilities",
     "ObjectInfo",
     "Store",
     "normalize_etag",
     "open_store",
+    "probe_prefix",
 ]
 
 # S3 refuses a multipart part below 5 MiB unless it is the last one.
 MIN_PART_SIZE = 5 * 1024 * 1024
+# Older than this, a probe object or a multipart upload under our prefix is no one's work in
+# flight: there is one writer per prefix, and no append or probe takes an hour.
+LEFTOVER_AGE_S = 3600.0
 
 
 def normalize_etag(etag: str) -> str:
@@ -38,66 +47,6 @@ class ObjectInfo:
     size: int
     etag: str
     metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """Which parts of the S3 API the server honours, each probed for real (both outcomes).
-
-    ``conditional_put``: PUT with If-None-Match: * is refused on an existing key and accepted on a
-    new one, and If-Match with a stale ETag is refused and with the current one accepted.
-    ``etag_forms``: which ETag spellings If-Match accepts ("quoted", "unquoted").
-    ``range_copy``: UploadPartCopy with CopySourceRange copies exactly that range.
-    ``copy_source_if_match``: UploadPartCopy refuses a stale CopySourceIfMatch.
-    ``complete_if_match``: CompleteMultipartUpload refuses a stale If-Match.
-    ``suffix_range``: GET with ``Range: bytes=-N`` returns only the last N bytes.
-    ``complete_etag``: CompleteMultipartUpload answers with the new object's ETag.
-    """
-
-    conditional_put: bool
-    etag_forms: tuple[str, ...]
-    range_copy: bool
-    copy_source_if_match: bool
-    complete_if_match: bool
-    suffix_range: bool
-    complete_etag: bool
-
-    @property
-    def server_side_append(self) -> bool:
-        """Whether a large append can copy the body server-side and send only the tail."""
-        return self.range_copy and self.suffix_range
-
-    @property
-    def conditional_append(self) -> bool:
-        """Whether a server-side append is refused when the object changed since it was read."""
-        return self.copy_source_if_match or self.complete_if_match
-
-    def rows(self) -> list[tuple[str, str]]:
-        """(capability, finding) pairs for a report."""
-
-        def yes(flag: bool) -> str:
-            return "yes" if flag else "no"
-
-        return [
-            ("conditional PUT (If-None-Match / If-Match)", yes(self.conditional_put)),
-            ("If-Match ETag forms accepted", ", ".join(self.etag_forms) or "none"),
-            ("UploadPartCopy with CopySourceRange", yes(self.range_copy)),
-            ("UploadPartCopy with CopySourceIfMatch", yes(self.copy_source_if_match)),
-            ("CompleteMultipartUpload with If-Match", yes(self.complete_if_match)),
-            ("suffix Range GET (bytes=-N)", yes(self.suffix_range)),
-            ("ETag in CompleteMultipartUpload answer", yes(self.complete_etag)),
-        ]
-
-
-FULL_CAPABILITIES = Capabilities(
-    conditional_put=True,
-    etag_forms=("quoted", "unquoted"),
-    range_copy=True,
-    copy_source_if_match=True,
-    complete_if_match=True,
-    suffix_range=True,
-    complete_etag=True,
-)
 
 
 @runtime_checkable
@@ -153,8 +102,19 @@ class Store(Protocol):
         """Keys that start with ``prefix``, sorted; [] if none."""
         ...
 
-    def capabilities(self) -> Capabilities:
-        """What the server honours, probed on first call and remembered for this instance."""
+    def capabilities(self, refresh: bool = False) -> Capabilities:
+        """What the server honours; never raises for a feature the server lacks.
+
+        Found by a probe on first use and remembered (in the spool, when the store has a memo)
+        for a day; ``refresh`` probes now. Raises only what would stop any upload.
+        """
+        ...
+
+    def remove_leftovers(self, older_than_s: float = 0.0, uploads: bool = True) -> builtins.list[str]:
+        """Remove what interrupted work left under the prefix: objects of killed probes and
+        checks at least ``older_than_s`` old and, with ``uploads``, unfinished multipart uploads
+        on S3 (a killed append's parts take space until aborted; only the prefix's one writer
+        may call this with ``uploads``). Return what was removed."""
         ...
 
     def describe(self) -> str:
@@ -162,12 +122,21 @@ class Store(Protocol):
         ...
 
 
-def open_store(storage: StorageConfig) -> Store:
-    """The configured backend, built from plain values; S3 connects lazily on first use."""
+def probe_prefix(prefix: str) -> str:
+    """Where probes and `uploader check` put their throwaway objects, under the documents' prefix."""
+    return f"{prefix.strip('/')}/.uploader-check"
+
+
+def open_store(storage: StorageConfig, state_dir: Path | None = None) -> Store:
+    """The configured backend, built from plain values; S3 connects lazily on first use.
+
+    ``state_dir`` (the spool folder) is where S3 capability findings are remembered between runs.
+    """
     if storage.backend == "directory":
         from .directory import DirectoryStore
 
-        return DirectoryStore(storage.directory.path)
+        return DirectoryStore(storage.directory.path, prefix=storage.prefix)
+    from .capabilities import CapabilityMemo, memo_path
     from .s3 import S3Store
 
     s3 = storage.s3
@@ -182,5 +151,6 @@ def open_store(storage: StorageConfig) -> Store:
         connect_timeout_s=s3.connect_timeout_s,
         read_timeout_s=s3.read_timeout_s,
         max_attempts=s3.max_attempts,
-        probe_prefix=f"{storage.prefix}/.uploader-check",
+        prefix=storage.prefix,
+        memo=CapabilityMemo(memo_path(state_dir)) if state_dir is not None else None,
     )

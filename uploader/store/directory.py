@@ -21,13 +21,14 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
-from . import FULL_CAPABILITIES, Capabilities, ObjectInfo, normalize_etag
+from . import FULL_CAPABILITIES, Capabilities, ObjectInfo, normalize_etag, probe_prefix
 
 __all__ = ["DirectoryStore"]
 
@@ -40,8 +41,9 @@ _CHUNK = 1024 * 1024
 class DirectoryStore:
     """A Store whose bucket is a local folder; honours every capability the S3 path uses."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, prefix: str = "all_api_rotating_logs") -> None:
         self.root = Path(root)
+        self.probe_prefix = probe_prefix(prefix)
         self._meta = self.root / _INTERNAL / "meta"
         self._tmp = self.root / _INTERNAL / "tmp"
         self._thread_lock = threading.Lock()
@@ -49,8 +51,19 @@ class DirectoryStore:
     def describe(self) -> str:
         return f"directory {self.root}"
 
-    def capabilities(self) -> Capabilities:
+    def capabilities(self, refresh: bool = False) -> Capabilities:
         return FULL_CAPABILITIES
+
+    def remove_leftovers(self, older_than_s: float = 0.0, uploads: bool = True) -> list[str]:
+        # Only `uploader check` writes here (a killed check can leave its round-trip object).
+        cutoff = time.time() - older_than_s
+        removed = []
+        for key in self.list(self.probe_prefix + "/"):
+            info = self._path(key).stat()
+            if info.st_mtime <= cutoff:
+                self.delete(key)
+                removed.append(key)
+        return removed
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -1,18 +1,21 @@
 """The S3 backend (AWS, Ceph RGW / Linode, MinIO) through boto3; the only place botocore errors exist.
 
 The client is built lazily from plain values; credentials come only from boto3's default chain.
-Capabilities are probed for real on first use (both the case that must succeed and the case that
-must be refused) and remembered for the life of the instance.
+Which optional features the server honours is found by ``s3_probe`` on first use and remembered
+(in the spool's memo when given, for a day). A request that uses a feature and gets an answer
+other than a yes, a precondition failure or a passing fault stops the store using that feature
+(``CapabilityLost``), so the caller retries on the fallback path instead of failing the upload.
 """
 
 from __future__ import annotations
 
-import functools
+import builtins
 import logging
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -31,13 +34,16 @@ from botocore.exceptions import (
 )
 
 from ..errors import (
+    CapabilityLost,
     ObjectNotFound,
     PreconditionFailed,
     StoreError,
     StoreRejected,
     StoreUnavailable,
 )
-from . import MIN_PART_SIZE, Capabilities, ObjectInfo, normalize_etag
+from . import MIN_PART_SIZE, ObjectInfo, normalize_etag, probe_prefix
+from .capabilities import Capabilities, CapabilityMemo
+from .s3_probe import Prober, part_entry
 
 __all__ = ["S3Store"]
 
@@ -49,12 +55,13 @@ _TRANSIENT = {
     "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "502", "503",
     "504", "Throttling", "ThrottlingException",
 }
+# Answers about who is asking or where, not about a feature: they stop any upload alike.
+_IDENTITY = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "XAmzContentSHA256Mismatch",
+             "RequestTimeTooSkewed"}
 _CREDENTIALS_HINT = (
     "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, ~/.aws/credentials) "
     "are the pair issued for this endpoint"
 )
-_STALE_ETAG = '"00000000000000000000000000000000"'
-
 # Parsing botocore's service models costs ~0.2 s per session; share the loader (a read-only cache)
 # but give every store its own session, so credentials still come fresh from the default chain.
 _LOADER_LOCK = threading.Lock()
@@ -92,11 +99,15 @@ class S3Store:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
         max_attempts: int = 3,
-        probe_prefix: str = ".uploader-check",
+        prefix: str = "all_api_rotating_logs",
+        memo: CapabilityMemo | None = None,
     ) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
-        self.probe_prefix = probe_prefix.strip("/")
+        self.prefix = prefix.strip("/")
+        self.probe_prefix = probe_prefix(prefix)
+        self.memo = memo
+        self._where = f"{endpoint_url or 'aws'} {bucket}"
         self._boto_config = BotoConfig(
             region_name=region,
             connect_timeout=connect_timeout_s,
@@ -110,6 +121,7 @@ class S3Store:
         self._client: Any = None
         self._caps: Capabilities | None = None
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
 
     def describe(self) -> str:
         return f"s3://{self.bucket} at {self.endpoint_url or 'AWS'}"
@@ -136,7 +148,7 @@ class S3Store:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if suffix is not None:
             args["Range"] = f"bytes=-{max(suffix, 1)}"
-        with self._translate("GET", key):
+        with self._translate("GET", key, feature="suffix_range" if suffix is not None else None):
             r = self.client.get_object(**args)
             body: bytes = r["Body"].read()
         size = len(body)
@@ -165,7 +177,8 @@ class S3Store:
             args["IfMatch"] = self._etag_arg(if_match)
         if if_none_match:
             args["IfNoneMatch"] = "*"
-        with self._translate("PUT", key):
+        conditional = if_match is not None or if_none_match
+        with self._translate("PUT", key, feature="conditional_put" if conditional else None):
             r = self.client.put_object(**args)
         return normalize_etag(r["ETag"])
 
@@ -175,7 +188,7 @@ class S3Store:
         if keep < MIN_PART_SIZE:
             raise ValueError(f"keep={keep}: S3 cannot copy a part smaller than {MIN_PART_SIZE} bytes")
         caps = self.capabilities()
-        with self._translate("CreateMultipartUpload", key):
+        with self._translate("CreateMultipartUpload", key, feature="range_copy"):
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, Metadata=metadata, ContentType="application/json"
             )["UploadId"]
@@ -187,14 +200,16 @@ class S3Store:
             }
             if caps.copy_source_if_match:
                 copy["CopySourceIfMatch"] = self._etag_arg(if_match)
-            with self._translate("UploadPartCopy", key):
+            with self._translate("UploadPartCopy", key,
+                                 feature="copy_source_if_match" if caps.copy_source_if_match else "range_copy"):
                 p1 = self.client.upload_part_copy(**copy)["CopyPartResult"]
+            with self._translate("UploadPart", key, feature="range_copy"):
                 p2 = self.client.upload_part(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=2, Body=data
                 )
             complete: dict[str, Any] = {
                 "Bucket": self.bucket, "Key": key, "UploadId": upload_id,
-                "MultipartUpload": {"Parts": [_part(1, p1), _part(2, p2)]},
+                "MultipartUpload": {"Parts": [part_entry(1, p1), part_entry(2, p2)]},
             }
             if caps.complete_if_match:
                 complete["IfMatch"] = self._etag_arg(if_match)
@@ -204,12 +219,13 @@ class S3Store:
                 info = self.head(key)
                 if info is None or info.etag != normalize_etag(if_match):
                     raise PreconditionFailed(f"{key} changed since it was read (checked by HEAD)")
-            with self._translate("CompleteMultipartUpload", key):
+            with self._translate("CompleteMultipartUpload", key,
+                                 feature="complete_if_match" if caps.complete_if_match else "range_copy"):
                 r = self.client.complete_multipart_upload(**complete)
         except BaseException:
             self._abort(key, upload_id)
             raise
-        if r.get("ETag"):
+        if caps.complete_etag and r.get("ETag"):
             return normalize_etag(r["ETag"])
         info = self.head(key)
         if info is None:
@@ -221,138 +237,87 @@ class S3Store:
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def list(self, prefix: str) -> list[str]:
-        keys: list[str] = []
-        with self._translate("LIST", prefix):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-                keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        return sorted(keys)
+        return sorted(key for key, _ in self._list(prefix))
 
-    def capabilities(self) -> Capabilities:
-        with self._lock:
-            caps = self._caps
-        if caps is None:
-            caps = self.probe()
+    def capabilities(self, refresh: bool = False) -> Capabilities:
+        now = time.time()
+        with self._probe_lock:  # one probe at a time; the others wait for its findings
+            with self._lock:
+                caps = self._caps
+            if caps is not None and caps.fresh(now) and not refresh:
+                return caps
+            if not refresh and self.memo is not None:
+                remembered = self.memo.load(self._where, now)
+                if remembered is not None:
+                    log.debug("store.capabilities_remembered where=%s", self.describe())
+                    self._remember(remembered, save=False)
+                    return remembered
+            return self._probe()
+
+    def remove_leftovers(self, older_than_s: float = 0.0, uploads: bool = True) -> builtins.list[str]:
+        cutoff = datetime.now(UTC).timestamp() - older_than_s
+        removed: builtins.list[str] = []
+        for key, modified in self._list(self.probe_prefix + "/"):
+            if modified <= cutoff:
+                self.delete(key)
+                removed.append(key)
+        if not uploads:
+            return removed
+        prefix = self.prefix + "/"
+        with self._translate("ListMultipartUploads", prefix):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+            unfinished = [u for page in pages for u in page.get("Uploads", [])]
+        for u in unfinished:
+            # Not every server dates uploads truly (moto says 2010): the age is a second guard, the
+            # caller being the prefix's only writer (or it not running) is the first.
+            if u["Initiated"].timestamp() <= cutoff:
+                self._abort(u["Key"], u["UploadId"])
+                removed.append(f"{u['Key']} (unfinished multipart upload)")
+        return removed
+
+    # -- capabilities --------------------------------------------------------------------------
+
+    def _probe(self) -> Capabilities:
+        # The probe repeats a faulted request itself, on fresh objects (see s3_probe).
+        once = self._boto_config.merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}))
+        client = _new_session().client("s3", endpoint_url=self.endpoint_url, config=once)
+        caps = Prober(client, self.client, self.bucket, self.probe_prefix, self._translate).run()
+        self._remember(caps, save=True)
+        log.info("store.probed where=%s conclusive=%s %s", self.describe(), caps.conclusive,
+                 " ".join(f"{k}={v}" for k, v in caps.to_json().items() if k not in ("notes", "probed_at", "conclusive")))
         return caps
 
-    # -- probes --------------------------------------------------------------------------------
-
-    def probe(self) -> Capabilities:
-        """Probe every capability now (both outcomes each), remember and return the findings."""
-        base = f"{self.probe_prefix}/probe-{uuid.uuid4().hex}"
-        a, b, c = f"{base}-a", f"{base}-b", f"{base}-c"
-        c3 = self.client
-        body = bytes(range(48, 58)) * 10
-        try:
-            with self._translate("probe", base):
-                etag = normalize_etag(c3.put_object(Bucket=self.bucket, Key=a, Body=body)["ETag"])
-                put = c3.put_object
-                inm_refused = self._try(lambda: put(Bucket=self.bucket, Key=a, Body=body, IfNoneMatch="*")) == "refused"
-                inm_ok = self._try(lambda: put(Bucket=self.bucket, Key=b, Body=body, IfNoneMatch="*")) == "ok"
-                im_refused = self._try(lambda: put(Bucket=self.bucket, Key=a, Body=body, IfMatch=_STALE_ETAG)) == "refused"
-                forms = []
-                for form, value in (("quoted", etag), ("unquoted", etag.strip('"'))):
-                    if self._try(functools.partial(put, Bucket=self.bucket, Key=a, Body=body, IfMatch=value)) == "ok":
-                        forms.append(form)
-                etag = self._etag_of(a)
-                conditional_put = inm_refused and inm_ok and im_refused and bool(forms)
-                tag = etag if "quoted" in forms or not forms else etag.strip('"')
-
-                r = c3.get_object(Bucket=self.bucket, Key=a, Range="bytes=-7")
-                suffix_range = r["Body"].read() == body[-7:] and bool(r.get("ContentRange"))
-
-                range_copy, copy_if_match, complete_etag = self._probe_range_copy(a, c, body, tag)
-                complete_if_match = self._probe_complete_if_match(a, tag)
-        finally:
-            for key in (a, b, c):
-                try:
-                    self.delete(key)
-                except StoreError:
-                    log.warning("store.probe_cleanup_failed key=%s", key)
-        caps = Capabilities(
-            conditional_put=conditional_put,
-            etag_forms=tuple(forms),
-            range_copy=range_copy,
-            copy_source_if_match=copy_if_match,
-            complete_if_match=complete_if_match,
-            suffix_range=suffix_range,
-            complete_etag=complete_etag,
-        )
-        log.info("store.probed where=%s %s", self.describe(),
-                 " ".join(f"{k}={v}" for k, v in vars(caps).items()))
+    def _remember(self, caps: Capabilities, *, save: bool) -> None:
         with self._lock:
             self._caps = caps
-        return caps
+        if save and self.memo is not None:
+            self.memo.save(self._where, caps)
 
-    def _probe_range_copy(self, src: str, dst: str, body: bytes, etag: str) -> tuple[bool, bool, bool]:
-        c3 = self.client
-        upload_id = c3.create_multipart_upload(Bucket=self.bucket, Key=dst)["UploadId"]
-        try:
-            args = {
-                "Bucket": self.bucket, "Key": dst, "UploadId": upload_id,
-                "CopySource": {"Bucket": self.bucket, "Key": src}, "CopySourceRange": "bytes=2-9",
-            }
-            part: dict[str, Any] = {}
-            ok = self._try(lambda: part.update(c3.upload_part_copy(PartNumber=1, **args)["CopyPartResult"]))
-            stale = self._try(lambda: c3.upload_part_copy(PartNumber=2, CopySourceIfMatch=_STALE_ETAG, **args))
-            right = self._try(lambda: c3.upload_part_copy(PartNumber=3, CopySourceIfMatch=etag, **args))
-            if ok != "ok":
-                return False, False, False
-            r = c3.complete_multipart_upload(
-                Bucket=self.bucket, Key=dst, UploadId=upload_id,
-                MultipartUpload={"Parts": [_part(1, part)]},
-            )
-        except BaseException:
-            self._abort(dst, upload_id)
-            raise
-        copied = c3.get_object(Bucket=self.bucket, Key=dst)["Body"].read()
-        return copied == body[2:10], stale == "refused" and right == "ok", bool(r.get("ETag"))
-
-    def _probe_complete_if_match(self, key: str, etag: str) -> bool:
-        def attempt(if_match: str) -> str:
-            c3 = self.client
-            upload_id = c3.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
-            outcome = "unsupported"
-            try:
-                p = c3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"probe")
-                outcome = self._try(lambda: c3.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, IfMatch=if_match,
-                    MultipartUpload={"Parts": [_part(1, p)]},
-                ))
-                return outcome
-            finally:
-                if outcome != "ok":
-                    self._abort(key, upload_id)
-
-        if attempt(_STALE_ETAG) != "refused":
-            return False
-        return attempt(etag) == "ok"
-
-    def _try(self, call: Callable[[], Any]) -> str:
-        """Run one probe request: "ok", "refused" (a precondition failed) or "unsupported"."""
-        try:
-            call()
-            return "ok"
-        except ClientError as exc:
-            code, status = _code(exc)
-            if code in _PRECONDITION or status == 412:
-                return "refused"
-            if status in (401, 403) or code == "NoSuchBucket" or status >= 500:
-                raise  # not an answer about the capability: let _translate diagnose it
-            log.info("store.probe_unsupported code=%s status=%d", code, status)
-            return "unsupported"
-
-    def _etag_of(self, key: str) -> str:
-        info = self.head(key)
-        if info is None:
-            raise StoreUnavailable(f"probe object {key} vanished", "retry")
-        return info.etag
+    def _lose(self, feature: str, answer: str) -> None:
+        """Stop using ``feature`` after the server refused it; re-probed within the hour."""
+        with self._lock:
+            caps = self._caps
+        if caps is None or not getattr(caps, feature):
+            return
+        self._remember(caps.without(feature, f"refused later: {answer}", time.time()), save=True)
+        log.warning("store.capability_lost where=%s capability=%s answer=%s action=use-fallback",
+                    self.describe(), feature, answer)
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _list(self, prefix: str) -> builtins.list[tuple[str, float]]:
+        """(key, last-modified POSIX time) of every object under ``prefix``."""
+        out: builtins.list[tuple[str, float]] = []
+        with self._translate("LIST", prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                out.extend((obj["Key"], obj["LastModified"].timestamp()) for obj in page.get("Contents", []))
+        return out
+
     def _etag_arg(self, etag: str) -> str:
+        """The ETag in the spelling the server's conditions accept (Ceph RGW: unquoted only)."""
         quoted = normalize_etag(etag)
-        caps = self._caps
-        if caps is not None and "quoted" not in caps.etag_forms and "unquoted" in caps.etag_forms:
+        forms = self.capabilities().etag_forms
+        if "quoted" not in forms and "unquoted" in forms:
             return quoted.strip('"')
         return quoted
 
@@ -364,12 +329,25 @@ class S3Store:
             log.warning("store.abort_failed key=%s error=%s", key, type(exc).__name__)
 
     @contextmanager
-    def _translate(self, op: str, key: str) -> Iterator[None]:
-        """Turn every botocore error into the uploader's own, saying what to fix."""
+    def _translate(self, op: str, key: str, feature: str | None = None) -> Iterator[None]:
+        """Turn every botocore error into the uploader's own, saying what to fix.
+
+        ``feature``: the optional capability this request relies on; an answer that refuses it
+        (rather than a passing fault or a problem with credentials or bucket) becomes
+        CapabilityLost, and the store stops using the feature.
+        """
         where = f"{op} s3://{self.bucket}/{key}"
         try:
             yield
         except ClientError as exc:
+            code, status = _code(exc)
+            if feature is not None and _refuses_feature(code, status):
+                answer = f"{code} (HTTP {status})"
+                self._lose(feature, answer)
+                raise CapabilityLost(
+                    f"{where}: the server refused {feature.replace('_', ' ')} ({answer})",
+                    "nothing to do: the upload is retried on the fallback path",
+                ) from exc
             raise self._client_error(exc, where) from exc
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise StoreRejected(
@@ -390,7 +368,7 @@ class S3Store:
             return PreconditionFailed(f"{where}: the object changed since it was read ({code})")
         if code in _NOT_FOUND:
             return ObjectNotFound(f"{where}: no such key")
-        if code in _TRANSIENT or status >= 500:
+        if code in _TRANSIENT or (status >= 500 and status != 501):
             return StoreUnavailable(f"{where}: server busy or failing ({code})", "retry later")
         rejected: dict[str, tuple[str, str]] = {
             "InvalidAccessKeyId": ("the access key id is not known to the server", _CREDENTIALS_HINT),
@@ -414,8 +392,14 @@ class S3Store:
         return StoreRejected(f"{where}: {reason} ({code})", hint)
 
 
-def _part(number: int, result: dict[str, Any]) -> dict[str, Any]:
-    """A CompleteMultipartUpload part entry, carrying any checksum the server gave for it."""
-    part = {"PartNumber": number, "ETag": result["ETag"]}
-    part.update({k: v for k, v in result.items() if k.startswith("Checksum") and k != "ChecksumType"})
-    return part
+def _refuses_feature(code: str, status: int) -> bool:
+    """Whether an error answer to a request using an optional feature is a refusal of the feature.
+
+    Not: a precondition that failed (the feature working), a missing key, a passing fault, or
+    who-is-asking errors, which every request would get alike.
+    """
+    if code in _PRECONDITION or status == 412 or code in _NOT_FOUND or code in _IDENTITY:
+        return False
+    if code in _TRANSIENT or (status >= 500 and status != 501):
+        return False
+    return status != 401

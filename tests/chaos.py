@@ -3,7 +3,8 @@
 
 Pieces, all on 127.0.0.1:
 
-- moto's S3 server (a subprocess), reached only through ``faultproxy.FaultProxy``, which answers
+- a real S3 server, moto's or Ceph RGW's (``--server``; ``s3servers.py`` starts it), reached only
+  through ``faultproxy.FaultProxy``, which answers
   500 InternalError and 503 SlowDown, resets connections, stalls past the client's read timeout
   (before or after the server processed the request) and goes fully down for stretches;
 - a writer process appending fetches through ``uploader.fetchlog.FetchWriter`` and keeping its
@@ -13,12 +14,15 @@ Pieces, all on 127.0.0.1:
 - ``uploader run`` as a subprocess, SIGKILLed after a random time (mean ``--kill-interval``)
   and restarted at once.
 
-At the end the writer stops, faults stop, the service restarts cleanly and drains, and every
+Before the faults start, `uploader check` probes the server (as an operator does after
+installing), so every restart uses the remembered findings and the run is spent on appends;
+the probe under faults has its own test (tests/test_capabilities.py). At the end the writer
+stops, faults stop, the service restarts cleanly and drains, and every
 daily document is checked against the ledger. One summary line; exit 1 if anything is lost,
 doubled, in the wrong day, miscounted, or a well-formed fetch is in quarantine.
 
-    scripts/chaos.py --duration 1800 --seed 7 --kill-interval 4     # the long run
-    scripts/chaos.py --duration 60                                   # a quick look
+    .venv/bin/python tests/chaos.py --duration 1800 --seed 7 --kill-interval 4     # the long run
+    .venv/bin/python tests/chaos.py --duration 60 --server ceph                    # a quick look, on Ceph RGW
 
 Importable: ``run(...)`` returns a ``Summary`` (the short test in tests/test_chaos.py uses it).
 """
@@ -31,7 +35,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,30 +48,24 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-for _path in (str(REPO), str(HERE)):
+for _path in (str(REPO), str(HERE)):  # the package, and the test rigs beside this file
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
 import pytz
 from faultproxy import FAULT_KINDS, FaultProxy
+from s3servers import CephRGW, MotoServer, S3Server, client_env
 
 TZ = "America/New_York"
 PREFIX = "chaos"
-BUCKET = "chaos-bucket"
 BATCH_SIZE = 10
-FAKE_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-}
 _DAY_KEY = re.compile(rf"^{PREFIX}/all_api_json_log_(\d{{4}}-\d{{2}}-\d{{2}})\.json$")
 
 
 @dataclass
 class Summary:
     seed: int
+    server: str = "moto"
     seconds: float = 0.0
     fetches: int = 0
     junk: int = 0
@@ -80,6 +77,7 @@ class Summary:
     lost: int = 0
     doubled: int = 0
     wrong_day: int = 0
+    paths: dict[str, int] = field(default_factory=dict)  # appends per path, from the service log
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -89,17 +87,19 @@ class Summary:
     def line(self) -> str:
         faults = ",".join(f"{k}:{self.faults.get(k, 0)}" for k in FAULT_KINDS)
         return (
-            f"chaos: seed={self.seed} fetches={self.fetches} junk={self.junk} kills={self.kills} "
+            f"chaos: server={self.server} seed={self.seed} fetches={self.fetches} junk={self.junk} kills={self.kills} "
             f"faults={faults} requests_passed={self.passed} uploaded={self.uploaded} "
             f"left_in_file={self.left_in_file} lost={self.lost} doubled={self.doubled} "
-            f"wrong_day={self.wrong_day} problems={len(self.problems)} seconds={self.seconds:.0f}"
+            f"wrong_day={self.wrong_day} problems={len(self.problems)} "
+            f"appends={','.join(f'{k}:{v}' for k, v in sorted(self.paths.items()))} seconds={self.seconds:.0f}"
         )
 
 
 # -- the writer process ------------------------------------------------------------------------
 
 
-def writer_main(file: str, ledger: str, rate: float, seed: int, span_hours: float, duration: float) -> None:
+def writer_main(file: str, ledger: str, rate: float, seed: int, span_hours: float, duration: float,
+                fetch_kib: float) -> None:
     """Append fetches (and now and then a malformed record) until SIGTERM; log each to the ledger."""
     from uploader.fetchlog import FetchWriter, append_bytes
     from uploader.stamps import day_of, format_stamp
@@ -128,7 +128,7 @@ def writer_main(file: str, ledger: str, rate: float, seed: int, span_hours: floa
             else:
                 matches = rng.randrange(0, 120)
                 raw = {"i": i, "games": [{"id": g, "odds": round(rng.uniform(1, 9), 2)} for g in range(3)],
-                       "pad": "p" * rng.randrange(0, 1500)}
+                       "pad": "p" * rng.randrange(0, max(1, int(2 * fetch_kib * 1024)))}
                 fetch_id = writer.append(raw, total_matches=matches, fetch_id=f"f{seed}-{i:07d}", now=instant)
                 out.write(json.dumps({"id": fetch_id, "day": day_of(instant, tz).isoformat(),
                                       "matches": matches}) + "\n")
@@ -140,43 +140,18 @@ def writer_main(file: str, ledger: str, rate: float, seed: int, span_hours: floa
 # -- orchestration -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL")}
-    env.update(FAKE_ENV)
+    env = client_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
 
-def _start_moto(port: int, log: Path) -> subprocess.Popen[bytes]:
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    with open(log, "ab") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=err, env=_env())
-    deadline = time.monotonic() + 30
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    while True:
-        try:
-            client.create_bucket(Bucket=BUCKET)
-            return proc
-        except (BotoCoreError, ClientError):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError(f"moto server did not start; see {log}") from None
-            time.sleep(0.1)  # polling interval of a deadline wait
+def _start_server(kind: str, work: Path) -> tuple[CephRGW | MotoServer, S3Server]:
+    launcher: CephRGW | MotoServer = CephRGW() if kind == "ceph" else MotoServer(work / "moto.log")
+    return launcher, launcher.start()
 
 
-def _write_config(work: Path, endpoint: str) -> Path:
+def _write_config(work: Path, endpoint: str, bucket: str) -> Path:
     path = work / "config.toml"
     path.write_text(f"""\
 [watch]
@@ -196,7 +171,7 @@ backend = "s3"
 prefix = "{PREFIX}"
 
 [storage.s3]
-bucket = "{BUCKET}"
+bucket = "{bucket}"
 endpoint_url = "{endpoint}"
 region = "us-east-1"
 addressing_style = "path"
@@ -265,31 +240,46 @@ def _down_stretches(proxy: FaultProxy, rng: random.Random, every: float, stop: t
 
 
 def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate: float = 20.0,
-        fault_rate: float = 0.2, down_every: float = 15.0, span_hours: float = 30.0,
+        server_kind: str = "moto", server: S3Server | None = None,
+        fault_rate: float = 0.2, down_every: float = 15.0, span_hours: float = 30.0, fetch_kib: float = 0.75,
         workdir: Path | None = None, drain_timeout: float = 180.0,
         progress: Any = None) -> Summary:
-    """One chaos run; see the module docstring. ``workdir`` keeps the files for inspection."""
+    """One chaos run; see the module docstring. ``workdir`` keeps the files for inspection.
+
+    ``server``: a running S3 server to use (a fresh bucket on it); else one of ``server_kind``
+    is started for the run and stopped after it.
+    """
     say = progress or (lambda msg: None)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     summary = Summary(seed=seed)
     started = time.monotonic()
-    moto_port = _free_port()
-    moto = _start_moto(moto_port, work / "moto.log")
-    proxy = FaultProxy(("127.0.0.1", moto_port), seed=seed, fault_rate=fault_rate,
+    launcher = None
+    if server is None:
+        launcher, server = _start_server(server_kind, work)
+    summary.server = server.name
+    bucket = server.new_bucket("chaos")
+    proxy = FaultProxy((server.host, server.port), seed=seed, fault_rate=fault_rate,
                        kinds=("http500", "http503", "reset", "stall"))
+    proxy.faults_on = False  # until `uploader check` has probed the server, as after an install
     stop_down = threading.Event()
     downs = threading.Thread(target=_down_stretches, args=(proxy, random.Random(seed + 1), down_every, stop_down),
                              daemon=True)
-    config = _write_config(work, proxy.url)
+    config = _write_config(work, proxy.url, bucket)
     ledger = work / "ledger.jsonl"
     service = _Service(config, work / "service.log")
     writer = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--writer", str(work / "data" / "all_api.json"),
          str(ledger), "--rate", str(rate), "--seed", str(seed), "--span-hours", str(span_hours),
+         "--fetch-kib", str(fetch_kib),
          "--duration", str(duration)], env=_env())
     try:
+        check = subprocess.run([sys.executable, "-m", "uploader.cli", "check", "--config", str(config)],
+                               capture_output=True, text=True, env=_env(), cwd=str(REPO), timeout=120, check=False)
+        if check.returncode != 0:
+            raise RuntimeError(f"`uploader check` failed before the chaos: {check.stdout}{check.stderr}")
+        proxy.faults_on = True
         service.start()
         downs.start()
         deadline = started + duration
@@ -324,7 +314,7 @@ def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate:
         summary.problems.extend(service.unexpected)
         summary.faults = {k: proxy.counts[k] for k in FAULT_KINDS}
         summary.passed = proxy.counts["passed"]
-        _check(work, moto_port, ledger, summary)
+        _check(work, server, bucket, ledger, summary)
     finally:
         if writer.poll() is None:
             writer.kill()
@@ -332,8 +322,8 @@ def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate:
             service.kill()
         stop_down.set()
         proxy.close()
-        moto.terminate()
-        moto.wait(30)
+        if launcher is not None:
+            launcher.stop()
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -361,9 +351,8 @@ def _drained(work: Path, timeout: float) -> bool:
     return False
 
 
-def _check(work: Path, moto_port: int, ledger_path: Path, summary: Summary) -> None:
-    """Compare every daily document (read straight from moto) with the writer's ledger."""
-    import boto3
+def _check(work: Path, server: S3Server, bucket: str, ledger_path: Path, summary: Summary) -> None:
+    """Compare every daily document (read straight from the server) with the writer's ledger."""
 
     from uploader import daily
     from uploader.fetchlog import Fetch, scan
@@ -378,14 +367,13 @@ def _check(work: Path, moto_port: int, ledger_path: Path, summary: Summary) -> N
         else:
             ledger[entry["id"]] = entry
     summary.fetches, summary.junk = len(ledger), len(junk)
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}", region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PREFIX + "/")
+    s3 = server.client()
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PREFIX + "/")
             for o in page.get("Contents", [])]
     seen: dict[str, list[str]] = defaultdict(list)
     quarantine_blobs: list[bytes] = []
     for key in keys:
-        obj = s3.get_object(Bucket=BUCKET, Key=key)
+        obj = s3.get_object(Bucket=bucket, Key=key)
         body = obj["Body"].read()
         m = _DAY_KEY.match(key)
         if not m:
@@ -433,6 +421,8 @@ def _check(work: Path, moto_port: int, ledger_path: Path, summary: Summary) -> N
                 summary.problems.append(f"well-formed fetch {item.fetch_id} in quarantine")
     left_bytes = (work / "data" / "all_api.json").read_bytes()
     service_log = (work / "service.log").read_text(encoding="utf-8", errors="replace")
+    for path in re.findall(r" upload day=\S+ .* path=(\w+)", service_log):
+        summary.paths[path] = summary.paths.get(path, 0) + 1
     for bug in ("Traceback", "upload_worker_error"):
         if bug in service_log:
             summary.problems.append(f"{bug} in {work / 'service.log'}")
@@ -447,18 +437,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--kill-interval", type=float, default=2.0, help="mean seconds between SIGKILLs (default 2)")
     ap.add_argument("--rate", type=float, default=20.0, help="fetches per second the writer aims at (default 20)")
+    ap.add_argument("--fetch-kib", type=float, default=0.75,
+                    help="mean fetch size; past ~12 KiB at the defaults the days pass 5 MiB, so appends "
+                         "go server-side (default 0.75)")
     ap.add_argument("--fault-rate", type=float, default=0.2, help="share of S3 requests that get a fault (default 0.2)")
     ap.add_argument("--down-every", type=float, default=15.0, help="mean seconds between full outages (default 15)")
     ap.add_argument("--span-hours", type=float, default=30.0,
                     help="the writer's clock runs from this many hours ago to now (default 30)")
+    ap.add_argument("--server", choices=("moto", "ceph"), default="moto",
+                    help="the S3 server behind the fault proxy: moto or Ceph RGW, what Linode runs (default moto)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep all files here (default: a temp folder)")
     ap.add_argument("--writer", nargs=2, metavar=("FILE", "LEDGER"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.writer:
-        writer_main(args.writer[0], args.writer[1], args.rate, args.seed, args.span_hours, args.duration)
+        writer_main(args.writer[0], args.writer[1], args.rate, args.seed, args.span_hours, args.duration,
+                    args.fetch_kib)
         return 0
     summary = run(duration=args.duration, seed=args.seed, kill_interval=args.kill_interval, rate=args.rate,
-                  fault_rate=args.fault_rate, down_every=args.down_every, span_hours=args.span_hours,
+                  server_kind=args.server, fault_rate=args.fault_rate, down_every=args.down_every,
+                  span_hours=args.span_hours, fetch_kib=args.fetch_kib,
                   workdir=args.workdir, progress=lambda m: print(m, file=sys.stderr, flush=True))
     for p in summary.problems[:50]:
         print(f"problem: {p}", file=sys.stderr)
