@@ -34,6 +34,7 @@ def run_check(config: Config, out: TextIO) -> int:
         _round_trip(store, config.storage.prefix, out)
         leftovers = store.remove_leftovers(older_than_s=LEFTOVER_AGE_S if running else 0.0, uploads=not running)
         caps = store.capabilities(refresh=True)
+        versioning = store.versioning()
     except StoreError as exc:
         log.info("check.failed error=%s", type(exc).__name__)
         print(f"FAILED: {exc.message}. Try: {exc.hint or 'see the log'}", file=out)
@@ -47,6 +48,10 @@ def run_check(config: Config, out: TextIO) -> int:
     print("server capabilities:", file=out)
     for name, finding in rows:
         print(f"  {name:<{width}}  {finding}", file=out)
+    print(f"bucket versioning: {versioning}", file=out)
+    if versioning in ("off", "suspended"):
+        print("  enabling it keeps every earlier version of the daily documents, so a stray overwrite or "
+              "delete can be undone (add a lifecycle rule expiring noncurrent versions to bound the cost)", file=out)
     if not caps.conclusive:
         print("  (some findings are unsure after passing faults; they are probed again within the hour)", file=out)
     print("OK: the store is usable", file=out)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import pytz
 
@@ -142,6 +142,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         "spool_depth": len(pending),
         "pending_per_day": dict(sorted(Counter(e.day.isoformat() for e in pending).items())),
         "quarantine_not_sent": len(list(spool.quarantine_dir.glob("*.bin"))),
+        "archive": _archive_status(spool),
         "retrying": {k: v for k, v in snap["retries"].items() if any(e.batch_id == k for e in pending)},
         "last_success": snap["last_success"],
         "last_error": snap["last_error"],
@@ -161,11 +162,20 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
+def _archive_status(spool: Any) -> dict[str, Any]:
+    a = spool.archive_summary()
+    return {"batches": a.batches, "bytes": a.bytes, "first_day": a.first_day.isoformat() if a.first_day else None,
+            "last_day": a.last_day.isoformat() if a.last_day else None}
+
+
 def _print_status(r: dict[str, Any], out: TextIO) -> None:
     w = out.write
     w(f"service        {'running' if r['service_running'] else 'not running'}\n")
     per_day = ", ".join(f"{d}: {n}" for d, n in r["pending_per_day"].items()) or "-"
     w(f"spool          {r['spool_depth']} batch(es) pending ({per_day}); {r['quarantine_not_sent']} quarantined not yet sent\n")
+    a = r["archive"]
+    span = f"{a['first_day']} .. {a['last_day']}" if a["batches"] else "empty"
+    w(f"archive        {a['batches']} uploaded batch(es), {a['bytes'] / 2**20:.1f} MiB, days {span}\n")
     t = r["today"]
     if "error" in t:
         w(f"today          {t['date']}: cannot read counters: {t['error']}\n")
@@ -190,8 +200,7 @@ def _exclusive(config: Config, what: str) -> Iterator[Any]:
     spool = Spool(config.spool.dir)
     with spool.locked(what):
         status = StatusFile(config.spool.dir / "status.json")
-        yield Uploader(spool, open_store(config.storage, config.spool.dir), config.storage.prefix, config.day.tz,
-                       status, config.spool.max_backoff_s)
+        yield Uploader.for_config(config, spool, open_store(config.storage, config.spool.dir), status)
 
 
 def cmd_replay(config: Config, args: argparse.Namespace) -> int:
@@ -202,16 +211,12 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> int:
                 print(f"would upload {n} batch(es) for {day}")
             print(f"dry run: {len(pending)} batch(es) pending, nothing uploaded")
             return EXIT_OK
-        tty = sys.stderr.isatty()
+        from .progress import Progress
 
-        def progress(rep: Any, total: int) -> None:
-            end = "\r" if tty else "\n"
-            print(f"replay: {rep.batches}/{total} batches, {rep.fetches} fetches", end=end, file=sys.stderr, flush=True)
-
-        report = uploader.drain(ignore_backoff=True, day=args.day, progress=progress)
+        with Progress("replay", len(pending), "batches") as bar:
+            report = uploader.drain(ignore_backoff=True, day=args.day,
+                                    progress=lambda rep, total: bar.update(rep.batches + rep.failed - bar.done))
         uploader.upload_quarantine()
-        if tty:
-            print(file=sys.stderr)
         print(f"replay: uploaded {report.batches} batch(es), {report.fetches} fetches, {report.matches} matches; "
               f"{report.left} left in the spool")
         for err in dict.fromkeys(report.errors):
@@ -239,29 +244,134 @@ def cmd_close_day(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    from .audit import audit, verify_day
+    from .store import open_store
+
+    store = open_store(config.storage)
+    prefix = config.storage.prefix
+    if args.day is not None:
+        one = verify_day(store, prefix, args.day)
+        if one.missing:
+            print(f"verify: no document for {args.day} ({one.key})", file=sys.stderr)
+            return EXIT_PROBLEMS
+        print(f"verify: {one.key}: {one.uploads} uploads, {one.fetches} fetches, {one.matches} matches, "
+              f"closed={one.closed}")
+        for problem in one.problems:
+            print(f"problem: {problem}")
+        print("verify: OK" if one.ok else f"verify: {len(one.problems)} problem(s)")
+        return EXIT_OK if one.ok else EXIT_PROBLEMS
+    today = datetime.now(config.day.tz).date()
+    report = audit(store, prefix, today, since=args.since, on_day=lambda day: print(day.line(), flush=True))
+    for key in report.stray:
+        print(f"stray       {key}  (not a daily document, quarantine or probe object)")
+    for day in report.left_open:
+        print(f"left open   {day}  is past and not closed; `uploader close-day {day}` closes it")
+    if not report.days:
+        print(f"verify: no daily documents under {prefix}/ (check storage.prefix and the bucket)")
+        return EXIT_PROBLEMS
+    bad = sum(not d.ok for d in report.days)
+    print(f"verify: {len(report.days)} day(s), {bad} with problems or missing, {len(report.stray)} stray object(s), "
+          f"{len(report.left_open)} left open")
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def cmd_export(config: Config, args: argparse.Namespace) -> int:
     from . import daily
+    from .export import export_day
+    from .progress import Progress
+    from .reading import DocumentError
     from .store import open_store
 
     key = daily.day_key(config.storage.prefix, args.day)
-    store = open_store(config.storage)
+    where = str(args.output) if args.output else "stdout"
     try:
-        data, info = store.get(key)
+        with open_store(config.storage).stream(key) as (stream, info), _output(args.output) as out, \
+                Progress("export", info.size, "bytes", scale=True) as bar:
+            report = export_day(stream, args.format, out, args.day, config.day.tz, on_read=bar.update)
     except ObjectNotFound:
-        print(f"verify: no document for {args.day} ({key})", file=sys.stderr)
+        print(f"export: no document for {args.day} ({key})", file=sys.stderr)
         return EXIT_PROBLEMS
+    except DocumentError as exc:
+        print(f"export: {key} is damaged ({exc}); nothing kept in {where}. Try: uploader repair {args.day}",
+              file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(f"export: {report.fetches} fetches of {report.uploads} uploads of {args.day} written to {where} "
+          f"({args.format})", file=sys.stderr)
+    return EXIT_OK
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[Any]:
+    """stdout, or ``path`` written under a temporary name and renamed once complete."""
+    if path is None:
+        yield sys.stdout.buffer
+        sys.stdout.flush()
+        return
+    partial = path.with_name(path.name + ".partial")
     try:
-        document = json.loads(data)
-    except ValueError as exc:
-        print(f"verify: {key} is not valid JSON: {exc}")
-        return EXIT_PROBLEMS
-    problems = daily.verify(document, info.metadata)
-    meta = document.get("daily_metadata", {}) if isinstance(document, dict) else {}
-    print(f"verify: {key}: {meta.get('total_uploads_today')} uploads, {meta.get('total_fetches_today')} fetches, "
-          f"{meta.get('total_matches_today')} matches, closed={meta.get('closed')}")
-    for p in problems:
-        print(f"problem: {p}")
-    print("verify: OK" if not problems else f"verify: {len(problems)} problem(s)")
-    return EXIT_PROBLEMS if problems else EXIT_OK
+        out = open(partial, "wb")  # noqa: SIM115 - closed below, renamed only when whole
+    except OSError as exc:
+        raise ConfigError("--output", f"cannot write {path}: {exc.strerror}", "choose a writable path") from None
+    try:
+        with out:
+            yield out
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def cmd_repair(config: Config, args: argparse.Namespace) -> int:
+    from . import daily
+    from .audit import verify_day
+    from .errors import PreconditionFailed, SpoolError
+    from .reading import salvage
+    from .repair import plan_repair
+
+    key = daily.day_key(config.storage.prefix, args.day)
+    with _exclusive(config, "uploader repair") as uploader:
+        store, spool = uploader.store, uploader.spool
+        try:
+            archived = [e.load() for e in spool.archived_batches(args.day)]
+        except SpoolError as exc:
+            print(f"repair: {exc.message}; nothing was changed in the bucket. Try: move it aside (or fix its "
+                  f"permissions) and run repair again", file=sys.stderr)
+            return EXIT_PROBLEMS
+        try:
+            with store.stream(key) as (stream, info):
+                found, etag = salvage(stream), info.etag
+        except ObjectNotFound:
+            found, etag = None, None
+        if found is None and not archived:
+            print(f"repair: nothing to rebuild {args.day} from: no document {key} in the bucket and no archived "
+                  f"batch of that day in {spool.archive_dir}", file=sys.stderr)
+            return EXIT_PROBLEMS
+        plan = plan_repair(args.day, config.day.timezone, found, archived, datetime.now(pytz.utc), config.day.tz)
+        for line in plan.report():
+            print(f"repair: {line}")
+        pending = spool.pending_batches(args.day)
+        if pending:
+            print(f"repair: {len(pending)} batch(es) of {args.day} still wait in the spool; `uploader replay` "
+                  f"uploads them (not part of this repair)")
+        if not plan.changed:
+            print(f"repair: {key} is sound; nothing to change")
+            return EXIT_OK
+        if args.dry_run:
+            print("repair: dry run; nothing written")
+            return EXIT_OK
+        caps = store.capabilities()
+        body = daily.serialize(plan.document)
+        try:
+            store.put(key, body, daily.user_metadata(plan.document["daily_metadata"]),
+                      if_match=etag if caps.conditional_put else None,
+                      if_none_match=caps.conditional_put and etag is None)
+        except PreconditionFailed:
+            print(f"repair: {key} changed while it was being repaired; nothing was overwritten. "
+                  f"Try: stop whatever else writes to this bucket prefix, then run repair again", file=sys.stderr)
+            return EXIT_PROBLEMS
+        check = verify_day(store, config.storage.prefix, args.day)
+        print(f"repair: wrote {key} ({len(body)} bytes); verify: {'OK' if check.ok else '; '.join(check.problems)}")
+        return EXIT_OK if check.ok else EXIT_PROBLEMS
 
 
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
@@ -271,6 +381,8 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "check": cmd_check,
     "close-day": cmd_close_day,
     "verify": cmd_verify,
+    "export": cmd_export,
+    "repair": cmd_repair,
 }
 
 
@@ -281,8 +393,15 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what is wrong and where to look, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}. Try: {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uploader", description="all_api uploader")
+    parser = _Parser(prog="uploader", description="all_api uploader")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -301,7 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
     add("check", "put/get/delete a probe object and report what the server supports")
     add("close-day", "upload a day's spooled batches and mark its document closed").add_argument("day", type=_day)
-    add("verify", "re-count a daily document and check it against its metadata").add_argument("day", type=_day)
+    p = add("verify", "re-count daily documents and check them against their metadata")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("day", type=_day, nargs="?", default=None, help="one day (YYYY-MM-DD)")
+    which.add_argument("--all", action="store_true", help="every day under the prefix, gaps and stray objects")
+    which.add_argument("--since", type=_day, default=None, help="every day from this one on (YYYY-MM-DD)")
+    from .export import FORMATS
+
+    p = add("export", "stream a day's fetches out of the store")
+    p.add_argument("day", type=_day)
+    p.add_argument("--format", choices=FORMATS, default="jsonl", help="jsonl (default) or bookended (the local file's)")
+    p.add_argument("--output", type=Path, default=None, help="file to write (default: stdout)")
+    p = add("repair", "rebuild a damaged or lost day document from the bucket and the local archive")
+    p.add_argument("day", type=_day)
+    p.add_argument("--dry-run", action="store_true", help="say what would change; write nothing")
     return parser
 
 

@@ -57,6 +57,9 @@ class SpoolConfig:
     dir: Path
     retry_interval_s: float = 30.0
     max_backoff_s: float = 600.0
+    # Uploaded batches are kept this long (and at most this much) for `uploader repair`.
+    archive_days: float = 7.0
+    archive_max_mb: float = 1024.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,8 @@ _SCHEMA: dict[str, Any] = {
         "dir": (str, "data/spool"),
         "retry_interval_s": ((int, float), 30),
         "max_backoff_s": ((int, float), 600),
+        "archive_days": ((int, float), 7),
+        "archive_max_mb": ((int, float), 1024),
     },
     "storage": {
         "backend": (str, "directory"),
@@ -186,6 +191,9 @@ def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None
     for key in ("retry_interval_s", "max_backoff_s"):
         if s[key] <= 0:
             raise ConfigError(f"spool.{key}", f"must be greater than 0, got {s[key]}")
+    for key in ("archive_days", "archive_max_mb"):
+        if s[key] < 0:
+            raise ConfigError(f"spool.{key}", f"must not be negative, got {s[key]}", "use 0 to keep no archive")
     if s["max_backoff_s"] < s["retry_interval_s"]:
         raise ConfigError("spool.max_backoff_s", "must not be smaller than spool.retry_interval_s")
     if st["backend"] not in ("directory", "s3"):
@@ -201,6 +209,8 @@ def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None
             dir=resolve(s["dir"]),
             retry_interval_s=float(s["retry_interval_s"]),
             max_backoff_s=float(s["max_backoff_s"]),
+            archive_days=float(s["archive_days"]),
+            archive_max_mb=float(s["archive_max_mb"]),
         ),
         storage=StorageConfig(
             backend=st["backend"],

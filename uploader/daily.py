@@ -34,17 +34,21 @@ __all__ = [
     "TAIL_MARKER",
     "MergeResult",
     "TailEdit",
+    "Verifier",
     "append_to_tail",
     "close_document",
     "close_tail",
     "counters_from_user_metadata",
     "day_key",
+    "fetch_id_of",
+    "fetch_matches",
     "merge_batches",
     "new_document",
     "parse",
     "parse_tail",
     "serialize",
     "split_tail",
+    "upload_entry",
     "user_metadata",
     "verify",
 ]
@@ -103,6 +107,18 @@ class TailEdit:
     already: list[str] = field(default_factory=list)
 
 
+def upload_entry(batch: Batch, sequence: int, stamp: str) -> dict[str, Any]:
+    """One batch as an entry of the document's ``uploads`` list."""
+    return {
+        "upload_sequence": sequence,
+        "batch_id": batch.batch_id,
+        "upload_timestamp": stamp,
+        "matches_in_upload": batch.matches,
+        "fetches_in_upload": batch.fetch_count,
+        "fetch_data": batch.fetches,
+    }
+
+
 def _upload_entries(
     meta: dict[str, Any], batches: list[Batch], now: datetime, tz: pytz.BaseTzInfo
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str], list[str]]:
@@ -123,15 +139,7 @@ def _upload_entries(
             continue
         seen.add(batch.batch_id)
         meta["total_uploads_today"] += 1
-        entry = {
-            "upload_sequence": meta["total_uploads_today"],
-            "batch_id": batch.batch_id,
-            "upload_timestamp": stamp,
-            "matches_in_upload": batch.matches,
-            "fetches_in_upload": batch.fetch_count,
-            "fetch_data": batch.fetches,
-        }
-        entries.append(entry)
+        entries.append(upload_entry(batch, meta["total_uploads_today"], stamp))
         stored.append(batch.batch_id)
         meta["total_fetches_today"] += batch.fetch_count
         meta["total_matches_today"] += batch.matches
@@ -276,7 +284,7 @@ def counters_from_user_metadata(user_meta: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _fetch_id(fetch: Any) -> str | None:
+def fetch_id_of(fetch: Any) -> str | None:
     header = fetch.get("FETCH_HEADER") if isinstance(fetch, dict) else None
     if isinstance(header, dict):
         value = header.get("fetch_id")
@@ -284,58 +292,90 @@ def _fetch_id(fetch: Any) -> str | None:
     return None
 
 
-def _fetch_matches(fetch: Any) -> int | None:
+def fetch_matches(fetch: Any) -> int | None:
     footer = fetch.get("FETCH_FOOTER") if isinstance(fetch, dict) else None
     value = footer.get("total_matches") if isinstance(footer, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def verify(document: dict[str, Any], user_meta: dict[str, str] | None = None) -> list[str]:
-    """Re-count a document and list every disagreement with its metadata; [] means sound."""
-    problems: list[str] = []
-    uploads = document.get("uploads")
-    meta = document.get("daily_metadata")
-    if not isinstance(uploads, list) or not isinstance(meta, dict):
-        return ["document lacks an 'uploads' list or a 'daily_metadata' object"]
-    fetches = matches = 0
-    fetch_ids: Counter[str] = Counter()
-    for i, up in enumerate(uploads, start=1):
+class Verifier:
+    """Re-counts a document fed one upload at a time (bounded memory), then lists every
+    disagreement with its metadata; ``verify`` does the same for a whole parsed document."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.uploads = 0
+        self.fetches = 0
+        self.matches = 0
+        self.batch_ids: list[Any] = []
+        self._fetch_ids: Counter[str] = Counter()
+
+    def add(self, up: Any) -> None:
+        self.uploads += 1
+        i = self.uploads
+        if not isinstance(up, dict) or not isinstance(up.get("fetch_data", []), list):
+            self.problems.append(f"upload {i}: not an upload entry")
+            self.batch_ids.append(None)
+            return
         data = up.get("fetch_data", [])
         if up.get("upload_sequence") != i:
-            problems.append(f"upload {i}: upload_sequence is {up.get('upload_sequence')}, expected {i}")
+            self.problems.append(f"upload {i}: upload_sequence is {up.get('upload_sequence')}, expected {i}")
         if up.get("fetches_in_upload") != len(data):
-            problems.append(
+            self.problems.append(
                 f"upload {i}: fetches_in_upload is {up.get('fetches_in_upload')}, fetch_data holds {len(data)}"
             )
-        counted = [_fetch_matches(f) for f in data]
+        counted = [fetch_matches(f) for f in data]
         if all(c is not None for c in counted) and sum(c or 0 for c in counted) != up.get("matches_in_upload"):
-            problems.append(
+            self.problems.append(
                 f"upload {i}: matches_in_upload is {up.get('matches_in_upload')}, "
                 f"fetch footers sum to {sum(c or 0 for c in counted)}"
             )
-        fetches += len(data)
-        matches += int(up.get("matches_in_upload") or 0)
-        fetch_ids.update(fid for fid in (_fetch_id(f) for f in data) if fid is not None)
-    ids = [up.get("batch_id") for up in uploads]
-    for bid, n in Counter(ids).items():
-        if n > 1:
-            problems.append(f"batch_id {bid} is stored {n} times")
-    for fid, n in fetch_ids.items():
-        if n > 1:
-            problems.append(f"fetch_id {fid} is stored {n} times")
-    expected = {
-        "total_uploads_today": len(uploads),
-        "total_fetches_today": fetches,
-        "total_matches_today": matches,
-    }
-    for name, value in expected.items():
-        if meta.get(name) != value:
-            problems.append(f"daily_metadata.{name} is {meta.get(name)}, the uploads add up to {value}")
-    if meta.get("batch_ids") != ids:
-        problems.append("daily_metadata.batch_ids does not list the uploads' batch_ids in order")
-    if user_meta is not None:
-        counters = counters_from_user_metadata(user_meta)
+        self.fetches += len(data)
+        self.matches += int(up.get("matches_in_upload") or 0)
+        self._fetch_ids.update(fid for fid in (fetch_id_of(f) for f in data) if fid is not None)
+        self.batch_ids.append(up.get("batch_id"))
+
+    def finish(self, meta: Any, user_meta: dict[str, str] | None = None, day: date | None = None) -> list[str]:
+        """Every problem found; [] means the document is sound.
+
+        ``user_meta`` (the object's x-amz-meta-*) is compared where it holds our counters (the
+        old logger wrote none); ``day`` is the day the object's key names.
+        """
+        problems = list(self.problems)
+        if not isinstance(meta, dict):
+            return [*problems, "document lacks a 'daily_metadata' object"]
+        if day is not None and meta.get("date") != day.isoformat():
+            problems.append(f"daily_metadata.date is {meta.get('date')}, the object's key says {day}")
+        for bid, n in Counter(self.batch_ids).items():
+            if n > 1:
+                problems.append(f"batch_id {bid} is stored {n} times")
+        for fid, n in self._fetch_ids.items():
+            if n > 1:
+                problems.append(f"fetch_id {fid} is stored {n} times")
+        expected = {
+            "total_uploads_today": self.uploads,
+            "total_fetches_today": self.fetches,
+            "total_matches_today": self.matches,
+        }
         for name, value in expected.items():
-            if counters[name] != value:
-                problems.append(f"object metadata {name} is {counters[name]}, the uploads add up to {value}")
-    return problems
+            if meta.get(name) != value:
+                problems.append(f"daily_metadata.{name} is {meta.get(name)}, the uploads add up to {value}")
+        if meta.get("batch_ids") != self.batch_ids:
+            problems.append("daily_metadata.batch_ids does not list the uploads' batch_ids in order")
+        if user_meta is not None and "total-uploads" in user_meta:
+            counters = counters_from_user_metadata(user_meta)
+            for name, value in expected.items():
+                if counters[name] != value:
+                    problems.append(f"object metadata {name} is {counters[name]}, the uploads add up to {value}")
+        return problems
+
+
+def verify(document: dict[str, Any], user_meta: dict[str, str] | None = None) -> list[str]:
+    """Re-count a document and list every disagreement with its metadata; [] means sound."""
+    uploads = document.get("uploads") if isinstance(document, dict) else None
+    if not isinstance(uploads, list):
+        return ["document lacks an 'uploads' list or a 'daily_metadata' object"]
+    checker = Verifier()
+    for up in uploads:
+        checker.add(up)
+    return checker.finish(document.get("daily_metadata"), user_meta)

@@ -50,10 +50,7 @@ class Service:
         self.store = store or open_store(config.storage, config.spool.dir)
         self.status = StatusFile(config.spool.dir / "status.json")
         self.cutter = Cutter(config.watch.file, self.spool, self.tz, config.watch.batch_size, clock=clock)
-        self.uploader = Uploader(
-            self.spool, self.store, config.storage.prefix, self.tz, self.status,
-            config.spool.max_backoff_s, clock=clock,
-        )
+        self.uploader = Uploader.for_config(config, self.spool, self.store, self.status, clock=clock)
         self.watcher = Watcher(self.cutter, on_cut=self._on_cut)
         self.scheduler = BackgroundScheduler(timezone=self.tz)
         self._to_close: set[date] = set()

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import AlreadyRunning, SpoolError
 
-__all__ = ["Batch", "QuarantineItem", "SpooledBatch", "CutJournal", "Spool", "atomic_write"]
+__all__ = ["ArchivePolicy", "ArchiveSummary", "Batch", "CutJournal", "QuarantineItem", "Spool", "SpooledBatch", "atomic_write"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,28 @@ class SpooledBatch:
 
 
 @dataclass(frozen=True)
+class ArchivePolicy:
+    """How long (after upload) and how much of the uploaded batches the archive keeps."""
+
+    max_age_s: float = 7 * 86400.0
+    max_bytes: int = 1024 << 20
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_age_s > 0 and self.max_bytes > 0
+
+
+@dataclass(frozen=True)
+class ArchiveSummary:
+    """What the local archive of uploaded batches holds."""
+
+    batches: int = 0
+    bytes: int = 0
+    first_day: date | None = None
+    last_day: date | None = None
+
+
+@dataclass(frozen=True)
 class CutJournal:
     """The committed cut whose rewrite of the local file may not have finished.
 
@@ -160,6 +182,18 @@ def atomic_write(
         fsync_dir(path.parent)
 
 
+def _listed(folder: Path, day: date | None) -> list[SpooledBatch]:
+    """Batch files in ``folder`` (of ``day`` if given), by seq."""
+    out = []
+    for name in os.listdir(folder):
+        m = _BATCH_NAME.match(name)
+        if m:
+            entry = SpooledBatch(folder / name, int(m[1]), date.fromisoformat(m[2]), m[3])
+            if day is None or entry.day == day:
+                out.append(entry)
+    return sorted(out, key=lambda e: e.seq)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -171,8 +205,9 @@ def fsync_dir(path: Path) -> None:
 class Spool:
     """Durable local state under one folder (0700; files 0600).
 
-    Layout: ``batches/<seq>-<day>-<batch_id>.json`` waiting for upload; ``quarantine/`` bytes
-    that were not well-formed fetches (``.bin`` verbatim + ``.json`` why), ``quarantine/sent/``
+    Layout: ``batches/<seq>-<day>-<batch_id>.json`` waiting for upload; ``archive/`` the same
+    files once the store acknowledged them, kept a while for ``uploader repair``; ``quarantine/``
+    bytes that were not well-formed fetches (``.bin`` verbatim + ``.json`` why), ``quarantine/sent/``
     once they are in the bucket; ``journal.json`` (+ ``journal.kept``) while a cut's rewrite
     is unfinished; ``state.json`` the next sequence number; ``lock`` held by the running process.
     """
@@ -180,6 +215,7 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.batches_dir = root / "batches"
+        self.archive_dir = root / "archive"
         self.quarantine_dir = root / "quarantine"
         self.sent_dir = self.quarantine_dir / "sent"
         self.journal_path = root / "journal.json"
@@ -188,7 +224,7 @@ class Spool:
         self._lock_fd: int | None = None
         self._seq_lock = threading.Lock()
         try:
-            for d in (root, self.batches_dir, self.quarantine_dir, self.sent_dir):
+            for d in (root, self.batches_dir, self.archive_dir, self.quarantine_dir, self.sent_dir):
                 d.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
                 os.chmod(d, DIR_MODE)
         except OSError as exc:
@@ -242,7 +278,7 @@ class Spool:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("spool_state_unreadable path=%s error=%s action=derive-from-files", self._state_path, exc)
             persisted = 1
-        seen = [int(p.name[:12]) for d in (self.batches_dir, self.quarantine_dir, self.sent_dir)
+        seen = [int(p.name[:12]) for d in (self.batches_dir, self.archive_dir, self.quarantine_dir, self.sent_dir)
                 for p in d.iterdir() if p.name[:12].isdigit()]
         return max([persisted, *(s + 1 for s in seen)])
 
@@ -301,21 +337,69 @@ class Spool:
 
     def pending_batches(self, day: date | None = None) -> list[SpooledBatch]:
         """Committed batches waiting for upload, oldest (lowest seq) first."""
-        out = []
-        for name in os.listdir(self.batches_dir):
-            m = _BATCH_NAME.match(name)
-            if m:
-                entry = SpooledBatch(self.batches_dir / name, int(m[1]), date.fromisoformat(m[2]), m[3])
-                if day is None or entry.day == day:
-                    out.append(entry)
-        return sorted(out, key=lambda e: e.seq)
+        return _listed(self.batches_dir, day)
+
+    def archived_batches(self, day: date | None = None) -> list[SpooledBatch]:
+        """Uploaded batches still kept in the archive, oldest (lowest seq) first."""
+        return _listed(self.archive_dir, day)
 
     def remove(self, entries: list[SpooledBatch]) -> None:
-        """Forget batches that the store has acknowledged."""
+        """Forget batches the store has acknowledged (when no archive is kept)."""
         for e in entries:
             e.path.unlink(missing_ok=True)
-        # No fsync: a removal lost to a power cut brings the batch back, and the daily
-        # document acknowledges its batch_id instead of storing it twice.
+
+    def archive(self, entries: list[SpooledBatch], now: float) -> int:
+        """Move batches the store has acknowledged into the archive; return the bytes moved.
+
+        Their mtime becomes ``now``: the archive keeps batches for a while after their upload.
+        No fsync: a move lost to a power cut brings the batch back, and the daily document
+        acknowledges its batch_id instead of storing it twice.
+        """
+        moved = 0
+        for e in entries:
+            target = self.archive_dir / e.path.name
+            try:
+                os.replace(e.path, target)
+                os.utime(target, (now, now))
+                moved += target.stat().st_size
+            except FileNotFoundError:
+                continue
+        return moved
+
+    def prune_archive(self, now: float, max_age_s: float, max_bytes: int) -> ArchiveSummary:
+        """Drop archived batches uploaded more than ``max_age_s`` ago, then the oldest until the
+        archive holds at most ``max_bytes``. Only the archive is looked at: a batch not yet
+        uploaded is never in it."""
+        kept: list[tuple[float, int, int, SpooledBatch]] = []
+        for e in self.archived_batches():
+            try:
+                st = e.path.stat()
+            except FileNotFoundError:
+                continue
+            if now - st.st_mtime > max_age_s:
+                e.path.unlink(missing_ok=True)
+            else:
+                kept.append((st.st_mtime, e.seq, st.st_size, e))
+        kept.sort(key=lambda k: (k[0], k[1]))
+        total = sum(k[2] for k in kept)
+        while kept and total > max_bytes:
+            _, _, size, e = kept.pop(0)
+            e.path.unlink(missing_ok=True)
+            total -= size
+        days = [k[3].day for k in kept]
+        return ArchiveSummary(len(kept), total, min(days, default=None), max(days, default=None))
+
+    def archive_summary(self) -> ArchiveSummary:
+        """Count, bytes and span of days of the archive, for `uploader status`."""
+        entries = self.archived_batches()
+        size = 0
+        for e in entries:
+            try:
+                size += e.path.stat().st_size
+            except FileNotFoundError:
+                continue
+        days = [e.day for e in entries]
+        return ArchiveSummary(len(entries), size, min(days, default=None), max(days, default=None))
 
     # -- quarantine ------------------------------------------------------------------------
 

@@ -17,9 +17,10 @@ from datetime import date, datetime
 import pytz
 
 from . import publish
+from .config import Config
 from .errors import SpoolError, StoreError, StoreRejected
 from .retry import compute_backoff
-from .spool import Spool, SpooledBatch
+from .spool import ArchivePolicy, Spool, SpooledBatch
 from .status import RetryState, StatusFile
 from .store import LEFTOVER_AGE_S, Store
 
@@ -33,6 +34,7 @@ GROUP_MAX_BATCHES = 100
 # 126 MiB peak RSS under a flat-out 50 KiB-fetch writer (tests/benchmarks/bench_throughput.py).
 GROUP_MAX_BYTES = 4 << 20
 _REPEAT_LOG_S = 60.0
+PRUNE_EVERY_S = 60.0
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Uploader:
         max_backoff_s: float,
         clock: Callable[[], datetime] = lambda: datetime.now(pytz.utc),
         rand: Callable[[], float] = random.random,
+        archive: ArchivePolicy | None = None,
     ) -> None:
         self.spool = spool
         self.store = store
@@ -69,6 +72,23 @@ class Uploader:
         self.rand = rand
         self._last_logged: dict[str, float] = {}
         self._written = publish.WriteCache()
+        self.archive_policy = archive or ArchivePolicy()
+        self._archive_bytes: int | None = None  # known after the first prune, then kept up to date
+        self._next_prune = 0.0
+
+    @classmethod
+    def for_config(
+        cls,
+        config: Config,
+        spool: Spool,
+        store: Store,
+        status: StatusFile,
+        clock: Callable[[], datetime] = lambda: datetime.now(pytz.utc),
+    ) -> Uploader:
+        """The uploader `run` and the one-shot commands use, set up from the config."""
+        archive = ArchivePolicy(config.spool.archive_days * 86400.0, int(config.spool.archive_max_mb * (1 << 20)))
+        return cls(spool, store, config.storage.prefix, config.day.tz, status, config.spool.max_backoff_s,
+                   clock=clock, archive=archive)
 
     def next_due(self) -> float | None:
         """POSIX time when the earliest spooled batch may be tried, None if the spool is empty."""
@@ -116,7 +136,7 @@ class Uploader:
         started = time.monotonic()
         result = publish.append_batches(self.store, self.prefix, self.tz, batches, self.clock(), self._written)
         ms = (time.monotonic() - started) * 1000
-        self.spool.remove([e for e in group if e.batch_id in {b.batch_id for b in batches}])
+        self._keep([e for e in group if e.batch_id in {b.batch_id for b in batches}])
         fetches = sum(b.fetch_count for b in batches)
         matches = sum(b.matches for b in batches)
         report.batches += len(batches)
@@ -133,6 +153,23 @@ class Uploader:
             day, len(result.stored), fetches, matches, len(result.already), result.path,
             result.bytes_sent, ms, result.attempts,
         )
+
+    def _keep(self, uploaded: list[SpooledBatch]) -> None:
+        """Move acknowledged batches to the archive (for `uploader repair`) and prune it."""
+        policy = self.archive_policy
+        if not policy.enabled:
+            self.spool.remove(uploaded)
+            return
+        now = self.clock().timestamp()
+        added = self.spool.archive(uploaded, now)
+        if self._archive_bytes is not None:
+            self._archive_bytes += added
+        over = self._archive_bytes is not None and self._archive_bytes > policy.max_bytes
+        # Listing a week of batches costs milliseconds: not on every append, but at once when full.
+        if over or time.monotonic() >= self._next_prune:
+            kept = self.spool.prune_archive(now, policy.max_age_s, policy.max_bytes)
+            self._archive_bytes = kept.bytes
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
 
     def _failed(self, group: list[SpooledBatch], exc: StoreError, report: DrainReport) -> None:
         message = str(exc)

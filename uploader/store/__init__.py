@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import builtins
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from ..config import StorageConfig
 from .capabilities import FULL_CAPABILITIES, Capabilities
@@ -65,6 +66,13 @@ class Store(Protocol):
         """
         ...
 
+    def stream(self, key: str) -> AbstractContextManager[tuple[BinaryIO, ObjectInfo]]:
+        """The object as a readable stream (memory stays bounded whatever its size), and its info.
+
+        Raises ObjectNotFound if missing; a failure while reading raises StoreUnavailable.
+        """
+        ...
+
     def put(
         self,
         key: str,
@@ -100,6 +108,10 @@ class Store(Protocol):
 
     def list(self, prefix: str) -> list[str]:
         """Keys that start with ``prefix``, sorted; [] if none."""
+        ...
+
+    def versioning(self) -> str:
+        """The bucket's versioning: "enabled", "suspended", "off", or "unknown (<why>)"."""
         ...
 
     def capabilities(self, refresh: bool = False) -> Capabilities:

@@ -81,6 +81,21 @@ class DirectoryStore:
                     f.seek(info.size - suffix)
                 return f.read(), info
 
+    @contextmanager
+    def stream(self, key: str) -> Iterator[tuple[BinaryIO, ObjectInfo]]:
+        with self._locked():
+            info = self._info(key)
+            if info is None:
+                raise ObjectNotFound(f"no object {key} in {self.root}")
+            # Opened under the lock: a later replace swaps the name, this handle keeps the old bytes.
+            with self._translate(key):
+                f = open(self._path(key), "rb")  # noqa: SIM115 - closed below, after the caller read
+        with f:
+            yield f, info
+
+    def versioning(self) -> str:
+        return "not applicable (a local directory)"
+
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []
         with self._translate(prefix):

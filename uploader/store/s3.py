@@ -10,13 +10,14 @@ other than a yes, a precondition failure or a passing fault stops the store usin
 from __future__ import annotations
 
 import builtins
+import io
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 import botocore.loaders
@@ -160,6 +161,17 @@ class S3Store:
             body = body[-suffix:] if suffix else b""
         return body, ObjectInfo(key, size, normalize_etag(r["ETag"]), dict(r.get("Metadata", {})))
 
+    @contextmanager
+    def stream(self, key: str) -> Iterator[tuple[BinaryIO, ObjectInfo]]:
+        with self._translate("GET", key):
+            r = self.client.get_object(Bucket=self.bucket, Key=key)
+        info = ObjectInfo(key, int(r["ContentLength"]), normalize_etag(r["ETag"]), dict(r.get("Metadata", {})))
+        body = r["Body"]
+        try:
+            yield io.BufferedReader(_Reading(body, lambda: self._translate("GET", key)), 1 << 16), info
+        finally:
+            body.close()
+
     def put(
         self,
         key: str,
@@ -238,6 +250,19 @@ class S3Store:
 
     def list(self, prefix: str) -> list[str]:
         return sorted(key for key, _ in self._list(prefix))
+
+    def versioning(self) -> str:
+        where = f"GetBucketVersioning s3://{self.bucket}"
+        with self._translate("GetBucketVersioning", ""):
+            try:
+                status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+            except ClientError as exc:
+                code, http = _code(exc)
+                if code in _IDENTITY or http in (401, 403) and code != "AccessDenied":
+                    raise self._client_error(exc, where) from exc
+                # A server that cannot say (not implemented, not allowed) is no reason to stop.
+                return f"unknown (the server answered {code}, HTTP {http})"
+        return {"Enabled": "enabled", "Suspended": "suspended"}.get(str(status), "off")
 
     def capabilities(self, refresh: bool = False) -> Capabilities:
         now = time.time()
@@ -390,6 +415,28 @@ class S3Store:
         }
         reason, hint = rejected.get(code, (f"refused with {code} (HTTP {status})", "check the bucket settings and permissions"))
         return StoreRejected(f"{where}: {reason} ({code})", hint)
+
+
+class _Reading(io.RawIOBase):
+    """A GET's body as a file whose read errors are the store's own (StoreUnavailable)."""
+
+    def __init__(self, body: Any, translate: Callable[[], AbstractContextManager[None]]) -> None:
+        super().__init__()
+        self._body = body
+        self._translate = translate
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        with self._translate():
+            data: bytes = self._body.read(None if size is None or size < 0 else size)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _refuses_feature(code: str, status: int) -> bool:

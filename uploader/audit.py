@@ -1,0 +1,119 @@
+"""`uploader verify`: re-count daily documents as they stream by, and audit the whole prefix.
+
+One day: every upload re-counted against its metadata and the object's user metadata (no
+document is ever loaded whole). Every day (``--all`` / ``--since``): each document under the
+prefix, plus the days missing between the first and the last, the objects that do not follow
+the naming, and past days left open.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from .daily import KEY_TEMPLATE, Verifier, day_key
+from .errors import ObjectNotFound
+from .reading import DocumentError, read_document
+from .store import Store, probe_prefix
+
+__all__ = ["AuditReport", "DayReport", "audit", "verify_day"]
+
+
+@dataclass
+class DayReport:
+    """One day's document, re-counted."""
+
+    day: date
+    key: str
+    problems: list[str] = field(default_factory=list)
+    uploads: int = 0
+    fetches: int = 0
+    matches: int = 0
+    closed: bool | None = None
+    missing: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.missing
+
+    def line(self) -> str:
+        if self.missing:
+            return f"{self.day}  MISSING  no document {self.key}"
+        state = "closed" if self.closed else "open"
+        head = f"{self.day}  {'OK' if self.ok else 'PROBLEMS'}  {self.uploads} uploads, {self.fetches} fetches, " \
+               f"{self.matches} matches, {state}"
+        return head if self.ok else head + "; " + "; ".join(self.problems)
+
+
+@dataclass
+class AuditReport:
+    days: list[DayReport] = field(default_factory=list)
+    stray: list[str] = field(default_factory=list)
+    left_open: list[date] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(d.ok for d in self.days) and not self.stray and not self.left_open
+
+
+def verify_day(store: Store, prefix: str, day: date) -> DayReport:
+    """Re-count one day's document as it streams (bounded memory)."""
+    key = day_key(prefix, day)
+    report = DayReport(day, key)
+    checker = Verifier()
+    meta: Any = None
+    try:
+        with store.stream(key) as (stream, info):
+            for kind, value in read_document(stream):
+                if kind == "upload":
+                    checker.add(value)
+                else:
+                    meta = value
+    except ObjectNotFound:
+        report.missing = True
+        return report
+    except DocumentError as exc:
+        checker.problems.append(f"{exc} (after {checker.uploads} uploads); `uploader repair {day}` rebuilds it")
+    report.problems = checker.finish(meta, info.metadata, day)
+    report.uploads, report.fetches, report.matches = checker.uploads, checker.fetches, checker.matches
+    report.closed = bool(meta.get("closed")) if isinstance(meta, dict) else None
+    return report
+
+
+def audit(
+    store: Store,
+    prefix: str,
+    today: date,
+    since: date | None = None,
+    on_day: Callable[[DayReport], None] = lambda report: None,
+) -> AuditReport:
+    """Verify every daily document under ``prefix`` (from ``since`` on), and the prefix itself."""
+    prefix = prefix.strip("/")
+    name = re.compile(re.escape(KEY_TEMPLATE.format(prefix=prefix, day="@")).replace("@", r"(\d{4}-\d{2}-\d{2})") + "$")
+    known = (f"{prefix}/quarantine/", probe_prefix(prefix) + "/")
+    report = AuditReport()
+    days: list[date] = []
+    for key in store.list(prefix + "/"):
+        m = name.match(key)
+        if m is not None:
+            try:
+                days.append(date.fromisoformat(m[1]))
+                continue
+            except ValueError:
+                pass  # looks like a day, is not one: stray
+        if not key.startswith(known):
+            report.stray.append(key)
+    days = sorted(d for d in days if since is None or d >= since)
+    present = set(days)
+    day = days[0] if days else None
+    while day is not None and day <= days[-1]:
+        one = verify_day(store, prefix, day) if day in present else DayReport(day, day_key(prefix, day), missing=True)
+        report.days.append(one)
+        on_day(one)
+        if one.closed is False and day < today:
+            report.left_open.append(day)
+        day += timedelta(days=1)
+    return report
