@@ -42,7 +42,7 @@ def batch_of(day: date, fetch_size: int, tag: str) -> Batch:
 def main(argv: list[str]) -> int:
     url, bucket, prefix, day_text, size_text = argv
     store = S3Store(bucket, endpoint_url=url, region="us-east-1", addressing_style="path",
-                    read_timeout_s=600, probe_prefix=f"{prefix}/.uploader-check")
+                    read_timeout_s=600, prefix=prefix)
     store.capabilities()
     batch = batch_of(date.fromisoformat(day_text), int(size_text), "bench-append")
     print("ready", flush=True)

@@ -2,14 +2,15 @@
 
 For each size the bench builds one valid day document (``daily.serialize``, PUT once, not
 measured) and a copy of it for the seed. Both sides then append the same 10 fetches through a
-byte-counting proxy in front of moto:
+byte-counting proxy in front of the server (moto or Ceph RGW):
 
 - project: ``publish.append_batches`` through ``S3Store`` in a child process (its capabilities
   probed before the measurement starts, as a running service has);
 - seed: the seed's 10th ``subprocess.run`` call with 9 fetches already in its local file, which
   GETs the whole document, appends, and PUTs it all back.
 
-Both documents are read back and checked afterwards, then deleted so moto frees the memory.
+Both documents are read back and checked afterwards, then deleted so the server frees the
+memory (on Ceph RGW, its garbage collection is run at once, outside the measurement).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,12 +38,13 @@ from .harness import (
     SEED,
     TZ,
     BenchError,
+    BenchServer,
     CountingProxy,
-    MotoServer,
     Row,
     Section,
     bench_env,
     make_raw,
+    seed_env,
     today,
     verify_day,
 )
@@ -82,6 +83,21 @@ def _load_seed() -> Any:
     return module
 
 
+# Starts the seed from a small process of its own, so that the seed's peak RSS (ru_maxrss, which
+# also counts the memory of the process it was forked from) is not inflated by the bench's.
+_SPAWN = (
+    "import json, os, sys, time\n"
+    "print('ready', flush=True)\n"
+    "sys.stdin.readline()\n"
+    "started = time.perf_counter()\n"
+    "pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ,\n"
+    "                     file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "print(json.dumps({'seconds': time.perf_counter() - started, 'hwm_kib': usage.ru_maxrss,\n"
+    "                  'code': os.waitstatus_to_exitcode(status)}), flush=True)\n"
+)
+
+
 def _seed_append(seed: Any, proxy: CountingProxy, bucket: str, work: Path, fetch_size: int) -> dict[str, Any]:
     """The seed's 10th call: 9 fetches already in its file, the 10th triggers GET + PUT of the day."""
     local = work / "seed_all_api.json"
@@ -91,18 +107,23 @@ def _seed_append(seed: Any, proxy: CountingProxy, bucket: str, work: Path, fetch
                  "pipeline_duration": 1.0} for i in range(10)]
     for item in log_data[:9]:
         seed.append_local(str(local), item, now)
-    env = bench_env(SEED_LOCAL_FILE=str(local), SEED_BUCKET=bucket, SEED_PREFIX="seed",
-                    AWS_ENDPOINT_URL=proxy.url)
+    env = seed_env(proxy.url, bucket, local)
+    launcher = subprocess.Popen([sys.executable, "-c", _SPAWN, sys.executable, str(SEED), json.dumps(log_data[9])],
+                                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert launcher.stdin is not None and launcher.stdout is not None
+    if launcher.stdout.readline().strip() != "ready":
+        raise BenchError("the seed's launcher did not get ready")
     proxy.reset()
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(SEED), json.dumps(log_data[9])], env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise BenchError(f"seed_logger.py exited {proc.returncode}")
+    launcher.stdin.write("go\n")
+    launcher.stdin.flush()
+    line = launcher.stdout.readline()
     sent, received = proxy.counts()
-    return {"seconds": seconds, "sent": sent, "received": received, "hwm_kib": usage.ru_maxrss}
+    if launcher.wait(60) != 0 or not line:
+        raise BenchError("the seed's launcher failed")
+    result: dict[str, Any] = json.loads(line)
+    if result["code"] != 0:
+        raise BenchError(f"seed_logger.py exited {result['code']}")
+    return {"seconds": result["seconds"], "sent": sent, "received": received, "hwm_kib": result["hwm_kib"]}
 
 
 def _project_append(proxy: CountingProxy, bucket: str, fetch_size: int) -> dict[str, Any]:
@@ -127,8 +148,8 @@ def _project_append(proxy: CountingProxy, bucket: str, fetch_size: int) -> dict[
     return result
 
 
-def _check_seed_doc(moto: MotoServer, bucket: str, key: str, uploads: int) -> None:
-    doc = json.loads(moto.admin.get_object(Bucket=bucket, Key=key)["Body"].read())
+def _check_seed_doc(server: BenchServer, bucket: str, key: str, uploads: int) -> None:
+    doc = json.loads(server.admin.get_object(Bucket=bucket, Key=key)["Body"].read())
     ids = Counter(f["FETCH_HEADER"]["fetch_id"] for u in doc["uploads"] for f in u["fetch_data"])
     problems = []
     if len(doc["uploads"]) != uploads or doc["daily_metadata"]["total_uploads_today"] != uploads:
@@ -145,35 +166,36 @@ def _size(n: float) -> str:
     return f"{n / _MIB:.2f} MiB" if n >= _MIB else f"{n / 1024:.1f} KiB"
 
 
-def run(moto: MotoServer, sizes_mib: tuple[int, ...] = DEFAULT_SIZES_MIB, fetch_size: int = 5 * 1024) -> Section:
+def run(server: BenchServer, sizes_mib: tuple[int, ...] = DEFAULT_SIZES_MIB, fetch_size: int = 5 * 1024) -> Section:
     """Measure one append per day size, project beside seed, and verify both documents."""
     section = Section("3. Append cost vs day size (one batch of 10 fetches)")
-    proxy = CountingProxy(moto.port)
+    proxy = CountingProxy(server.port)
     seed = _load_seed()
     day = today()
     pkey, skey = daily.day_key("proj", day), daily.day_key("seed", day)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-append-") as tmp:
             for size in sizes_mib:
-                bucket = moto.new_bucket(f"append{size}")
+                bucket = server.new_bucket(f"append{size}")
                 body = build_day(size)
                 old = daily.parse_tail(daily.split_tail(body[-65536:], len(body))[1])  # type: ignore[index]
                 started = time.perf_counter()
-                moto.admin.put_object(Bucket=bucket, Key=pkey, Body=body,
-                                      Metadata=daily.user_metadata(old))
-                moto.admin.copy_object(Bucket=bucket, Key=skey, CopySource={"Bucket": bucket, "Key": pkey})
+                server.admin.put_object(Bucket=bucket, Key=pkey, Body=body,
+                                        Metadata=daily.user_metadata(old))
+                server.admin.copy_object(Bucket=bucket, Key=skey, CopySource={"Bucket": bucket, "Key": pkey})
                 build_s = time.perf_counter() - started
                 old_size, n = len(body), old["total_uploads_today"]
                 del body
                 proj = _project_append(proxy, bucket, fetch_size)
                 if proj["stored"] != 1:
                     raise BenchError(f"project append at {size} MiB stored {proj['stored']} batches")
-                new_size = moto.admin.head_object(Bucket=bucket, Key=pkey)["ContentLength"]
-                verify_day(moto.admin, bucket, pkey, n + 1, (n + 1) * 10)
+                new_size = server.admin.head_object(Bucket=bucket, Key=pkey)["ContentLength"]
+                verify_day(server.admin, bucket, pkey, n + 1, (n + 1) * 10)
                 s = _seed_append(seed, proxy, bucket, Path(tmp), fetch_size)
-                _check_seed_doc(moto, bucket, skey, n + 1)
-                moto.empty_bucket(bucket)
-                moto.admin.delete_bucket(Bucket=bucket)
+                _check_seed_doc(server, bucket, skey, n + 1)
+                server.empty_bucket(bucket)
+                server.admin.delete_bucket(Bucket=bucket)
+                server.collect_garbage()
 
                 added = new_size - old_size
                 limit = 2 * added + 65536
@@ -202,7 +224,7 @@ def run(moto: MotoServer, sizes_mib: tuple[int, ...] = DEFAULT_SIZES_MIB, fetch_
         "Wire bytes include HTTP headers. The seed's wall time includes starting Python and "
         "importing boto3 (it is a fresh process per fetch); the project's is the append alone. "
         "Existing uploads hold one long filler string per fetch, the cheapest case for the "
-        "seed's json.loads / json.dumps. The seed's peak RSS (wait4 ru_maxrss) also counts the "
-        "bench process's pages the child held between fork and exec: an upper bound."
+        "seed's json.loads / json.dumps. The seed's peak RSS is its own (ru_maxrss of a child "
+        "started from a small launcher process, not from the bench)."
     )
     return section

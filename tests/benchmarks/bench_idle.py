@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .harness import (
-    MotoServer,
+    BenchServer,
     Row,
     Section,
     cpu_seconds,
@@ -22,12 +22,12 @@ __all__ = ["run"]
 log = logging.getLogger(__name__)
 
 
-def run(moto: MotoServer, seconds: float = 60.0, settle: float = 3.0) -> Section:
+def run(server: BenchServer, seconds: float = 60.0, settle: float = 3.0) -> Section:
     """Start the service on an empty file, let it settle, and read utime+stime across the window."""
     section = Section(f"6. Idle: `uploader run` with no writes for {seconds:.0f} s")
-    bucket = moto.new_bucket("idle")
+    bucket = server.new_bucket("idle")
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
-        config = write_config(Path(tmp), moto.url, bucket)
+        config = write_config(Path(tmp), server.url, bucket)
         with running_uploader(config) as proc:
             time.sleep(settle)
             before = cpu_seconds(proc.pid)

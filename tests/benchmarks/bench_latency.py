@@ -1,10 +1,11 @@
 """Benchmark 2: latency from the write of a batch's 10th FETCH END to the day document holding it.
 
-``uploader run`` (s3 backend on the bench's moto) watches the file; the bench writes 10 fetches,
-notes the time the 10th write returned, and waits for the service's ``upload`` log line, which
-is written once the store acknowledged the write and the spool was cleared (so the figure is an
-upper bound). The signal costs the service nothing beyond a log line it writes anyway. After each batch (outside the measured
-window) a HEAD checks the object's counters say exactly that many uploads.
+``uploader run`` (s3 backend on the bench's server, moto or Ceph RGW) watches the file; the
+bench writes 10 fetches, notes the time the 10th write returned, and waits for the service's
+``upload`` log line, which is written once the store acknowledged the write and the spool was
+cleared (so the figure is an upper bound). The signal costs the service nothing beyond a log
+line it writes anyway. After each batch (outside the measured window) a HEAD checks the
+object's counters say exactly that many uploads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from uploader.fetchlog import FetchWriter
 
 from .harness import (
     BenchError,
-    MotoServer,
+    BenchServer,
     Row,
     Section,
     make_raw,
@@ -39,17 +40,17 @@ log = logging.getLogger(__name__)
 _APPENDED = r"uploader\.upload upload day=\S+ batches=(\d+) .* path=(\w+)"
 
 
-def run(moto: MotoServer, batches: int = 250, fetch_size: int = 5 * 1024) -> Section:
+def run(server: BenchServer, batches: int = 250, fetch_size: int = 5 * 1024) -> Section:
     """Measure ``batches`` batches one after another (plus one warm-up batch, not counted)."""
     section = Section("2. Latency: 10th FETCH END written -> day document holds the batch")
-    bucket = moto.new_bucket("latency")
+    bucket = server.new_bucket("latency")
     key = daily.day_key("logs", today())
     latencies: list[float] = []
     paths: Counter[str] = Counter()
     by_path: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         folder = Path(tmp)
-        config = write_config(folder, moto.url, bucket)
+        config = write_config(folder, server.url, bucket)
         (folder / "data").mkdir(parents=True, exist_ok=True)
         writer = FetchWriter(folder / "data" / "all_api.json", "America/New_York")
         raws = [make_raw(fetch_size, i) for i in range(10)]
@@ -72,15 +73,16 @@ def run(moto: MotoServer, batches: int = 250, fetch_size: int = 5 * 1024) -> Sec
                     latencies.append(at - written)
                     paths[m.group(2)] += 1
                     by_path.setdefault(m.group(2), []).append(at - written)
-                head = moto.admin.head_object(Bucket=bucket, Key=key)
+                head = server.admin.head_object(Bucket=bucket, Key=key)
                 counters = daily.counters_from_user_metadata(head["Metadata"])
                 if counters["total_uploads_today"] != b + 1:
                     raise BenchError(f"after batch {b + 1} the object says "
                                      f"{counters['total_uploads_today']} uploads")
             errors = proc.errors()
-        doc = verify_day(moto.admin, bucket, key, batches + 1, (batches + 1) * 10)
+        doc = verify_day(server.admin, bucket, key, batches + 1, (batches + 1) * 10)
         size = len(daily.serialize(doc))
-    moto.empty_bucket(bucket)
+    server.empty_bucket(bucket)
+    server.collect_garbage()
     if errors:
         raise BenchError("uploader run logged problems: " + "; ".join(errors[:3]))
     ms = [x * 1000 for x in latencies]

@@ -22,7 +22,7 @@ from uploader.spool import Batch, Spool
 from .harness import (
     ROOT,
     BenchError,
-    MotoServer,
+    BenchServer,
     Row,
     Section,
     bench_env,
@@ -62,12 +62,12 @@ def fill_spool(root: Path, batches: int, fetch_size: int) -> None:
     spool.commit(names)
 
 
-def _replay(moto: MotoServer, batches: int, fetch_size: int, group: int) -> tuple[float, float]:
+def _replay(server: BenchServer, batches: int, fetch_size: int, group: int) -> tuple[float, float]:
     """(wall seconds of `uploader replay`, MiB of the resulting document), verified."""
-    bucket = moto.new_bucket(f"replay{group}")
+    bucket = server.new_bucket(f"replay{group}")
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         folder = Path(tmp)
-        config = write_config(folder, moto.url, bucket)
+        config = write_config(folder, server.url, bucket)
         fill_spool(folder / "data" / "spool", batches, fetch_size)
         started = time.perf_counter()
         done = subprocess.run(
@@ -81,22 +81,24 @@ def _replay(moto: MotoServer, batches: int, fetch_size: int, group: int) -> tupl
         left = list((folder / "data" / "spool" / "batches").glob("*.json"))
         if left:
             raise BenchError(f"{len(left)} batches left in the spool after replay")
-    doc = verify_day(moto.admin, bucket, daily.day_key("logs", today()), batches, batches * 10)
+    doc = verify_day(server.admin, bucket, daily.day_key("logs", today()), batches, batches * 10)
     mib = len(daily.serialize(doc)) / 2**20
-    moto.empty_bucket(bucket)
+    server.empty_bucket(bucket)
+    server.collect_garbage()
     return seconds, mib
 
 
-def run(moto: MotoServer, batches: int = 1000, single_batches: int = 150,
+def run(server: BenchServer, batches: int = 1000, single_batches: int = 150,
         fetch_size: int = 5 * 1024) -> Section:
     """Replay ``batches`` with group commit, and ``single_batches`` with one append per batch.
 
-    One append per batch costs moto a server-side copy of the whole day each time (O(day) in
-    moto, not on the wire), so 1,000 of them take ~8 minutes; the default run times fewer.
+    One append per batch costs the server a copy of the whole day each time (O(day) inside the
+    server, not on the wire), so 1,000 of them take ~8 minutes on moto; the default run times
+    fewer.
     """
     section = Section(f"5. Replay of {batches} spooled batches of one day")
-    grouped, mib = _replay(moto, batches, fetch_size, 100)
-    single, _ = _replay(moto, single_batches, fetch_size, 1)
+    grouped, mib = _replay(server, batches, fetch_size, 100)
+    single, _ = _replay(server, single_batches, fetch_size, 1)
     label = "" if single_batches == batches else f" ({single_batches} batches only)"
     section.rows.append(Row("wall time of `uploader replay`", f"{single:.1f} s per batch{label}",
                             f"{grouped:.1f} s group commit",

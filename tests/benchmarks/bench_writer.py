@@ -24,14 +24,14 @@ from uploader.fetchlog import FetchWriter
 
 from .harness import (
     SEED,
-    MotoServer,
+    BenchServer,
     Row,
     Section,
-    bench_env,
     make_raw,
     percentile,
     record_size,
     running_uploader,
+    seed_env,
     today,
     verify_day,
     write_config,
@@ -46,12 +46,11 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def _seed_calls(moto: MotoServer, size: int, n: int, work: Path) -> dict[str, Any]:
+def _seed_calls(server: BenchServer, size: int, n: int, work: Path) -> dict[str, Any]:
     """Run the seed's per-fetch subprocess ``n`` times; stop at the first that cannot start."""
-    bucket = moto.new_bucket("seed-writer")
+    bucket = server.new_bucket("seed-writer")
     local = work / f"seed-{size}.json"
-    env = bench_env(SEED_LOCAL_FILE=str(local), SEED_BUCKET=bucket, SEED_PREFIX="seed",
-                    AWS_ENDPOINT_URL=moto.url)
+    env = seed_env(server.url, bucket, local)
     times: list[float] = []
     failure = None
     for i in range(n):
@@ -70,20 +69,20 @@ def _seed_calls(moto: MotoServer, size: int, n: int, work: Path) -> dict[str, An
     uploads = 0
     if times:
         key = daily.day_key("seed", today())
-        doc = json.loads(moto.admin.get_object(Bucket=bucket, Key=key)["Body"].read())
+        doc = json.loads(server.admin.get_object(Bucket=bucket, Key=key)["Body"].read())
         uploads = len(doc["uploads"])
         fetches = sum(len(u["fetch_data"]) for u in doc["uploads"])
         if uploads != n // 10 or fetches != uploads * 10:
             raise RuntimeError(f"seed document holds {uploads} uploads / {fetches} fetches after {n} calls")
-    moto.empty_bucket(bucket)
+    server.empty_bucket(bucket)
     return {"times": times, "failure": failure, "uploads": uploads}
 
 
-def _project_calls(moto: MotoServer, size: int, n: int, work: Path) -> list[float]:
+def _project_calls(server: BenchServer, size: int, n: int, work: Path) -> list[float]:
     """Append ``n`` fetches with FetchWriter while ``uploader run`` uploads them; verify the day."""
-    bucket = moto.new_bucket("proj-writer")
+    bucket = server.new_bucket("proj-writer")
     folder = work / f"proj-{size}"
-    config = write_config(folder, moto.url, bucket)
+    config = write_config(folder, server.url, bucket)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     writer = FetchWriter(folder / "data" / "all_api.json", "America/New_York")
     raws = [make_raw(size, i) for i in range(n)]
@@ -97,7 +96,7 @@ def _project_calls(moto: MotoServer, size: int, n: int, work: Path) -> list[floa
         deadline = time.monotonic() + 120
         while True:  # records not yet cut at SIGTERM would stay in the file: wait for all of them
             try:
-                meta = moto.admin.head_object(Bucket=bucket, Key=key)["Metadata"]
+                meta = server.admin.head_object(Bucket=bucket, Key=key)["Metadata"]
                 if daily.counters_from_user_metadata(meta)["total_fetches_today"] >= n:
                     break
             except Exception:  # noqa: BLE001, S110 - no document yet: keep waiting
@@ -105,12 +104,12 @@ def _project_calls(moto: MotoServer, size: int, n: int, work: Path) -> list[floa
             if time.monotonic() > deadline:
                 break  # verify_day below reports what is missing
             time.sleep(0.2)  # polling interval of a deadline wait
-    verify_day(moto.admin, bucket, daily.day_key("logs", today()), n // 10, n)
-    moto.empty_bucket(bucket)
+    verify_day(server.admin, bucket, daily.day_key("logs", today()), n // 10, n)
+    server.empty_bucket(bucket)
     return times
 
 
-def run(moto: MotoServer, sizes: tuple[int, ...] = (5 * 1024, 200 * 1024),
+def run(server: BenchServer, sizes: tuple[int, ...] = (5 * 1024, 200 * 1024),
         seed_calls: int = 20, project_calls: int = 1000) -> Section:
     """Time both writers at each fetch size; the seed's calls include its every-10th upload."""
     section = Section("1. Cost to the pipeline per fetch (time blocked)")
@@ -118,8 +117,8 @@ def run(moto: MotoServer, sizes: tuple[int, ...] = (5 * 1024, 200 * 1024),
         work = Path(tmp)
         for size in sizes:
             label = f"{size // 1024} KiB"
-            seed = _seed_calls(moto, size, seed_calls, work)
-            proj = _project_calls(moto, size, project_calls if size <= 64 * 1024 else project_calls // 5, work)
+            seed = _seed_calls(server, size, seed_calls, work)
+            proj = _project_calls(server, size, project_calls if size <= 64 * 1024 else project_calls // 5, work)
             p_mean, p_med = statistics.fmean(proj), statistics.median(proj)
             rec = record_size(size)
             section.notes.append(

@@ -1,8 +1,9 @@
-"""What every benchmark shares: a moto server process, a counting proxy, fetches, configs, /proc.
+"""What every benchmark shares: the S3 servers, a counting proxy, fetches, configs, /proc.
 
-The moto server runs as its own process (``moto_server`` on a free 127.0.0.1 port) so its work
-never competes with the measured code for the GIL; everything talks HTTP to it over loopback
-with fake credentials.
+The servers come from ``tests/s3servers.py``, each started once per run: moto's server and a
+private Ceph RGW cluster (the server Linode Object Storage runs), each in its own processes on
+127.0.0.1, so their work never competes with the measured code for the GIL; everything talks
+HTTP to them over loopback with the fake keys ``client_env`` gives.
 """
 
 from __future__ import annotations
@@ -18,29 +19,30 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import boto3
 import pytz
 from botocore.config import Config as BotoConfig
 
+from tests.s3servers import ACCESS_KEY, SECRET_KEY, CephRGW, MotoServer, S3Server, client_env
 from uploader import daily
 from uploader.fetchlog import encode_record
 
 __all__ = [
-    "FAKE_ENV",
     "ROOT",
     "SEED",
     "TZ",
     "BenchError",
+    "BenchServer",
     "CountingProxy",
-    "MotoServer",
+    "OsdWatch",
     "Row",
     "Section",
     "UploaderProcess",
@@ -49,6 +51,9 @@ __all__ = [
     "make_raw",
     "percentile",
     "record_size",
+    "seed_env",
+    "start_ceph",
+    "start_moto",
     "today",
     "verify_day",
     "vm_hwm_kib",
@@ -58,16 +63,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED = Path(os.environ.get("SEED_LOGGER", ROOT.parent / "shared" / "baseline" / "seed_logger.py"))
+SEED = Path(__file__).resolve().with_name("seed_logger.py")  # the design this project replaces
 TZ = pytz.timezone("America/New_York")
-FAKE_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-}
-_UNSET_ENV = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -77,10 +74,21 @@ class BenchError(Exception):
 
 def bench_env(**extra: str) -> dict[str, str]:
     """The environment for every process of a benchmark: fake credentials, no real AWS config."""
-    env = {k: v for k, v in os.environ.items() if k not in _UNSET_ENV}
-    env.update(FAKE_ENV)
+    env = client_env()
     env.update(extra)
     return env
+
+
+def seed_env(endpoint: str, bucket: str, local: Path) -> dict[str, str]:
+    """The environment of a seed call: its bucket and local file, the server's endpoint.
+
+    boto3 >= 1.36 sends checksums with every PUT by default, which Ceph RGW refuses
+    (XAmzContentSHA256Mismatch): the seed gets the setting an operator would have had to
+    give it on Linode, on every server alike, so both sides do the same work.
+    """
+    return bench_env(SEED_LOCAL_FILE=str(local), SEED_BUCKET=bucket, SEED_PREFIX="seed",
+                     AWS_ENDPOINT_URL=endpoint, AWS_REQUEST_CHECKSUM_CALCULATION="when_required",
+                     AWS_RESPONSE_CHECKSUM_VALIDATION="when_required")
 
 
 def today() -> date:
@@ -143,73 +151,155 @@ def record_size(size: int) -> int:
     return len(encode_record("x" * 12, now, TZ, doc))
 
 
-# -- moto and a byte-counting proxy -------------------------------------------------------------
+# -- the S3 servers and a byte-counting proxy -----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+@dataclass
+class BenchServer:
+    """One S3 server of a run (moto or Ceph RGW, from ``tests/s3servers.py``), started once."""
 
+    name: str  # "moto" or "ceph", as --server says
+    title: str  # the report's column: "moto" or "Ceph RGW"
+    version: str
+    s3: S3Server
+    pids: list[int]  # the server's processes, for CPU figures
+    conf: Path | None = None  # Ceph's ceph.conf (None for moto)
+    osd_pid: int = 0  # Ceph's OSD, which holds the data in RAM (0 for moto)
+    gc_wait_s: str = ""  # Ceph: rgw gc obj min wait, as its ceph.conf says
+    gc_period_s: str = ""  # Ceph: rgw gc processor period
+    admin: Any = field(init=False, repr=False)
 
-class MotoServer:
-    """``moto_server`` in its own process on a free loopback port; ``admin`` is a plain client."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        exe = Path(sys.executable).with_name("moto_server")
-        self.proc = subprocess.Popen(
-            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
-            env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.admin = client(self.url)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.admin.list_buckets()
-                break
-            except Exception:  # noqa: BLE001 - any failure here means "not up yet"
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise BenchError(f"moto_server did not start on {self.url}") from None
-                time.sleep(0.1)
+    def __post_init__(self) -> None:
+        self.admin = client(self.s3.endpoint)
 
     @property
-    def pid(self) -> int:
-        return self.proc.pid
+    def url(self) -> str:
+        return self.s3.endpoint
+
+    @property
+    def port(self) -> int:
+        return self.s3.port
 
     def new_bucket(self, stem: str) -> str:
-        name = f"{stem}-{uuid.uuid4().hex[:8]}"
-        self.admin.create_bucket(Bucket=name)
-        return name
+        return self.s3.new_bucket(stem)
 
     def empty_bucket(self, bucket: str) -> None:
-        """Delete every object (and abandoned multipart upload) so moto frees the memory."""
+        """Delete every object (and abandoned multipart upload) so the server frees the memory."""
         for page in self.admin.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for obj in page.get("Contents", []):
                 self.admin.delete_object(Bucket=bucket, Key=obj["Key"])
         for up in self.admin.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
             self.admin.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
 
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    def cpu_seconds(self) -> float:
+        """CPU used so far by all of the server's processes."""
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def collect_garbage(self) -> None:
+        """Reclaim the space of deleted and replaced objects now (Ceph; a no-op on moto).
+
+        RGW frees a replaced object's data only in its garbage collection, some seconds later;
+        a benchmark calls this between measurements so that one's garbage does not fill the
+        OSD or cost CPU in the next one's window.
+        """
+        if self.conf is None:
+            return
+        done = subprocess.run(
+            ["radosgw-admin", "-c", str(self.conf), "-n", "client.admin", "gc", "process", "--include-all"],
+            capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"radosgw-admin gc process failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
+    def osd_used(self) -> tuple[int, int]:
+        """Ceph only: (bytes the OSD holds, its capacity), from its admin socket.
+
+        Read straight from the socket (no ``ceph`` program, no mgr, which this cluster has
+        not): cheap enough to sample during a measurement.
+        """
+        if self.conf is None:
+            raise BenchError("osd_used is for Ceph only")
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(self.conf.parent / "run" / "ceph-osd.0.asok"))
+            sock.sendall(json.dumps({"prefix": "perf dump", "logger": "osd"}).encode() + b"\0")
+            answer = bytearray()
+            while chunk := sock.recv(65536):
+                answer += chunk
+        stats = json.loads(answer[4:])["osd"]  # after a 4-byte length
+        return int(stats["stat_bytes_used"]), int(stats["stat_bytes"])
+
+
+class OsdWatch:
+    """Ceph only: the most the OSD held over a window.
+
+    The OSD keeps every object in RAM (memstore), replaced objects included until RGW's
+    garbage collection deletes them; near its capacity the OSD refuses writes (OSD full).
+    Sampled every 0.5 s from the OSD's admin socket (well under a millisecond each).
+    """
+
+    def __init__(self, server: BenchServer) -> None:
+        self.server = server
+        self.peak_used = 0
+        self.capacity = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True, name="osd-watch")
+
+    def _sample(self) -> None:
+        while True:
+            try:
+                used, self.capacity = self.server.osd_used()
+                self.peak_used = max(self.peak_used, used)
+            except (OSError, ValueError, KeyError, BenchError):
+                pass  # a missed sample; the OSD's own death shows in the benchmark
+            if self._stop.wait(0.5):
+                return
+
+    def __enter__(self) -> Self:
+        if self.server.conf is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def start_moto() -> tuple[BenchServer, MotoServer]:
+    """moto's server in its own process (so its work never competes with ours for the GIL)."""
+    launcher = MotoServer()
+    s3 = launcher.start()
+    assert launcher.proc is not None
+    return BenchServer("moto", "moto", f"moto {metadata.version('moto')}", s3, [launcher.proc.pid]), launcher
+
+
+def start_ceph(memstore_bytes: int) -> tuple[BenchServer, CephRGW]:
+    """A private Ceph cluster with radosgw; raises ``ServerUnavailable`` saying why it cannot start."""
+    launcher = CephRGW(memstore_bytes=memstore_bytes)
+    s3 = launcher.start()
+    assert launcher.base is not None
+    pids = {name: launcher.procs[name].pid for name in ("mon", "osd", "rgw")}
+    out = subprocess.run(["radosgw", "--version"], capture_output=True, text=True, check=False).stdout
+    m = re.search(r"ceph version (\S+)", out)
+    version = f"Ceph RGW {m.group(1) if m else '(unknown version)'}"
+    conf = launcher.base / "ceph.conf"
+    settings = {}
+    for line in conf.read_text().splitlines():
+        name, _, value = line.partition("=")
+        settings[name.strip()] = value.strip()
+    server = BenchServer("ceph", "Ceph RGW", version, s3, list(pids.values()), conf=conf,
+                         osd_pid=pids["osd"], gc_wait_s=settings.get("rgw gc obj min wait", "?"),
+                         gc_period_s=settings.get("rgw gc processor period", "?"))
+    return server, launcher
 
 
 def client(url: str) -> Any:
     """A boto3 S3 client for set-up and inspection (path style, no checksums, long timeouts)."""
-    os.environ.update(FAKE_ENV)
-    for name in _UNSET_ENV:
-        os.environ.pop(name, None)
     cfg = BotoConfig(region_name="us-east-1", s3={"addressing_style": "path"}, read_timeout=600,
                      request_checksum_calculation="when_required",
                      response_checksum_validation="when_required", retries={"max_attempts": 1})
-    return boto3.client("s3", endpoint_url=url, config=cfg)
+    return boto3.client("s3", endpoint_url=url, aws_access_key_id=ACCESS_KEY,
+                        aws_secret_access_key=SECRET_KEY, config=cfg)
 
 
 class CountingProxy:
