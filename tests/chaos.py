@@ -166,6 +166,9 @@ dir = "data/spool"
 retry_interval_s = 0.5
 max_backoff_s = 2
 
+[metrics]
+listen = ""
+
 [storage]
 backend = "s3"
 prefix = "{PREFIX}"

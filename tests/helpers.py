@@ -51,7 +51,7 @@ def spooled_ids(spool_dir: Path) -> list[str]:
     """Fetch ids of every committed batch in a spool folder, in seq order (duplicates kept)."""
     ids: list[str] = []
     for p in sorted((spool_dir / "batches").glob("*.json")):
-        ids.extend(json.loads(p.read_bytes())["fetch_ids"])
+        ids.extend(Batch.from_json(p.read_bytes()).fetch_ids)
     return ids
 
 
@@ -62,6 +62,8 @@ def write_config(tmp_path: Path, *, s3: tuple[str, str] | None = None, **section
         "spool": {"dir": "data/spool", "retry_interval_s": 1, "max_backoff_s": 2},
         "storage": {"backend": "directory", "prefix": "logs"},
         "storage.directory": {"path": "data/bucket"},
+        # Off unless a test asks: a fixed port would collide between services and test runs.
+        "metrics": {"listen": ""},
     }
     if s3:
         body["storage"]["backend"] = "s3"

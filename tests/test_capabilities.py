@@ -24,7 +24,7 @@ from uploader.store.capabilities import (
 
 T = 1_800_000_000.0
 FOUND = Capabilities(
-    conditional_put=True, etag_forms=("unquoted",), range_copy=True, copy_source_if_match=False,
+    conditional_put=True, etag_forms=("unquoted",), multipart=True, range_copy=True, copy_source_if_match=False,
     complete_if_match=False, suffix_range=True, complete_etag=False, probed_at=T,
     notes={"copy_source_if_match": "a stale CopySourceIfMatch accepted", "complete_if_match": "x",
            "complete_etag": "the answer's ETag is empty"},

@@ -83,12 +83,12 @@ CASES: dict[str, tuple[Callable[[], list[Rule]], dict[str, Any]]] = {
         {"suffix_range": False}),
     "multipart-error": (
         lambda: [Rule(op="CreateMultipartUpload", answer=NOT_IMPLEMENTED)],
-        {"range_copy": False, "complete_if_match": False, "complete_etag": False}),
+        {"multipart": False, "range_copy": False, "complete_if_match": False, "complete_etag": False}),
     "nothing-optional": (
         lambda: [Rule(op="PutObject", when=_conditional, answer=NOT_IMPLEMENTED),
                  Rule(op="GetObject", when=_with("range"), answer=NOT_IMPLEMENTED),
                  Rule(op="CreateMultipartUpload", answer=NOT_IMPLEMENTED)],
-        {"conditional_put": False, "range_copy": False, "copy_source_if_match": False,
+        {"conditional_put": False, "multipart": False, "range_copy": False, "copy_source_if_match": False,
          "complete_if_match": False, "suffix_range": False, "complete_etag": False}),
 }
 
@@ -149,7 +149,7 @@ def test_every_capability_outcome_still_lands_every_upload(
 
 @pytest.mark.parametrize(
     ("refused", "feature", "pad"),
-    [("UploadPartCopy", "range_copy", 60_000), ("CompleteMultipartUpload", "range_copy", 60_000),
+    [("UploadPartCopy", "range_copy", 60_000), ("CompleteMultipartUpload", "multipart", 60_000),
      ("PutObject", "conditional_put", 0)],
     ids=["copy-on-a-large-day", "complete-on-a-large-day", "conditional-put-on-a-small-day"],
 )

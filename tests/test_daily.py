@@ -105,10 +105,28 @@ def test_tail_append_matches_whole_document_merge(make_batch: Any, existing: int
         found = daily.split_tail(data, len(data))
     assert found is not None
     keep, tail = found
-    edit = daily.append_to_tail(tail, new, LATER, TZ)
+    edit = daily.append_to_tail(tail, [b.header for b in new], LATER, TZ)
     expected = daily.merge_batches(doc, new, LATER, TZ)
-    assert data[:keep] + edit.data == daily.serialize(expected.document)
+    assert data[:keep] + _written(edit, new) == daily.serialize(expected.document)
     assert edit.stored == expected.stored and edit.already == expected.already
+
+
+def _written(edit: daily.TailEdit, batches: list[Any]) -> bytes:
+    """What an append streams: each entry's head, the batch's fetch_data as spooled, the tail."""
+    by_id = {b.batch_id: b for b in batches}
+    return b"".join(edit.pieces(lambda header: by_id[header.batch_id].fetch_data))
+
+
+def test_streamed_entries_are_the_bytes_json_would_write(make_batch: Any) -> None:
+    """An entry built from a header and spooled fetch_data equals json.dumps of the entry, for any
+    text the fetches hold (unicode, escapes, quotes)."""
+    batch = make_batch(3)
+    batch.fetches[0]["RAW_API_DATA"]["name"] = 'Müller "Dö" \\ \u2028 \n 🏟'
+    stamp = "07/10/2025 04:15:00 PM EDT"
+    entry = daily.upload_entry(batch, 7, stamp)
+    streamed = daily.entry_head(batch.header, 7, stamp) + batch.fetch_data + b"}"
+    assert streamed == json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode()
+    assert b"\n" not in streamed
 
 
 def test_split_tail_asks_for_more_when_marker_not_in_suffix(make_batch: Any) -> None:
@@ -121,8 +139,8 @@ def test_tail_append_of_listed_batches_writes_nothing(make_batch: Any) -> None:
     """When every batch is already listed, the tail edit has no bytes to write."""
     data = daily.serialize(_doc(make_batch, 1, 2))
     _, tail = daily.split_tail(data, len(data)) or (0, b"")
-    edit = daily.append_to_tail(tail, [make_batch(2)], LATER, TZ)
-    assert edit.data == b"" and edit.already == [make_batch(2).batch_id]
+    edit = daily.append_to_tail(tail, [make_batch(2).header], LATER, TZ)
+    assert not edit.changed and edit.entries == [] and edit.already == [make_batch(2).batch_id]
 
 
 def test_close_sets_closed_once_and_late_uploads_are_recorded(make_batch: Any) -> None:
@@ -142,8 +160,8 @@ def test_close_tail_matches_close_document(make_batch: Any) -> None:
     data = daily.serialize(doc)
     keep, tail = daily.split_tail(data, len(data)) or (0, b"")
     edit = daily.close_tail(tail, NOON, TZ)
-    assert data[:keep] + edit.data == daily.serialize(daily.close_document(doc, NOON, TZ))
-    assert daily.close_tail(edit.data, LATER, TZ).data == b""
+    assert data[:keep] + _written(edit, []) == daily.serialize(daily.close_document(doc, NOON, TZ))
+    assert not daily.close_tail(edit.tail, LATER, TZ).changed
 
 
 def test_user_metadata_is_small_and_reads_back(make_batch: Any) -> None:

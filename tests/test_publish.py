@@ -157,9 +157,9 @@ class _PausingStore:
         self._pause()
         return self.inner.put(*args, **kwargs)
 
-    def replace_tail(self, *args: Any, **kwargs: Any) -> str:
+    def compose(self, *args: Any, **kwargs: Any) -> str | None:
         self._pause()
-        return self.inner.replace_tail(*args, **kwargs)
+        return self.inner.compose(*args, **kwargs)
 
 
 @pytest.mark.parametrize("pad", [0, 60_000], ids=["small-day", "large-day"])

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from uploader.errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
-from uploader.store import MIN_PART_SIZE, Store, normalize_etag
+from uploader.store import MIN_PART_SIZE, PART_SIZE, Store, normalize_etag
 from uploader.store.s3 import S3Store
 
 from conftest import make_s3_store
@@ -96,24 +96,49 @@ def test_list_returns_sorted_keys_under_prefix(store: Store) -> None:
     assert store.list("nothing/") == []
 
 
-def test_replace_tail_keeps_body_and_writes_new_tail(store: Store) -> None:
-    """replace_tail yields old[:keep] + data, with the new metadata and a fresh ETag."""
+def test_compose_keeps_body_and_writes_new_tail(store: Store) -> None:
+    """compose(keep) yields old[:keep] + pieces, with the new metadata and a fresh ETag."""
     body = b"a" * MIN_PART_SIZE + b"OLD-TAIL"
     etag = store.put(KEY, body, {"v": "1"})
-    new_etag = store.replace_tail(KEY, MIN_PART_SIZE, b"NEW-TAIL!", {"v": "2"}, if_match=etag)
+    new_etag = store.compose(KEY, MIN_PART_SIZE, [b"NEW-", b"TAIL!"], {"v": "2"}, if_match=etag)
     data, info = store.get(KEY)
     assert data == b"a" * MIN_PART_SIZE + b"NEW-TAIL!"
-    assert info.metadata == {"v": "2"} and info.etag == new_etag != etag
+    assert info.metadata == {"v": "2"} and info.etag != etag
+    assert new_etag is None or new_etag == info.etag
 
 
-def test_replace_tail_refuses_a_stale_etag(store: Store) -> None:
-    """replace_tail with an ETag that is no longer current changes nothing."""
+def test_compose_refuses_a_stale_etag(store: Store) -> None:
+    """compose with an ETag that is no longer current changes nothing."""
     body = b"b" * MIN_PART_SIZE + b"TAIL"
     stale = store.put(KEY, body, {})
     store.put(KEY, body + b"more", {})
     with pytest.raises(PreconditionFailed):
-        store.replace_tail(KEY, MIN_PART_SIZE, b"X", {}, if_match=stale)
+        store.compose(KEY, MIN_PART_SIZE, [b"X"], {}, if_match=stale)
+    with pytest.raises(PreconditionFailed):
+        store.compose(KEY, 0, [b"y" * (PART_SIZE + 1)], {}, if_match=stale)
     assert store.get(KEY, suffix=8)[0] == b"TAILmore"
+
+
+def test_compose_streams_pieces_larger_than_a_part(store: Store) -> None:
+    """Many pieces adding up to several parts make exactly their concatenation, from scratch or
+    after a kept body; If-None-Match refuses an existing key on that path too."""
+    pieces = [bytes([65 + i % 26]) * (1 << 20) for i in range(2 * PART_SIZE // (1 << 20) + 3)]
+    store.compose(KEY, 0, iter(pieces), {"n": "1"}, if_none_match=True)
+    assert store.get(KEY)[0] == b"".join(pieces)
+    with pytest.raises(PreconditionFailed):
+        store.compose(KEY, 0, iter(pieces), {}, if_none_match=True)
+    etag = store.head(KEY).etag  # type: ignore[union-attr]
+    store.compose(KEY, PART_SIZE, iter(pieces[:9]), {"n": "2"}, if_match=etag)
+    data, info = store.get(KEY)
+    assert data == b"".join(pieces)[:PART_SIZE] + b"".join(pieces[:9]) and info.metadata == {"n": "2"}
+
+
+def test_compose_refuses_a_kept_part_s3_cannot_copy(store: Store) -> None:
+    """A kept body below 5 MiB cannot be copied server-side: a caller error, nothing written."""
+    store.put(KEY, b"c" * 100, {})
+    with pytest.raises(ValueError):
+        store.compose(KEY, 50, [b"x"], {})
+    assert store.get(KEY)[0] == b"c" * 100
 
 
 def test_capabilities_are_probed_and_remembered(store: Store) -> None:
@@ -125,10 +150,10 @@ def test_capabilities_are_probed_and_remembered(store: Store) -> None:
 
 # What each real server was found to honour (docs/ARCHITECTURE.md has the table and why).
 OBSERVED = {
-    "moto": {"conditional_put": True, "etag_forms": ("quoted", "unquoted"), "range_copy": True,
+    "moto": {"conditional_put": True, "etag_forms": ("quoted", "unquoted"), "multipart": True, "range_copy": True,
              "copy_source_if_match": False, "complete_if_match": False, "suffix_range": True,
              "complete_etag": True},
-    "ceph": {"conditional_put": True, "etag_forms": ("unquoted",), "range_copy": True,
+    "ceph": {"conditional_put": True, "etag_forms": ("unquoted",), "multipart": True, "range_copy": True,
              "copy_source_if_match": False, "complete_if_match": False, "suffix_range": True,
              "complete_etag": False},
 }

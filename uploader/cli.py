@@ -215,7 +215,7 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> int:
 
         with Progress("replay", len(pending), "batches") as bar:
             report = uploader.drain(ignore_backoff=True, day=args.day,
-                                    progress=lambda rep, total: bar.update(rep.batches + rep.failed - bar.done))
+                                    progress=lambda handled: bar.update(max(0, handled - bar.done)))
         uploader.upload_quarantine()
         print(f"replay: uploaded {report.batches} batch(es), {report.fetches} fetches, {report.matches} matches; "
               f"{report.left} left in the spool")

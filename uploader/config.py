@@ -23,6 +23,7 @@ __all__ = [
     "StorageConfig",
     "DirectoryConfig",
     "S3Config",
+    "MetricsConfig",
     "load_config",
     "default_config_path",
     "is_loopback_url",
@@ -100,6 +101,22 @@ class S3Config:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Where `uploader run` serves Prometheus /metrics and /healthz; ``listen`` "" is off."""
+
+    listen: str = "127.0.0.1:9464"
+    host: str = "127.0.0.1"
+    port: int = 9464
+    # Metrics name the bucket and show the traffic: beyond loopback only when asked for.
+    allow_remote: bool = False
+    healthz_max_pending_age_s: float = 900.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     backend: str = "directory"
     prefix: str = "all_api_rotating_logs"
@@ -114,6 +131,7 @@ class Config:
     spool: SpoolConfig
     storage: StorageConfig
     source: Path | None = None
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # key -> (type(s), default); a nested dict is a sub-table.
@@ -143,6 +161,11 @@ _SCHEMA: dict[str, Any] = {
             "read_timeout_s": ((int, float), 30),
             "max_attempts": (int, 3),
         },
+    },
+    "metrics": {
+        "listen": (str, "127.0.0.1:9464"),
+        "allow_remote": (bool, False),
+        "healthz_max_pending_age_s": ((int, float), 900),
     },
 }
 
@@ -202,6 +225,7 @@ def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None
     if not prefix or ".." in prefix.split("/"):
         raise ConfigError("storage.prefix", f"invalid prefix {st['prefix']!r}", "use a plain path like all_api_rotating_logs")
     s3 = _s3_config(st["s3"], required=st["backend"] == "s3")
+    metrics = _metrics_config(values["metrics"])
     return Config(
         watch=WatchConfig(file=resolve(w["file"]), batch_size=w["batch_size"]),
         day=DayConfig(timezone=d["timezone"], close_out_at=close_out_at),
@@ -219,6 +243,7 @@ def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None
             s3=s3,
         ),
         source=source,
+        metrics=metrics,
     )
 
 
@@ -270,6 +295,34 @@ def _s3_config(v: dict[str, Any], required: bool) -> S3Config:
         read_timeout_s=float(v["read_timeout_s"]),
         max_attempts=v["max_attempts"],
     )
+
+
+def _metrics_config(v: dict[str, Any]) -> MetricsConfig:
+    age = v["healthz_max_pending_age_s"]
+    if age <= 0:
+        raise ConfigError("metrics.healthz_max_pending_age_s", f"must be greater than 0, got {age}")
+    listen = v["listen"].strip()
+    if not listen:
+        return MetricsConfig(listen="", host="", port=0, allow_remote=v["allow_remote"],
+                             healthz_max_pending_age_s=float(age))
+    hint = 'write HOST:PORT, e.g. "127.0.0.1:9464" or "[::1]:9464"; "" turns metrics off'
+    parts = urlsplit("//" + listen)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or not 0 < port < 65536 or parts.path or parts.query \
+            or parts.fragment or parts.username is not None:
+        raise ConfigError("metrics.listen", f"not an address to listen on: {listen!r}", hint)
+    if not is_loopback_url(f"http://{listen}") and not v["allow_remote"]:
+        raise ConfigError(
+            "metrics.listen",
+            f"{listen} would serve /metrics and /healthz beyond this host, without authentication",
+            "listen on 127.0.0.1 (scrape through a tunnel or a proxy), "
+            "or set metrics.allow_remote = true if you really mean it",
+        )
+    return MetricsConfig(listen=listen, host=parts.hostname, port=port, allow_remote=v["allow_remote"],
+                         healthz_max_pending_age_s=float(age))
 
 
 def _refuse_credentials(table: dict[str, Any], where: str) -> None:

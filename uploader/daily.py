@@ -22,11 +22,12 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytz
 
-from .spool import Batch
+from .spool import Batch, BatchHeader
 from .stamps import format_stamp
 
 __all__ = [
@@ -40,10 +41,12 @@ __all__ = [
     "close_tail",
     "counters_from_user_metadata",
     "day_key",
+    "entry_head",
     "fetch_id_of",
     "fetch_matches",
     "merge_batches",
     "new_document",
+    "new_tail",
     "parse",
     "parse_tail",
     "serialize",
@@ -99,12 +102,32 @@ class MergeResult:
 
 @dataclass(frozen=True)
 class TailEdit:
-    """An append expressed on bytes: keep the body, write ``insert`` + ``new_tail`` after it."""
+    """An append (or a close) expressed on bytes: keep the body up to the old tail, then write
+    ``lead``, each new upload's entry, and ``tail``, the new metadata.
 
-    data: bytes
+    An entry is its ``head`` bytes, the batch's ``fetch_data`` exactly as spooled, and ``}``:
+    ``pieces`` streams them, reading each batch's fetches only when its turn comes, so a group
+    commit of any size is a concatenation in bounded memory. Empty ``tail``: nothing to write.
+    """
+
+    tail: bytes
     metadata: dict[str, Any]
+    entries: list[tuple[BatchHeader, bytes]] = field(default_factory=list)
+    lead: bytes = b""
     stored: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.tail)
+
+    def pieces(self, fetch_data: Callable[[BatchHeader], bytes]) -> Iterator[bytes]:
+        """The bytes that follow the kept body, in order, one batch's fetches at a time."""
+        for i, (header, head) in enumerate(self.entries):
+            yield (self.lead if i == 0 else b",\n") + head
+            yield fetch_data(header)
+            yield b"}"
+        yield self.tail
 
 
 def upload_entry(batch: Batch, sequence: int, stamp: str) -> dict[str, Any]:
@@ -120,18 +143,21 @@ def upload_entry(batch: Batch, sequence: int, stamp: str) -> dict[str, Any]:
 
 
 def _upload_entries(
-    meta: dict[str, Any], batches: list[Batch], now: datetime, tz: pytz.BaseTzInfo
-) -> tuple[dict[str, Any], list[dict[str, Any]], list[str], list[str]]:
-    """Apply batches to a metadata dict (copied); return (meta, new entries, stored, already)."""
+    meta: dict[str, Any], headers: list[BatchHeader], now: datetime, tz: pytz.BaseTzInfo
+) -> tuple[dict[str, Any], list[tuple[BatchHeader, int]], list[str], list[str], str]:
+    """Apply batches to a metadata dict (copied).
+
+    Returns (meta, new uploads as (header, upload_sequence), stored, already, upload stamp).
+    """
     meta = {**_new_metadata(date.fromisoformat(meta["date"]), meta.get("timezone", "")), **meta}
     meta["batch_ids"] = list(meta["batch_ids"])
     meta["late_uploads"] = list(meta["late_uploads"])
     seen = set(meta["batch_ids"])
     stamp = format_stamp(now, tz)
-    entries: list[dict[str, Any]] = []
+    new: list[tuple[BatchHeader, int]] = []
     stored: list[str] = []
     already: list[str] = []
-    for batch in sorted(batches, key=lambda b: b.seq):
+    for batch in sorted(headers, key=lambda b: b.seq):
         if batch.day.isoformat() != meta["date"]:
             raise ValueError(f"batch {batch.batch_id} is for {batch.day}, document is for {meta['date']}")
         if batch.batch_id in seen:
@@ -139,7 +165,7 @@ def _upload_entries(
             continue
         seen.add(batch.batch_id)
         meta["total_uploads_today"] += 1
-        entries.append(upload_entry(batch, meta["total_uploads_today"], stamp))
+        new.append((batch, meta["total_uploads_today"]))
         stored.append(batch.batch_id)
         meta["total_fetches_today"] += batch.fetch_count
         meta["total_matches_today"] += batch.matches
@@ -151,14 +177,27 @@ def _upload_entries(
         if meta.get("closed"):
             # A late replay for a closed day is still stored, and marked so an operator sees it.
             meta["late_uploads"].append(batch.batch_id)
-    return meta, entries, stored, already
+    return meta, new, stored, already, stamp
+
+
+def entry_head(header: BatchHeader, sequence: int, stamp: str) -> bytes:
+    """The bytes of an upload entry up to its fetch_data: what ``_dump_upload`` writes before it."""
+    dump = json.dumps
+    return (
+        f'{{"upload_sequence":{sequence},"batch_id":{dump(header.batch_id, ensure_ascii=False)},'
+        f'"upload_timestamp":{dump(stamp, ensure_ascii=False)},"matches_in_upload":{header.matches},'
+        f'"fetches_in_upload":{header.fetch_count},"fetch_data":'
+    ).encode("utf-8")
 
 
 def merge_batches(
     document: dict[str, Any], batches: list[Batch], now: datetime, tz: pytz.BaseTzInfo
 ) -> MergeResult:
     """Append batches in seq order; a batch whose id the document lists is acknowledged only."""
-    meta, entries, stored, already = _upload_entries(document["daily_metadata"], batches, now, tz)
+    by_id = {b.batch_id: b for b in batches}
+    meta, new, stored, already, stamp = _upload_entries(document["daily_metadata"], [b.header for b in batches],
+                                                        now, tz)
+    entries = [upload_entry(by_id[h.batch_id], sequence, stamp) for h, sequence in new]
     doc = {"uploads": [*document["uploads"], *entries], "daily_metadata": meta}
     return MergeResult(doc, stored, already)
 
@@ -230,27 +269,33 @@ def parse_tail(tail: bytes) -> dict[str, Any]:
 
 
 def append_to_tail(
-    tail: bytes, batches: list[Batch], now: datetime, tz: pytz.BaseTzInfo
+    tail: bytes, headers: list[BatchHeader], now: datetime, tz: pytz.BaseTzInfo
 ) -> TailEdit:
-    """The bytes that replace ``tail`` to append ``batches``, without reading the body.
+    """The bytes that replace ``tail`` to append the batches, knowing only their headers.
 
-    ``data`` is empty when every batch was already listed (nothing to write).
+    Nothing changes (``changed`` is False) when every batch was already listed.
     """
     old = parse_tail(tail)
-    meta, entries, stored, already = _upload_entries(old, batches, now, tz)
-    if not entries:
-        return TailEdit(b"", old, stored, already)
-    data = _segment(entries, old["total_uploads_today"] > 0) + _dump_tail(meta)
-    return TailEdit(data, meta, stored, already)
+    meta, new, stored, already, stamp = _upload_entries(old, headers, now, tz)
+    if not new:
+        return TailEdit(b"", old, stored=stored, already=already)
+    entries = [(h, entry_head(h, sequence, stamp)) for h, sequence in new]
+    lead = b",\n" if old["total_uploads_today"] > 0 else b"\n"
+    return TailEdit(_dump_tail(meta), meta, entries, lead, stored, already)
 
 
 def close_tail(tail: bytes, now: datetime, tz: pytz.BaseTzInfo) -> TailEdit:
-    """The bytes that replace ``tail`` to close the day (empty data when already closed)."""
+    """The bytes that replace ``tail`` to close the day (nothing changes when already closed)."""
     old = parse_tail(tail)
     if old.get("closed"):
         return TailEdit(b"", old)
     meta = _closed(old, now, tz)
     return TailEdit(_dump_tail(meta), meta)
+
+
+def new_tail(day: date, timezone: str) -> bytes:
+    """The tail of an empty document: appending to ``HEAD`` + this makes a new day."""
+    return _dump_tail(_new_metadata(day, timezone))
 
 
 def user_metadata(meta: dict[str, Any]) -> dict[str, str]:

@@ -4,6 +4,7 @@
     ├── ConfigError          bad or unsafe configuration (exit 2)
     ├── AlreadyRunning       another process holds the spool lock
     ├── SpoolError           the local spool cannot be written or read
+    │   └── UnreadableBatch  one spooled batch file is damaged: hold it back, go on with the rest
     └── StoreError           the object store failed
         ├── StoreUnavailable transient: retry later, keep the batch
         │   └── CapabilityLost  the server refused a feature it had honoured: use the fallback
@@ -58,6 +59,14 @@ class AlreadyRunning(UploaderError):
 
 class SpoolError(UploaderError):
     """Raised when the local spool (batches, journal, quarantine) cannot be written or read."""
+
+
+class UnreadableBatch(SpoolError):
+    """Raised when one spooled batch file cannot be read or fails its digest; the others are fine."""
+
+    def __init__(self, message: str, hint: str | None, batch_id: str) -> None:
+        super().__init__(message, hint)
+        self.batch_id = batch_id
 
 
 class StoreError(UploaderError):

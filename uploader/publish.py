@@ -1,18 +1,23 @@
 """Appending batches to a day's document, closing days and uploading quarantine, on any Store.
 
-Small documents (< 5 MiB) are read whole and written back with If-Match (or If-None-Match for a
-new day) when the server honours it. Larger ones are appended to server-side: a suffix GET reads
-only the tail, and ``Store.replace_tail`` keeps the body on the server, so the bytes on the wire
-per append depend on the batch, not on the size of the day. A lost race (PreconditionFailed)
-re-reads and retries, a bounded number of times.
+Every write is ``Store.compose``: the document's first bytes kept (server-side when the day is
+past 5 MiB and the server copies ranges) followed by streamed pieces. An append's pieces are the
+new upload entries, each one's fetches copied from its spool file as they were encoded at the
+cut (never parsed or re-encoded), then the new tail. So the bytes on the wire depend on the
+batches, not on the size of the day, and a group commit of any size runs in bounded memory.
+Below 5 MiB (S3 copies no smaller part) the old body is read and sent again; a server that copies
+no ranges gets the old body streamed from a GET into the write. Conditions (If-Match, or
+If-None-Match for a new day) guard every write; a lost race (PreconditionFailed) re-reads and
+retries, a bounded number of times.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -20,9 +25,9 @@ from typing import Any
 import pytz
 
 from . import daily
-from .errors import CapabilityLost, PreconditionFailed
-from .spool import Batch, QuarantineItem
-from .store import MIN_PART_SIZE, Store
+from .errors import CapabilityLost, PreconditionFailed, StoreUnavailable
+from .spool import Batch, BatchHeader, QuarantineItem, SpooledBatch
+from .store import MIN_PART_SIZE, Capabilities, Store
 
 __all__ = [
     "FIRST_SUFFIX",
@@ -42,14 +47,16 @@ log = logging.getLogger(__name__)
 SMALL_LIMIT = MIN_PART_SIZE
 FIRST_SUFFIX = 64 * 1024
 MAX_ATTEMPTS = 8
+_STREAM_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class AppendResult:
     """What one append (or close) did to one day's document.
 
-    ``path`` is "new" (created), "rewrite" (whole GET + PUT), "tail" (server-side append) or
-    "none" (nothing to write: every batch was already there, or the day already closed).
+    ``path`` is "new" (created), "rewrite" (the old body sent again), "tail" (server-side
+    append) or "none" (nothing to write: every batch was already there, or the day already
+    closed). ``etag`` is None where the server did not say.
     """
 
     day: date
@@ -65,40 +72,56 @@ class AppendResult:
 
 @dataclass
 class _Edit:
-    """One change, expressed both on a whole document and on a tail (daily.py does the work)."""
+    """One change, expressed both on a tail (the usual way) and on a whole parsed document (for
+    a day first written in another layout, e.g. by the old logger)."""
 
-    on_document: Callable[[dict[str, Any]], daily.MergeResult | None]
     on_tail: Callable[[bytes], daily.TailEdit]
+    on_document: Callable[[dict[str, Any]], daily.MergeResult | None]
+    fetch_data: Callable[[BatchHeader], bytes] = lambda header: b""
 
 
 def append_batches(
     store: Store,
     prefix: str,
     tz: pytz.BaseTzInfo,
-    batches: list[Batch],
+    batches: Sequence[Batch | SpooledBatch],
     now: datetime,
     cache: WriteCache | None = None,
+    on_streamed: Callable[[BatchHeader], None] = lambda header: None,
 ) -> AppendResult:
     """Append all ``batches`` (one day, any order) to that day's document in one write.
 
+    Spooled batches are read one at a time while the write streams (their headers first);
+    ``on_streamed`` hears of each as it goes (progress).
     Batches whose batch_id the document already lists are acknowledged, not appended again.
-    Raises PreconditionFailed if other writers keep winning, and StoreUnavailable /
-    StoreRejected from the store; in every failure case nothing was half-written.
+    Raises PreconditionFailed if other writers keep winning, StoreUnavailable / StoreRejected
+    from the store, SpoolError for an unreadable batch; in every failure nothing was half-written.
     """
     if not batches:
         raise ValueError("append_batches needs at least one batch")
-    days = {b.day for b in batches}
+    sources: dict[str, Batch | SpooledBatch] = {}
+    headers: dict[str, BatchHeader] = {}
+    for b in batches:
+        header = b.header if isinstance(b, Batch) else b.header()
+        if header.batch_id not in headers or header.seq < headers[header.batch_id].seq:
+            headers[header.batch_id], sources[header.batch_id] = header, b
+    days = {h.day for h in headers.values()}
     if len(days) != 1:
         raise ValueError(f"append_batches takes one day at a time, got {sorted(days)}")
-    unique = list({b.batch_id: b for b in sorted(batches, key=lambda b: b.seq)}.values())
+    unique = sorted(headers.values(), key=lambda h: h.seq)
+
+    def fetch_data(header: BatchHeader) -> bytes:
+        source = sources[header.batch_id]
+        data = source.fetch_data if isinstance(source, Batch) else source.fetch_data()
+        on_streamed(header)
+        return data
 
     def on_document(doc: dict[str, Any]) -> daily.MergeResult:
-        return daily.merge_batches(doc, unique, now, tz)
+        loaded = [s if isinstance(s, Batch) else s.load() for s in (sources[h.batch_id] for h in unique)]
+        return daily.merge_batches(doc, loaded, now, tz)
 
-    def on_tail(tail: bytes) -> daily.TailEdit:
-        return daily.append_to_tail(tail, unique, now, tz)
-
-    result = _apply(store, prefix, tz, days.pop(), _Edit(on_document, on_tail), cache)
+    edit = _Edit(lambda tail: daily.append_to_tail(tail, unique, now, tz), on_document, fetch_data)
+    result = _apply(store, prefix, tz, days.pop(), edit, cache)
     # The caller logs the operator-facing "upload" line; this is the store-level detail.
     log.debug(
         "publish.appended day=%s stored=%d already=%d path=%s attempts=%d sent=%d received=%d",
@@ -118,10 +141,7 @@ def close_day(
             return None
         return daily.MergeResult(daily.close_document(doc, now, tz))
 
-    def on_tail(tail: bytes) -> daily.TailEdit:
-        return daily.close_tail(tail, now, tz)
-
-    result = _apply(store, prefix, tz, day, _Edit(on_document, on_tail), cache)
+    result = _apply(store, prefix, tz, day, _Edit(lambda tail: daily.close_tail(tail, now, tz), on_document), cache)
     log.info("publish.closed day=%s path=%s attempts=%d", day, result.path, result.attempts)
     return result
 
@@ -135,25 +155,12 @@ class _Known:
     suffix: bytes
 
 
-def _tail_only(etag: str, size: int, written: bytes) -> _Known:
-    """What to remember of a write: the whole body while small, else just the tail's bytes.
-
-    Past SMALL_LIMIT the next append needs only the tail, so holding the uploads just sent
-    (up to a whole group commit) would only cost memory.
-    """
-    if size < SMALL_LIMIT:
-        return _Known(etag, size, written)
-    found = daily.split_tail(written, size)
-    if found is None:  # pragma: no cover - we just wrote it in our own layout
-        return _Known(etag, size, written)
-    return _Known(etag, size, written[len(written) - (size - found[0]):])
-
-
 class WriteCache:
     """What this process last wrote to each day's document, so the next append skips HEAD + GET.
 
-    Only used where the server honours conditional writes: the write still carries the cached
-    ETag, so a change by anyone else is refused, the entry dropped, and the object re-read.
+    Only used where the server honours conditional writes and said the ETag of our write: the
+    next write still carries that ETag, so a change by anyone else is refused, the entry dropped,
+    and the object re-read.
     """
 
     def __init__(self, max_entries: int = 4) -> None:
@@ -173,80 +180,87 @@ class WriteCache:
         self._entries.pop(key, None)
 
 
+class _Counted:
+    """Pieces on their way to the store: counts them, and keeps the whole body while it is small
+    (else just the last piece, the tail) for the write cache."""
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        self._pieces = pieces
+        self.sent = 0
+        self.kept: list[bytes] | None = []
+        self.last = b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in self._pieces:
+            self.sent += len(piece)
+            self.last = piece
+            if self.kept is not None:
+                self.kept.append(piece)
+                if self.sent >= SMALL_LIMIT:
+                    self.kept = None  # too big to hold: the tail (last piece) is what the cache needs
+            yield piece
+
+
 def _apply(
     store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, edit: _Edit, cache: WriteCache | None
 ) -> AppendResult:
     key = daily.day_key(prefix, day)
-    sent = received = 0
+    received = 0
     lost: CapabilityLost | None = None
     for attempt in range(1, MAX_ATTEMPTS + 1):
         started = time.monotonic()
         # Asked on every attempt: a refused feature (CapabilityLost below) changes the path.
         caps = store.capabilities()
-        remember = cache.put if cache is not None and caps.conditional_put else _forget
-        known = cache.get(key) if cache is not None and caps.conditional_put else None
+        use_cache = cache is not None and caps.conditional_put
+        known = cache.get(key) if cache is not None and use_cache else None
         try:
             if known is None:
                 info = store.head(key)
                 if info is None:
-                    merged = edit.on_document(daily.new_document(day, tz.zone))
-                    if merged is None:  # pragma: no cover - a new document always changes
-                        return AppendResult(day, key, attempts=attempt)
-                    body = daily.serialize(merged.document)
-                    meta = daily.user_metadata(merged.document["daily_metadata"])
-                    etag = store.put(key, body, meta, if_none_match=caps.conditional_put)
-                    remember(key, _Known(etag, len(body), body))
-                    return _done(day, key, merged, "new", etag, attempt, sent + len(body), received, started)
+                    te = edit.on_tail(daily.new_tail(day, tz.zone))
+                    body = _Counted(itertools.chain([daily.HEAD], te.pieces(edit.fetch_data)))
+                    etag = store.compose(key, 0, body, daily.user_metadata(te.metadata), if_none_match=True)
+                    _remember(cache if use_cache else None, key, etag, body, 0)
+                    return _done(day, key, te, "new", etag, attempt, body.sent, received, started)
                 size, etag = info.size, info.etag
             else:
                 size, etag = known.size, known.etag
-
             whole = known.suffix if known is not None and len(known.suffix) >= size else None
             found: tuple[int, bytes] | None = None
-            if size >= SMALL_LIMIT and caps.server_side_append:
+            if whole is not None:
+                found = daily.split_tail(whole, size)
+            elif size < SMALL_LIMIT:
+                whole, got = store.get(key)
+                etag, received = got.etag, received + len(whole)
+                found = daily.split_tail(whole, len(whole))
+            else:
                 if known is not None:
                     found = daily.split_tail(known.suffix, size)
                 if found is None:
-                    found, whole, etag, n = _read_tail(store, key)
+                    found, whole, etag, n = _read_tail(store, key, caps)
                     received += n
-                if found is not None and found[0] < SMALL_LIMIT:
-                    found = None  # the body is too small for a copy part: rewrite it whole
-            server_side = found is not None
-            if whole is None and not server_side:
-                whole, got = store.get(key)
-                etag = got.etag
-                received += len(whole)
-            if whole is not None and not server_side:
-                found = daily.split_tail(whole, len(whole))
-            if found is not None:
-                # Our layout: edit only the tail bytes, never parse or re-encode the whole day.
-                keep, tail = found
-                te = edit.on_tail(tail)
-                if not te.data:
-                    return AppendResult(day, key, [], te.already, "none", etag, attempt, sent, received)
-                meta = daily.user_metadata(te.metadata)
-                if server_side or whole is None:
-                    new_etag = store.replace_tail(key, keep, te.data, meta, if_match=etag)
-                    sent += len(te.data)
-                    if caps.complete_etag:
-                        remember(key, _tail_only(new_etag, keep + len(te.data), te.data))
-                    return _done(day, key, te, "tail", new_etag, attempt, sent, received, started)
-                # Below 5 MiB S3 has no way to keep the body server-side: PUT it whole.
-                body = whole[:keep] + te.data
-                new_etag = store.put(key, body, meta, if_match=etag if caps.conditional_put else None)
-                remember(key, _tail_only(new_etag, len(body), body))
-                return _done(day, key, te, "rewrite", new_etag, attempt, sent + len(body), received, started)
-            assert whole is not None  # not server-side, so the whole object was read above
-            # Not our layout (e.g. a day first written by the old logger): merge the parsed document.
-            merged = edit.on_document(daily.parse(whole))
-            if merged is None or (not merged.stored and merged.already):
-                already = merged.already if merged else []
-                return AppendResult(day, key, [], already, "none", etag, attempt, sent, received)
-            body = daily.serialize(merged.document)
-            meta = daily.user_metadata(merged.document["daily_metadata"])
-            new_etag = store.put(key, body, meta, if_match=etag if caps.conditional_put else None)
-            remember(key, _tail_only(new_etag, len(body), body))
-            return _done(day, key, merged, "rewrite", new_etag, attempt, sent + len(body), received, started)
+            if found is None:
+                if whole is None:
+                    whole, got = store.get(key)
+                    etag, received = got.etag, received + len(whole)
+                return _rewrite_parsed(store, key, day, edit, whole, etag, attempt, received, started)
+            keep, tail = found
+            te = edit.on_tail(tail)
+            if not te.changed:
+                return AppendResult(day, key, [], te.already, "none", etag, attempt, 0, received)
+            meta = daily.user_metadata(te.metadata)
+            if whole is not None:
+                head: Iterable[bytes] = [whole[:keep]]
+                path, server_keep = "rewrite", 0
+            elif keep >= SMALL_LIMIT and caps.server_side_append:
+                head, path, server_keep = [], "tail", keep
+            else:
+                # No range copies here: stream the old body from a GET into the new object.
+                head, path, server_keep = _old_body(store, key, keep, etag), "rewrite", 0
+            body = _Counted(itertools.chain(head, te.pieces(edit.fetch_data)))
+            new_etag = store.compose(key, server_keep, body, meta, if_match=etag)
+            _remember(cache if use_cache else None, key, new_etag, body, server_keep)
+            return _done(day, key, te, path, new_etag, attempt, body.sent, received, started)
         except PreconditionFailed:
             lost = None
             if cache is not None:
@@ -266,8 +280,45 @@ def _apply(
     )
 
 
-def _forget(key: str, known: _Known) -> None:
-    """The write cache's ``put`` where there is no cache (or no ETag guard to trust it with)."""
+def _rewrite_parsed(
+    store: Store, key: str, day: date, edit: _Edit, whole: bytes, etag: str, attempt: int, received: int,
+    started: float,
+) -> AppendResult:
+    """A document not in our layout (e.g. the old logger's): merge parsed, write ours."""
+    merged = edit.on_document(daily.parse(whole))
+    if merged is None or (not merged.stored and merged.already):
+        already = merged.already if merged else []
+        return AppendResult(day, key, [], already, "none", etag, attempt, 0, received)
+    body = daily.serialize(merged.document)
+    meta = daily.user_metadata(merged.document["daily_metadata"])
+    new_etag = store.compose(key, 0, [body], meta, if_match=etag)
+    return _done(day, key, merged, "rewrite", new_etag, attempt, len(body), received, started)
+
+
+def _remember(cache: WriteCache | None, key: str, etag: str | None, body: _Counted, keep: int) -> None:
+    """Cache what we just wrote, if the server told us its ETag (else the next append re-reads)."""
+    if cache is None:
+        return
+    if etag is None:
+        cache.drop(key)
+        return
+    size = keep + body.sent
+    suffix = b"".join(body.kept) if body.kept is not None and not keep else body.last
+    cache.put(key, _Known(etag, size, suffix))
+
+
+def _old_body(store: Store, key: str, keep: int, etag: str) -> Iterator[bytes]:
+    """The first ``keep`` bytes of the object, streamed from a GET (bounded memory), if unchanged."""
+    with store.stream(key) as (stream, info):
+        if info.etag != etag:
+            raise PreconditionFailed(f"{key} changed since its tail was read")
+        left = keep
+        while left:
+            chunk = stream.read(min(_STREAM_CHUNK, left))
+            if not chunk:
+                raise StoreUnavailable(f"{key} ended early while being read", "retry")
+            left -= len(chunk)
+            yield chunk
 
 
 def _done(
@@ -275,7 +326,7 @@ def _done(
     key: str,
     change: daily.MergeResult | daily.TailEdit,
     path: str,
-    etag: str,
+    etag: str | None,
     attempt: int,
     sent: int,
     received: int,
@@ -286,11 +337,16 @@ def _done(
     return AppendResult(day, key, list(change.stored), list(change.already), path, etag, attempt, sent, received)
 
 
-def _read_tail(store: Store, key: str) -> tuple[tuple[int, bytes] | None, bytes | None, str, int]:
-    """Read growing suffixes until the tail marker shows up.
+def _read_tail(
+    store: Store, key: str, caps: Capabilities
+) -> tuple[tuple[int, bytes] | None, bytes | None, str, int]:
+    """Find the tail marker: growing suffix GETs, or one streamed pass where suffixes are ignored.
 
-    Returns (found (keep, tail) or None, the whole object if a suffix covered it, etag, bytes read).
+    Returns (found (keep, tail) or None, the whole object if it was read whole and is small, etag,
+    bytes read).
     """
+    if not caps.suffix_range:
+        return _scan_for_tail(store, key)
     want = FIRST_SUFFIX
     read = 0
     while True:
@@ -299,9 +355,23 @@ def _read_tail(store: Store, key: str) -> tuple[tuple[int, bytes] | None, bytes 
         found = daily.split_tail(chunk, info.size)
         whole = chunk if len(chunk) >= info.size else None
         if found is not None or whole is not None:
-            return found, whole, info.etag, read
+            return found, whole if whole is not None and len(whole) < SMALL_LIMIT else None, info.etag, read
         # A long batch_ids list (or a foreign layout) pushed the marker further back.
         want *= 4
+
+
+def _scan_for_tail(store: Store, key: str) -> tuple[tuple[int, bytes] | None, bytes | None, str, int]:
+    """Read the object through once, keeping only what could hold the tail."""
+    window = b""
+    read = 0
+    with store.stream(key) as (stream, info):
+        while chunk := stream.read(_STREAM_CHUNK):
+            read += len(chunk)
+            found_at = (window + chunk).rfind(daily.TAIL_MARKER)
+            # Keep from the last marker on (the tail), else a marker's length (it may straddle).
+            window = (window + chunk)[found_at:] if found_at >= 0 else (window + chunk)[-len(daily.TAIL_MARKER):]
+    found = daily.split_tail(window, read)
+    return found, None, info.etag, read
 
 
 def quarantine_key(prefix: str, name: str) -> str:

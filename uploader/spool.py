@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -11,13 +12,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .errors import AlreadyRunning, SpoolError
+from .errors import AlreadyRunning, SpoolError, UnreadableBatch
 
-__all__ = ["ArchivePolicy", "ArchiveSummary", "Batch", "CutJournal", "QuarantineItem", "Spool", "SpooledBatch", "atomic_write"]
+__all__ = ["ArchivePolicy", "ArchiveSummary", "BatchHeader", "encode_fetches", "Batch", "CutJournal", "QuarantineItem", "Spool", "SpooledBatch", "atomic_write"]
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,42 @@ TMP = ".tmp"  # atomic_write's temporary name; left behind only by a crash mid-w
 _BATCH_NAME = re.compile(r"^(\d{12})-(\d{4}-\d{2}-\d{2})-([0-9a-f]+)\.json$")
 
 
+def encode_fetches(fetches: list[dict[str, Any]]) -> bytes:
+    """A batch's fetches as the day document stores them: one compact JSON array, no newline."""
+    return json.dumps(fetches, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class BatchHeader:
+    """What a batch file says about its batch, without its fetches (the file's first line)."""
+
+    batch_id: str
+    seq: int
+    day: date
+    cut_at: str
+    matches: int
+    fetch_count: int
+    fetch_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BatchHeader:
+        return cls(
+            batch_id=d["batch_id"], seq=d["seq"], day=date.fromisoformat(d["day"]), cut_at=d["cut_at"],
+            matches=d["matches"], fetch_count=d["fetch_count"] if "fetch_count" in d else len(d["fetches"]),
+            fetch_ids=d.get("fetch_ids", []),
+        )
+
+
 @dataclass(frozen=True)
 class Batch:
     """Up to batch_size complete fetches of one day, cut from the local file in one piece.
 
     ``batch_id`` is a digest of the exact bytes cut, so cutting the same bytes again (after a
     crash) yields the same id, and the daily document can refuse to store it twice.
+
+    On disk (``to_json``): a one-line JSON header, a newline, then ``fetch_data``, the fetches
+    already encoded as the day document stores them, so an append copies bytes from spool files
+    into the upload without parsing them. Files of the older one-JSON-object form still load.
     """
 
     batch_id: str
@@ -48,29 +80,36 @@ class Batch:
     def fetch_count(self) -> int:
         return len(self.fetches)
 
+    @cached_property
+    def fetch_data(self) -> bytes:
+        return encode_fetches(self.fetches)
+
+    @property
+    def header(self) -> BatchHeader:
+        return BatchHeader(self.batch_id, self.seq, self.day, self.cut_at, self.matches, self.fetch_count,
+                           self.fetch_ids)
+
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "batch_id": self.batch_id,
-                "seq": self.seq,
-                "day": self.day.isoformat(),
-                "cut_at": self.cut_at,
-                "matches": self.matches,
-                "fetch_ids": self.fetch_ids,
-                "fetches": self.fetches,
-            },
-            ensure_ascii=False,
-        ).encode("utf-8")
+        head = {
+            "format": 2, "batch_id": self.batch_id, "seq": self.seq, "day": self.day.isoformat(),
+            "cut_at": self.cut_at, "matches": self.matches, "fetch_count": self.fetch_count,
+            "fetch_ids": self.fetch_ids,
+            # Uploads copy these bytes into the day unparsed: a damaged file must be caught first.
+            "fetch_data_sha256": hashlib.sha256(self.fetch_data).hexdigest(),
+        }
+        return json.dumps(head, ensure_ascii=False).encode("utf-8") + b"\n" + self.fetch_data
 
     @classmethod
     def from_json(cls, data: bytes) -> Batch:
-        d = json.loads(data)
+        first, newline, rest = data.partition(b"\n")
+        d = json.loads(first)
+        fetches = json.loads(rest) if newline and d.get("format") == 2 else d["fetches"]
         return cls(
             batch_id=d["batch_id"],
             seq=d["seq"],
             day=date.fromisoformat(d["day"]),
             cut_at=d["cut_at"],
-            fetches=d["fetches"],
+            fetches=fetches,
             matches=d["matches"],
             fetch_ids=d.get("fetch_ids", []),
         )
@@ -98,12 +137,41 @@ class SpooledBatch:
     batch_id: str
 
     def load(self) -> Batch:
-        try:
+        """The whole batch, fetches parsed (repair, tests; uploads use ``header`` and ``fetch_data``)."""
+        with self._reading():
             return Batch.from_json(self.path.read_bytes())
-        except (OSError, ValueError, KeyError) as exc:
-            raise SpoolError(
+
+    def header(self) -> BatchHeader:
+        """The batch's header: the file's first line only (the whole file in the older form)."""
+        with self._reading(), open(self.path, "rb") as f:
+            first = f.readline()
+            d = json.loads(first)
+            if d.get("format") != 2:
+                d = json.loads(first + f.read())
+            return BatchHeader.from_dict(d)
+
+    def fetch_data(self) -> bytes:
+        """The fetches exactly as the day document stores them (no parsing in the newer form),
+        checked against the digest the cut recorded."""
+        with self._reading(), open(self.path, "rb") as f:
+            head = json.loads(f.readline())
+            if head.get("format") != 2:
+                f.seek(0)
+                return encode_fetches(json.loads(f.read())["fetches"])
+            data = f.read()
+            if hashlib.sha256(data).hexdigest() != head["fetch_data_sha256"]:
+                raise ValueError("its fetches do not match the digest recorded when it was cut")
+            return data
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        try:
+            yield
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UnreadableBatch(
                 f"spooled batch {self.path} cannot be read: {exc}",
                 "move the file aside and report it; the other batches are unaffected",
+                self.batch_id,
             ) from exc
 
 

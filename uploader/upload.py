@@ -7,6 +7,7 @@ with a per-batch backoff (``retry.compute_backoff``) recorded in the status file
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -18,21 +19,21 @@ import pytz
 
 from . import publish
 from .config import Config
-from .errors import SpoolError, StoreError, StoreRejected
+from .errors import StoreError, StoreRejected, UnreadableBatch
 from .retry import compute_backoff
-from .spool import ArchivePolicy, Spool, SpooledBatch
+from .spool import ArchivePolicy, BatchHeader, Spool, SpooledBatch
 from .status import RetryState, StatusFile
-from .store import LEFTOVER_AGE_S, Store
+from .store import LEFTOVER_AGE_S, PART_SIZE, Store
 
 __all__ = ["Uploader", "DrainReport"]
 
 log = logging.getLogger(__name__)
 
-GROUP_MAX_BATCHES = 100
-# Bounds one group commit's memory: batches are parsed into Python objects (several times their
-# JSON size) and serialized again. With the cut's 2 MiB reads this keeps `uploader run` near
-# 126 MiB peak RSS under a flat-out 50 KiB-fetch writer (tests/benchmarks/bench_throughput.py).
-GROUP_MAX_BYTES = 4 << 20
+# A group commit streams its batches' bytes into the write one file at a time, so its memory does
+# not grow with its size: one append may carry a day's whole backlog. The bound only keeps one
+# append well inside S3's 10,000 parts (PART_SIZE each), so a failure redoes a bounded amount.
+GROUP_MAX_BYTES = 4000 * PART_SIZE
+GROUP_MAX_BATCHES = 100_000  # a day of fetches ten times over; the benchmarks set 1 to compare
 _REPEAT_LOG_S = 60.0
 PRUNE_EVERY_S = 60.0
 
@@ -102,50 +103,56 @@ class Uploader:
         *,
         ignore_backoff: bool = False,
         day: date | None = None,
-        progress: Callable[[DrainReport, int], None] | None = None,
+        progress: Callable[[int], None] = lambda handled: None,
     ) -> DrainReport:
         """Upload every due batch, oldest first, one append per day group; stop at a store error."""
         report = DrainReport()
         pending = self.spool.pending_batches(day)
         now_ts = self.clock().timestamp()
         due = [e for e in pending if ignore_backoff or self.status.retry_state(e.batch_id).next_at <= now_ts]
-        total = len(due)
         for group in _groups(due):
             try:
-                self._upload_group(group, report)
+                self._upload_group(group, report, progress)
             except StoreError as exc:
                 self._failed(group, exc, report)
                 break  # the store is failing: later groups would only fail the same way
-            if progress:
-                progress(report, total)
+            progress(report.batches + report.failed)
         report.left = len(self.spool.pending_batches(day))
         return report
 
-    def _upload_group(self, group: list[SpooledBatch], report: DrainReport) -> None:
-        batches = []
+    def _upload_group(
+        self, group: list[SpooledBatch], report: DrainReport, progress: Callable[[int], None] = lambda n: None
+    ) -> None:
+        readable: list[tuple[SpooledBatch, BatchHeader]] = []
         for entry in group:
             try:
-                batches.append(entry.load())
-            except SpoolError as exc:
-                # One unreadable file must not hold back the others; it stays and is reported.
-                report.errors.append(str(exc))
-                self._note_failure(entry.batch_id, str(exc))
-                log.error("spool_unreadable batch=%s error=%s", entry.batch_id, exc)
-        if not batches:
+                readable.append((entry, entry.header()))
+            except UnreadableBatch as exc:
+                self._unreadable(exc, report)
+        if not readable:
             return
         started = time.monotonic()
-        result = publish.append_batches(self.store, self.prefix, self.tz, batches, self.clock(), self._written)
+        try:
+            streamed = itertools.count(report.batches + report.failed + 1)
+            result = publish.append_batches(self.store, self.prefix, self.tz, [e for e, _ in readable],
+                                            self.clock(), self._written,
+                                            on_streamed=lambda header: progress(next(streamed)))
+        except UnreadableBatch as exc:
+            # Found while streaming: nothing was written. Hold that batch back; the rest go next time.
+            self._unreadable(exc, report)
+            return
         ms = (time.monotonic() - started) * 1000
-        self._keep([e for e in group if e.batch_id in {b.batch_id for b in batches}])
-        fetches = sum(b.fetch_count for b in batches)
-        matches = sum(b.matches for b in batches)
-        report.batches += len(batches)
+        self._keep([e for e, _ in readable])
+        headers = [h for _, h in readable]
+        fetches = sum(h.fetch_count for h in headers)
+        matches = sum(h.matches for h in headers)
+        report.batches += len(headers)
         report.fetches += fetches
         report.matches += matches
-        day = batches[0].day.isoformat()
+        day = headers[0].day.isoformat()
         self.status.update(
-            success={"at": self.clock().isoformat(), "day": day, "batches": len(batches), "fetches": fetches},
-            done=[b.batch_id for b in batches],
+            success={"at": self.clock().isoformat(), "day": day, "batches": len(headers), "fetches": fetches},
+            done=[h.batch_id for h in headers],
             opened=[day],
         )
         log.info(
@@ -153,6 +160,12 @@ class Uploader:
             day, len(result.stored), fetches, matches, len(result.already), result.path,
             result.bytes_sent, ms, result.attempts,
         )
+
+    def _unreadable(self, exc: UnreadableBatch, report: DrainReport) -> None:
+        # One damaged file must not hold back the others; it stays, is retried with backoff, and reported.
+        report.errors.append(str(exc))
+        self._note_failure(exc.batch_id, str(exc))
+        log.error("spool_unreadable batch=%s error=%s", exc.batch_id, exc)
 
     def _keep(self, uploaded: list[SpooledBatch]) -> None:
         """Move acknowledged batches to the archive (for `uploader repair`) and prune it."""

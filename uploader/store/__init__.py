@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ __all__ = [
     "FULL_CAPABILITIES",
     "LEFTOVER_AGE_S",
     "MIN_PART_SIZE",
+    "PART_SIZE",
     "Capabilities",
     "ObjectInfo",
     "Store",
@@ -30,6 +32,9 @@ __all__ = [
 
 # S3 refuses a multipart part below 5 MiB unless it is the last one.
 MIN_PART_SIZE = 5 * 1024 * 1024
+# What a streamed write buffers per part: bounds its memory, and keeps a large group commit
+# well inside S3's 10,000 parts (80 GiB).
+PART_SIZE = 8 * 1024 * 1024
 # Older than this, a probe object or a multipart upload under our prefix is no one's work in
 # flight: there is one writer per prefix, and no append or probe takes an hour.
 LEFTOVER_AGE_S = 3600.0
@@ -90,15 +95,27 @@ class Store(Protocol):
         """
         ...
 
-    def replace_tail(
-        self, key: str, keep: int, data: bytes, metadata: dict[str, str], *, if_match: str
-    ) -> str:
-        """Replace the object with its first ``keep`` bytes followed by ``data``; return the ETag.
+    def compose(
+        self,
+        key: str,
+        keep: int,
+        pieces: Iterable[bytes],
+        metadata: dict[str, str],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str | None:
+        """Write the object as its first ``keep`` bytes followed by ``pieces``.
 
-        The kept bytes stay on the server (never sent by the client); S3 needs ``keep`` of at
-        least MIN_PART_SIZE (a smaller first part is refused: ValueError). Raises PreconditionFailed
-        if the object's ETag is no longer ``if_match`` (or it is gone), where the server lets
-        that be checked; ObjectNotFound if the key is missing.
+        Returns the new ETag as the write's own answer gave it, or None where the server does not
+        say (Ceph RGW completes multipart uploads with an empty ETag).
+
+        The kept bytes stay on the server (never sent by the client); ``keep`` is 0 or at least
+        MIN_PART_SIZE (S3 copies no smaller first part: ValueError). ``pieces`` are streamed, so
+        memory stays bounded whatever their total. Conditions as for ``put``; PreconditionFailed
+        when one does not hold, where the server lets that be checked (else a HEAD just before
+        the write checks it, under the single-writer lock); ObjectNotFound if ``keep`` and the
+        key is missing.
         """
         ...
 
@@ -165,4 +182,5 @@ def open_store(storage: StorageConfig, state_dir: Path | None = None) -> Store:
         max_attempts=s3.max_attempts,
         prefix=storage.prefix,
         memo=CapabilityMemo(memo_path(state_dir)) if state_dir is not None else None,
+        spill_dir=state_dir,
     )

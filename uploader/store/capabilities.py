@@ -34,6 +34,7 @@ UNSURE_MAX_AGE_S = 3600.0
 # The features a probe looks at, in report order, with what each one means for an operator.
 _LABELS = {
     "conditional_put": "conditional PUT (If-None-Match / If-Match)",
+    "multipart": "multipart upload (create, part, complete)",
     "range_copy": "UploadPartCopy with CopySourceRange",
     "copy_source_if_match": "UploadPartCopy with CopySourceIfMatch",
     "complete_if_match": "CompleteMultipartUpload with If-Match",
@@ -49,6 +50,7 @@ class Capabilities:
     ``conditional_put``: PUT with If-None-Match: * is refused on an existing key and accepted on a
     new one, and If-Match with a stale ETag is refused and with the current one accepted.
     ``etag_forms``: which ETag spellings If-Match accepts ("quoted", "unquoted").
+    ``multipart``: a multipart upload of uploaded parts completes into the object they make.
     ``range_copy``: UploadPartCopy with CopySourceRange copies exactly that range.
     ``copy_source_if_match``: UploadPartCopy refuses a stale CopySourceIfMatch, takes the current.
     ``complete_if_match``: CompleteMultipartUpload refuses a stale If-Match, takes the current.
@@ -62,6 +64,7 @@ class Capabilities:
 
     conditional_put: bool
     etag_forms: tuple[str, ...]
+    multipart: bool
     range_copy: bool
     copy_source_if_match: bool
     complete_if_match: bool
@@ -74,7 +77,7 @@ class Capabilities:
     @property
     def server_side_append(self) -> bool:
         """Whether a large append can copy the body server-side and send only the tail."""
-        return self.range_copy and self.suffix_range
+        return self.multipart and self.range_copy and self.suffix_range
 
     @property
     def conditional_append(self) -> bool:
@@ -118,6 +121,8 @@ class Capabilities:
     def from_json(cls, raw: dict[str, Any]) -> Capabilities:
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in raw.items() if k in names}
+        # Findings remembered before multipart was probed on its own: range copy implies it.
+        values.setdefault("multipart", bool(values.get("range_copy")))
         values["etag_forms"] = tuple(values.get("etag_forms", ()))
         return cls(**values)
 
@@ -125,6 +130,7 @@ class Capabilities:
 FULL_CAPABILITIES = Capabilities(
     conditional_put=True,
     etag_forms=("quoted", "unquoted"),
+    multipart=True,
     range_copy=True,
     copy_source_if_match=True,
     complete_if_match=True,

@@ -22,13 +22,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
-from . import FULL_CAPABILITIES, Capabilities, ObjectInfo, normalize_etag, probe_prefix
+from . import FULL_CAPABILITIES, MIN_PART_SIZE, Capabilities, ObjectInfo, normalize_etag, probe_prefix
 
 __all__ = ["DirectoryStore"]
 
@@ -130,31 +130,43 @@ class DirectoryStore:
 
             return self._commit(key, write, metadata)
 
-    def replace_tail(
-        self, key: str, keep: int, data: bytes, metadata: dict[str, str], *, if_match: str
-    ) -> str:
+    def compose(
+        self,
+        key: str,
+        keep: int,
+        pieces: Iterable[bytes],
+        metadata: dict[str, str],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str | None:
+        if keep and keep < MIN_PART_SIZE:
+            raise ValueError(f"keep={keep}: S3 cannot copy a part smaller than {MIN_PART_SIZE} bytes")
         with self._locked():
-            info = self._info(key)
-            if info is None:
-                raise ObjectNotFound(f"no object {key} in {self.root}")
-            self._check(key, if_match, False)
-            if keep > info.size:
-                raise ValueError(f"keep={keep} is beyond the object's size {info.size}")
+            if keep:
+                info = self._info(key)
+                if info is None:
+                    raise ObjectNotFound(f"no object {key} in {self.root}")
+                if keep > info.size:
+                    raise ValueError(f"keep={keep} is beyond the object's size {info.size}")
+            self._check(key, if_match, if_none_match)
 
             def write(f: BinaryIO) -> str:
-                # One pass over the kept bytes: copy and hash together, then append the new tail.
+                # One pass: copy the kept bytes and stream the pieces, hashing as we go.
                 digest = hashlib.md5(usedforsecurity=False)
-                with open(self._path(key), "rb") as src:
-                    left = keep
-                    while left:
-                        chunk = src.read(min(_CHUNK, left))
-                        if not chunk:
-                            raise StoreUnavailable(f"{key} shrank while being copied")
-                        digest.update(chunk)
-                        f.write(chunk)
-                        left -= len(chunk)
-                digest.update(data)
-                f.write(data)
+                if keep:
+                    with open(self._path(key), "rb") as src:
+                        left = keep
+                        while left:
+                            chunk = src.read(min(_CHUNK, left))
+                            if not chunk:
+                                raise StoreUnavailable(f"{key} shrank while being copied")
+                            digest.update(chunk)
+                            f.write(chunk)
+                            left -= len(chunk)
+                for piece in pieces:
+                    digest.update(piece)
+                    f.write(piece)
                 return digest.hexdigest()
 
             return self._commit(key, write, metadata)

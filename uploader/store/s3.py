@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import builtins
 import io
+import itertools
 import logging
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import boto3
@@ -42,7 +45,7 @@ from ..errors import (
     StoreRejected,
     StoreUnavailable,
 )
-from . import MIN_PART_SIZE, ObjectInfo, normalize_etag, probe_prefix
+from . import MIN_PART_SIZE, PART_SIZE, ObjectInfo, normalize_etag, probe_prefix
 from .capabilities import Capabilities, CapabilityMemo
 from .s3_probe import Prober, part_entry
 
@@ -102,12 +105,14 @@ class S3Store:
         max_attempts: int = 3,
         prefix: str = "all_api_rotating_logs",
         memo: CapabilityMemo | None = None,
+        spill_dir: Path | None = None,
     ) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.prefix = prefix.strip("/")
         self.probe_prefix = probe_prefix(prefix)
         self.memo = memo
+        self.spill_dir = spill_dir  # where a body too big for memory waits for its PUT
         self._where = f"{endpoint_url or 'aws'} {bucket}"
         self._boto_config = BotoConfig(
             region_name=region,
@@ -181,68 +186,116 @@ class S3Store:
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> str:
+        return self._put(key, body, metadata, if_match, if_none_match)
+
+    def _put(
+        self, key: str, body: bytes | BinaryIO, metadata: dict[str, str], if_match: str | None, if_none_match: bool
+    ) -> str:
         args: dict[str, Any] = {
             "Bucket": self.bucket, "Key": key, "Body": body, "Metadata": metadata,
             "ContentType": "application/json" if key.endswith(".json") else "application/octet-stream",
         }
-        if if_match is not None:
-            args["IfMatch"] = self._etag_arg(if_match)
-        if if_none_match:
-            args["IfNoneMatch"] = "*"
         conditional = if_match is not None or if_none_match
-        with self._translate("PUT", key, feature="conditional_put" if conditional else None):
+        if conditional and not self.capabilities().conditional_put:
+            # The server would ignore (or refuse) the condition: check it just before the write.
+            self._check_by_head(key, if_match, if_none_match)
+        elif conditional:
+            if if_match is not None:
+                args["IfMatch"] = self._etag_arg(if_match)
+            if if_none_match:
+                args["IfNoneMatch"] = "*"
+        sent_condition = "IfMatch" in args or "IfNoneMatch" in args
+        with self._translate("PUT", key, feature="conditional_put" if sent_condition else None):
             r = self.client.put_object(**args)
         return normalize_etag(r["ETag"])
 
-    def replace_tail(
-        self, key: str, keep: int, data: bytes, metadata: dict[str, str], *, if_match: str
-    ) -> str:
-        if keep < MIN_PART_SIZE:
+    def compose(
+        self,
+        key: str,
+        keep: int,
+        pieces: Iterable[bytes],
+        metadata: dict[str, str],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str | None:
+        if keep and keep < MIN_PART_SIZE:
             raise ValueError(f"keep={keep}: S3 cannot copy a part smaller than {MIN_PART_SIZE} bytes")
         caps = self.capabilities()
-        with self._translate("CreateMultipartUpload", key, feature="range_copy"):
+        parts = _in_parts(pieces, PART_SIZE)
+        first = next(parts)
+        if not keep:
+            second = next(parts, None)
+            if second is None:  # it all fits one request
+                return self._put(key, first, metadata, if_match, if_none_match)
+            parts = itertools.chain([second], parts)
+            if not caps.multipart:
+                return self._put_spilled(key, itertools.chain([first], parts), metadata, if_match, if_none_match)
+        return self._multipart(key, keep, itertools.chain([first], parts), metadata, if_match, if_none_match)
+
+    def _multipart(
+        self, key: str, keep: int, parts: Iterator[bytes], metadata: dict[str, str], if_match: str | None,
+        if_none_match: bool,
+    ) -> str | None:
+        caps = self.capabilities()
+        with self._translate("CreateMultipartUpload", key, feature="multipart"):
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, Metadata=metadata, ContentType="application/json"
             )["UploadId"]
         try:
-            copy: dict[str, Any] = {
-                "Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": 1,
-                "CopySource": {"Bucket": self.bucket, "Key": key},
-                "CopySourceRange": f"bytes=0-{keep - 1}",
-            }
-            if caps.copy_source_if_match:
-                copy["CopySourceIfMatch"] = self._etag_arg(if_match)
-            with self._translate("UploadPartCopy", key,
-                                 feature="copy_source_if_match" if caps.copy_source_if_match else "range_copy"):
-                p1 = self.client.upload_part_copy(**copy)["CopyPartResult"]
-            with self._translate("UploadPart", key, feature="range_copy"):
-                p2 = self.client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=2, Body=data
-                )
+            done: list[dict[str, Any]] = []
+            if keep:
+                copy: dict[str, Any] = {
+                    "Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": 1,
+                    "CopySource": {"Bucket": self.bucket, "Key": key},
+                    "CopySourceRange": f"bytes=0-{keep - 1}",
+                }
+                guarded = caps.copy_source_if_match and if_match is not None
+                if guarded:
+                    copy["CopySourceIfMatch"] = self._etag_arg(if_match)  # type: ignore[arg-type]
+                with self._translate("UploadPartCopy", key,
+                                     feature="copy_source_if_match" if guarded else "range_copy"):
+                    done.append(part_entry(1, self.client.upload_part_copy(**copy)["CopyPartResult"]))
+            for body in parts:  # one part in memory at a time
+                number = len(done) + 1
+                with self._translate("UploadPart", key, feature="multipart"):
+                    done.append(part_entry(number, self.client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)))
             complete: dict[str, Any] = {
-                "Bucket": self.bucket, "Key": key, "UploadId": upload_id,
-                "MultipartUpload": {"Parts": [part_entry(1, p1), part_entry(2, p2)]},
+                "Bucket": self.bucket, "Key": key, "UploadId": upload_id, "MultipartUpload": {"Parts": done},
             }
-            if caps.complete_if_match:
+            if if_match is not None and caps.complete_if_match:
                 complete["IfMatch"] = self._etag_arg(if_match)
             else:
                 # The server cannot refuse a stale complete: check just before, and rely on the
                 # single-writer lock for the remaining window.
-                info = self.head(key)
-                if info is None or info.etag != normalize_etag(if_match):
-                    raise PreconditionFailed(f"{key} changed since it was read (checked by HEAD)")
+                self._check_by_head(key, if_match, if_none_match)
             with self._translate("CompleteMultipartUpload", key,
-                                 feature="complete_if_match" if caps.complete_if_match else "range_copy"):
+                                 feature="complete_if_match" if "IfMatch" in complete else "multipart"):
                 r = self.client.complete_multipart_upload(**complete)
         except BaseException:
             self._abort(key, upload_id)
             raise
-        if caps.complete_etag and r.get("ETag"):
-            return normalize_etag(r["ETag"])
+        # Ceph RGW answers with an empty ETag: say "unknown" rather than HEAD for one, which
+        # could be another writer's object.
+        return normalize_etag(r["ETag"]) if caps.complete_etag and r.get("ETag") else None
+
+    def _put_spilled(
+        self, key: str, parts: Iterator[bytes], metadata: dict[str, str], if_match: str | None, if_none_match: bool
+    ) -> str:
+        """One PUT of a body too big for memory, for a server without multipart uploads."""
+        with tempfile.TemporaryFile(dir=self.spill_dir) as spill:
+            for part in parts:
+                spill.write(part)
+            spill.seek(0)
+            return self._put(key, spill, metadata, if_match, if_none_match)
+
+    def _check_by_head(self, key: str, if_match: str | None, if_none_match: bool) -> None:
         info = self.head(key)
-        if info is None:
-            raise StoreUnavailable(f"{key} vanished right after it was written", "retry")
-        return info.etag
+        if if_none_match and info is not None:
+            raise PreconditionFailed(f"{key} exists already (checked by HEAD)")
+        if if_match is not None and (info is None or info.etag != normalize_etag(if_match)):
+            raise PreconditionFailed(f"{key} changed since it was read (checked by HEAD)")
 
     def delete(self, key: str) -> None:
         with self._translate("DELETE", key):
@@ -437,6 +490,20 @@ class _Reading(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+def _in_parts(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The pieces joined into parts of at least ``size`` bytes (the last may be smaller, or empty)."""
+    buffer: list[bytes] = []
+    held = 0
+    for piece in pieces:
+        buffer.append(piece)
+        held += len(piece)
+        if held >= size:
+            yield b"".join(buffer)
+            buffer, held = [], 0
+    if buffer or held == 0:
+        yield b"".join(buffer)
 
 
 def _refuses_feature(code: str, status: int) -> bool:

@@ -111,9 +111,11 @@ class Prober:
             forms: list[str] = []
             conditional = self._feature("conditional_put", lambda: self._conditional_put(src, etag, forms))
             tag = etag.strip('"') if forms == ["unquoted"] else etag
+            multipart = self._feature("multipart", self._multipart)
             range_copy = self._feature("range_copy", lambda: self._range_copy(src))
             findings = {
                 "conditional_put": conditional,
+                "multipart": multipart,
                 "range_copy": range_copy,
                 "copy_source_if_match": (
                     self._feature("copy_source_if_match", lambda: self._copy_source_if_match(src, tag))
@@ -160,6 +162,18 @@ class Prober:
                 forms.append(form)
         if not forms:
             return _Finding(False, "If-Match with the current ETag refused, quoted and unquoted")
+        return _Finding(True)
+
+    def _multipart(self) -> _Finding:
+        # One small part: proves create, part and complete without sending 5 MiB a day; a server
+        # stricter about part sizes is caught on its first refusal (CapabilityLost).
+        key = self._key("parts")
+        done = self._complete_one(key, None)
+        if not done.ok:
+            return _Finding(False, f"a one-part multipart upload {done}")
+        got = self._ask(lambda: self.c.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        if not got.ok or got.value != b"probe":
+            return _Finding(False, f"the completed object is not its part ({got})")
         return _Finding(True)
 
     def _range_copy(self, src: str) -> _Finding:
