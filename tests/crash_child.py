@@ -37,10 +37,29 @@ def after(obj: object, name: str, nth: int = 1) -> None:
     setattr(obj, name, wrapper)
 
 
+def append_after_journal(spool: Spool, path: Path) -> None:
+    """A writer appends a record after the journal is written and before the cut takes the lock."""
+    real = spool.write_journal
+
+    def wrapper(journal: object) -> None:
+        real(journal)  # type: ignore[arg-type]
+        with open(path, "ab") as f:
+            # The test's file ends in a torn record: finish it first, as its writer would have.
+            f.write(b'"FETCH_FOOTER": {"total_matches": 1}}\n=== FETCH END: unfinished | x ===\n')
+            f.write(b"=== FETCH START: window | 07/10/2025 04:00:00 PM EDT ===\n"
+                    b'{"FETCH_HEADER": {"fetch_id": "window"}, "FETCH_FOOTER": {"total_matches": 2}}\n'
+                    b"=== FETCH END: window | 07/10/2025 04:00:00 PM EDT ===\n")
+
+    spool.write_journal = wrapper  # type: ignore[method-assign]
+
+
 def main() -> None:
     path, spool_dir, step = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     batch_size = int(sys.argv[4]) if len(sys.argv) > 4 else 10
     spool = Spool(spool_dir)
+    if step.startswith("append-then-"):
+        append_after_journal(spool, path)
+        step = step.removeprefix("append-then-")
     if step == "after-first-stage":
         after(spool, "stage_batch")
     elif step == "after-journal":

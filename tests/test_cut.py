@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytz
 
@@ -160,3 +162,57 @@ def test_cut_abandoned_when_file_changes_before_the_lock(tmp_path):
     assert spooled(spool) == []
     assert not list(spool.batches_dir.glob("*.pending"))
     assert cutter.path.read_bytes() == replacement
+
+
+def records(n: int, prefix: str = "r") -> bytes:
+    return b"".join(record(f"{prefix}{i:02d}", DAY1 + timedelta(seconds=i)) for i in range(n))
+
+
+def _after_journal(spool: Spool, act: Any) -> None:
+    """Run ``act`` (as another process would) between the cut's journal and its lock."""
+    real = spool.write_journal
+
+    def wrapper(journal: Any) -> None:
+        real(journal)
+        act()
+
+    spool.write_journal = wrapper  # type: ignore[method-assign]
+
+
+def test_a_file_replaced_before_the_lock_is_not_written_and_its_cut_records_are_kept(tmp_path: Path) -> None:
+    """If the pipeline's file is replaced between journal and lock, the new file is left byte for
+    byte and the records cut from the old one stay in the spool, once."""
+    path = tmp_path / "all_api.json"
+    path.write_bytes(records(12))
+    spool = Spool(tmp_path / "spool")
+    fresh = records(3, "new")
+
+    def replace() -> None:
+        (tmp_path / "next.json").write_bytes(fresh)
+        os.replace(tmp_path / "next.json", path)
+
+    _after_journal(spool, replace)
+    Cutter(path, spool, NY, 10).cut()
+    assert path.read_bytes() == fresh
+    assert [b.fetch_ids for b in spooled(spool)] == [[f"r{i:02d}" for i in range(10)]]
+    assert spool.read_journal() is None and not list(spool.batches_dir.glob("*.pending"))
+
+
+def test_a_burst_before_the_lock_postpones_the_cut_and_loses_nothing(tmp_path: Path) -> None:
+    """When more than a cut's worth is appended between journal and lock, the cut is abandoned
+    (file untouched, nothing spooled) and the next one takes everything."""
+    path = tmp_path / "all_api.json"
+    first = records(10)
+    path.write_bytes(first)
+    spool = Spool(tmp_path / "spool")
+    burst = records(15, "x")
+    _after_journal(spool, lambda: open(path, "ab").write(burst))
+    cutter = Cutter(path, spool, NY, 10)
+    assert cutter.cut().batches == []
+    assert path.read_bytes() == first + burst and spooled(spool) == []
+    assert spool.read_journal() is None
+    spool.write_journal = Spool.write_journal.__get__(spool)  # type: ignore[method-assign]
+    while cutter.cut().batches:
+        pass
+    ids = [i for b in spooled(spool) for i in b.fetch_ids]
+    assert ids == [f"r{i:02d}" for i in range(10)] + [f"x{i:02d}" for i in range(10)]

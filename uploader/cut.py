@@ -2,15 +2,17 @@
 
 ``plan_cut`` is pure: from scanned items it decides which front bytes to cut and how they
 group into batches (at most ``batch_size`` fetches, never two days in one batch) and what is
-quarantined. ``Cutter`` carries a plan out under the file's flock:
+quarantined. ``Cutter`` carries a plan out:
 
-1. without the lock, scan and stage batches and quarantined bytes in the spool (pending
-   names, invisible to uploads, fsynced): writers only append, so the front cannot change;
-2. under the flock, check the front still holds the same bytes, then write the cut journal
-   (length + digest of the cut bytes, digests of what stays): the commit;
-3. promote the staged files;
-4. shift the kept bytes to the front of the file in place (same inode) and truncate;
-5. make the promotions durable and clear the journal.
+1. without the lock, scan and stage batches and quarantined bytes in the spool (pending names,
+   invisible to uploads, fsynced): writers only append, so the front cannot change;
+2. still without the lock, write the cut journal (length + digest of the cut bytes, the file's
+   size, a copy of the bytes after the cut, a digest of the last ones, the inode), durably:
+   the commit point;
+3. under the flock: check the file is the one planned on (inode, a few KiB of the front), move
+   the bytes after the cut to the front in place (same inode) and truncate. No fsync and
+   nothing proportional to the cut: the pipeline waits O(bytes kept);
+4. after the lock: fsync the file, promote the staged files, clear the journal.
 
 A crash before 2 leaves the file untouched and the staged files are discarded on restart; a
 crash after 2 is finished by ``recover`` from the journal, whatever the writer appended since.
@@ -32,6 +34,7 @@ import pytz
 
 from .errors import SpoolError
 from .fetchlog import Fetch, Item, Malformed, scan
+from .metrics import NO_METRICS, Recorder
 from .spool import Batch, CutJournal, QuarantineItem, Spool
 from .stamps import format_stamp
 
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 _FIRST_READ = 2 << 20  # read this much of the file to plan; more only if one record is bigger
 _MAX_CUT = 64 << 20  # bytes one cut takes at most, so a large backlog goes in bounded steps
+_SAMPLE = 4096  # bytes compared to tell the file is still the one planned on, and its progress
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ class _Staged:
     names: list[str] = field(default_factory=list)
     digest: str = ""
     started: float = 0.0
+    samples: tuple[bytes, bytes] = (b"", b"")  # the cut's first and last bytes, to re-check cheaply
 
 
 @dataclass(frozen=True)
@@ -150,8 +155,10 @@ class Cutter:
         batch_size: int,
         clock: Callable[[], datetime] = lambda: datetime.now(pytz.utc),
         max_cut_bytes: int = _MAX_CUT,
+        metrics: Recorder = NO_METRICS,
     ) -> None:
         self.path = path
+        self.metrics = metrics
         self.spool = spool
         self.tz = tz
         self.batch_size = batch_size
@@ -177,7 +184,12 @@ class Cutter:
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            state = _finish_rewrite(fd, journal, self.spool.kept_path)
+            if journal.inode not in (-1, os.fstat(fd).st_ino):
+                # Another file is at the path now: never write into it. The cut's records are
+                # kept in the spool (promoted above); the old file is no longer read.
+                state = "file-replaced"
+            else:
+                state = _finish_rewrite(fd, journal, self.spool.kept_path)
             self.spool.clear_journal()
             log.warning("cut_recovered path=%s state=%s removed=%d", self.path, state, journal.length)
         finally:
@@ -186,9 +198,10 @@ class Cutter:
     def cut(self, close_through: date | None = None) -> CutOutcome:
         """Cut what is complete at the front of the file; see the module docstring.
 
-        The slow part (scan, staging with fsyncs) runs without the flock: writers only append,
-        so complete records at the front cannot change under us. The flock is held only to
-        re-check that, write the journal and rewrite the file, so the pipeline waits less.
+        Everything slow or durable happens without the flock: scanning, staging, the journal
+        (writers only append, so the front cannot change under us), and afterwards the fsyncs
+        and the promotion of the batches. The pipeline waits only for a cheap re-check and the
+        move of the kept bytes: O(bytes kept), no fsync.
         """
         fd = self._open()
         if fd is None:
@@ -197,10 +210,18 @@ class Cutter:
             staged = self._stage(fd, close_through)
             if staged is None or staged.plan.length == 0:
                 return staged.outcome if staged else CutOutcome()
+            journal = self._write_journal(fd, staged)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            return self._commit_locked(fd, staged)
+            try:
+                why = self._shift_locked(fd, staged, journal)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            if why:
+                self._abandon(staged, journal, why)
+                return CutOutcome()
+            return self._finish(fd, staged)
         finally:
-            os.close(fd)  # releases the flock
+            os.close(fd)
 
     def _open(self) -> int | None:
         try:
@@ -264,23 +285,45 @@ class Cutter:
             records_left=plan.records_left,
             more=plan.length >= self.max_cut_bytes or want < size,
         )
-        return _Staged(plan, outcome, names, hashlib.sha256(buf[:plan.length]).hexdigest(), started)
+        n = min(_SAMPLE, plan.length)
+        samples = (buf[:n], buf[plan.length - n:plan.length])
+        return _Staged(plan, outcome, names, hashlib.sha256(buf[:plan.length]).hexdigest(), started, samples)
 
-    def _commit_locked(self, fd: int, staged: _Staged) -> CutOutcome:
-        plan, outcome = staged.plan, staged.outcome
-        size = os.fstat(fd).st_size
-        if size < plan.length or _digest_range(fd, 0, plan.length) != staged.digest:
-            # Someone replaced or truncated the file between the scan and the lock.
-            self.spool.discard_staged()
-            log.warning("cut_abandoned path=%s reason=file-changed-under-us", self.path)
-            return CutOutcome()
+    def _write_journal(self, fd: int, staged: _Staged) -> CutJournal:
+        """The commit point, made durable before the lock: recovery finishes the cut from here."""
         try:
-            journal = self._journal(fd, plan.length, size, staged.digest, staged.names)
+            journal = self._journal(fd, staged.plan.length, os.fstat(fd).st_size, staged.digest, staged.names)
             self.spool.write_journal(journal)
         except OSError as exc:
             raise self._spool_failed("write the cut journal in", exc) from exc
+        return journal
+
+    def _shift_locked(self, fd: int, staged: _Staged, j: CutJournal) -> str:
+        """Under the flock: move the kept bytes (and any appended since the journal) to the front
+        and truncate; no fsync, nothing proportional to the cut. Returns why not, or ""."""
+        st = os.fstat(fd)
+        try:
+            at_path = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            at_path = -1
+        if st.st_ino != j.inode or at_path != j.inode:
+            return "file-replaced"
+        head, tail = staged.samples
+        if st.st_size < j.size or os.pread(fd, len(head), 0) != head or \
+                os.pread(fd, len(tail), j.length - len(tail)) != tail:
+            return "file-changed-under-us"
+        if st.st_size - j.size > j.length - j.tail_len:
+            # So much was appended since the journal that the shift would overwrite what recovery
+            # reads to tell its progress: take it next time.
+            return "appended-too-much-meanwhile"
+        _shift_tail(fd, 0, j.length, st.st_size, sync=False)
+        return ""
+
+    def _finish(self, fd: int, staged: _Staged) -> CutOutcome:
+        """After the lock: make the rewrite durable, promote the batches, clear the journal."""
+        plan, outcome = staged.plan, staged.outcome
+        os.fsync(fd)
         self.spool.commit(staged.names)
-        _finish_rewrite(fd, journal, self.spool.kept_path)
         self.spool.sync_names()
         self.spool.clear_journal()
         ms = (time.monotonic() - staged.started) * 1000
@@ -300,7 +343,22 @@ class Cutter:
                 "quarantined file=%s offset=%d bytes=%d reason=%r saved=%s",
                 self.path, q.offset, len(q.raw), q.reason, q.name,
             )
+        self.metrics.cut(outcome.batches, outcome.quarantined)
         return outcome
+
+    def _abandon(self, staged: _Staged, journal: CutJournal, why: str) -> None:
+        """Undo a journaled cut that was not carried out (the file is as it was)."""
+        if why == "file-replaced":
+            # The records cut are no longer in the file at the path: keep them, cut once.
+            self.spool.commit(staged.names)
+            self.spool.sync_names()
+            self.spool.clear_journal()
+            log.warning("cut_file_replaced path=%s batches=%d (kept in the spool)", self.path, len(staged.names))
+            return
+        # The journal goes first: staged files without a journal are discarded on recovery.
+        self.spool.clear_journal()
+        self.spool.discard_staged()
+        log.warning("cut_abandoned path=%s reason=%s", self.path, why)
 
     def _spool_failed(self, what: str, exc: OSError) -> SpoolError:
         """Undo the staged files of a cut that could not commit; the local file is untouched."""
@@ -325,13 +383,16 @@ class Cutter:
                 os.fsync(out)
             finally:
                 os.close(out)
+        tail_len = min(_SAMPLE, max(1, length // 4))
         return CutJournal(
             length=length,
             digest=digest,
             size=size,
             kept_len=kept_len,
             kept_digest=kept.hexdigest(),
-            rest_digest=_digest_range(fd, kept_len, size),
+            tail_len=tail_len,
+            tail_digest=_digest_range(fd, size - tail_len, size),
+            inode=os.fstat(fd).st_ino,
             pending=names,
         )
 
@@ -344,7 +405,7 @@ def _digest_range(fd: int, start: int, end: int) -> str:
 
 
 def _finish_rewrite(fd: int, j: CutJournal, kept_path: Path) -> str:
-    """Bring the file to ``kept + whatever was appended after the cut``; safe to repeat.
+    """Bring the file to ``kept + whatever was appended after the journal``; safe to repeat.
 
     Returns which state the file was found in, for the log.
     """
@@ -352,15 +413,16 @@ def _finish_rewrite(fd: int, j: CutJournal, kept_path: Path) -> str:
     if size >= j.size and _digest_range(fd, 0, j.length) == j.digest:
         _shift(fd, j.length, size)  # not started (or nothing visible yet): do it all
         return "not-started"
+    tail_intact = size >= j.size and _digest_range(fd, j.size - j.tail_len, j.size) == j.tail_digest
     if _digest_range(fd, 0, j.kept_len) == j.kept_digest:
-        if size >= j.size and _digest_range(fd, j.kept_len, j.size) == j.rest_digest:
+        if tail_intact:
             _shift_tail(fd, j.kept_len, j.size, size)  # shifted, not yet truncated
             return "shifted"
         return "done"
     # Cut short mid-shift: the front is a mix; the sidecar holds the kept bytes.
-    if size < j.size:
+    if not tail_intact:
         raise SpoolError(
-            f"the local file shrank to {size} bytes during an interrupted cut (expected >= {j.size})",
+            f"the local file changed during an interrupted cut (now {size} bytes, expected >= {j.size})",
             "something else rewrote it; inspect the file and the spool journal before restarting",
         )
     with open(kept_path, "rb") as f:
@@ -377,7 +439,7 @@ def _shift(fd: int, start: int, size: int) -> None:
     _shift_tail(fd, 0, start, size)
 
 
-def _shift_tail(fd: int, dest: int, src: int, size: int) -> None:
+def _shift_tail(fd: int, dest: int, src: int, size: int, sync: bool = True) -> None:
     """Move bytes [src:size] to ``dest`` and truncate there; forward copy is safe as dest < src."""
     off = 0
     while src + off < size:
@@ -385,4 +447,5 @@ def _shift_tail(fd: int, dest: int, src: int, size: int) -> None:
         os.pwrite(fd, chunk, dest + off)
         off += len(chunk)
     os.ftruncate(fd, dest + off)
-    os.fsync(fd)
+    if sync:
+        os.fsync(fd)

@@ -199,11 +199,14 @@ class ArchiveSummary:
 
 @dataclass(frozen=True)
 class CutJournal:
-    """The committed cut whose rewrite of the local file may not have finished.
+    """A cut committed to: the rewrite of the local file may not have happened, or finished.
 
-    ``length``/``digest``: the cut bytes at the front of the file. ``size``: the file's size
-    when cut. ``kept_*``: the bytes [length:size] that move to the front, and ``rest_digest``
-    covers [kept_len:size] of the old file, which tells a finished shift from a truncated one.
+    Written (durably) before the file's lock is taken, so nothing durable is ever destroyed
+    without a copy. ``length``/``digest``: the cut bytes at the front of the file. ``size``: the
+    file's size when journaled; ``kept_*``: its bytes [length:size], which move to the front (a
+    copy is in ``journal.kept``). ``tail_digest`` covers the last ``tail_len`` bytes before
+    ``size``, which the shift never overwrites: intact, they tell a shift not yet truncated from
+    a finished one. ``inode``: the file cut; another file at the path is never written into.
     """
 
     length: int
@@ -211,7 +214,9 @@ class CutJournal:
     size: int
     kept_len: int
     kept_digest: str
-    rest_digest: str
+    tail_len: int
+    tail_digest: str
+    inode: int
     pending: list[str]
 
     def to_json(self) -> bytes:
@@ -219,7 +224,12 @@ class CutJournal:
 
     @classmethod
     def from_json(cls, data: bytes) -> CutJournal:
-        return cls(**json.loads(data))
+        d = json.loads(data)
+        if "rest_digest" in d:
+            # Left by the previous version: its digest of [kept_len:size] is the same check over
+            # the whole region; the inode was not recorded (-1: the file at the path).
+            d["tail_len"], d["tail_digest"], d["inode"] = d["size"] - d["kept_len"], d.pop("rest_digest"), -1
+        return cls(**d)
 
 
 def atomic_write(
