@@ -2,15 +2,16 @@
 loopback), a fresh bucket per test, and ``store`` / ``s3_server`` fixtures that run one test body
 against every backend and server.
 
-Ceph RGW needs Debian's packages (``scripts/test.sh`` installs them where it can use apt-get).
-Where they are missing, Ceph-backed tests are skipped with a loud banner; under ``CI=true`` a
-missing Ceph fails them instead.
+Ceph RGW and promtool (which checks the shipped alert rules) need Debian's packages
+(``scripts/test.sh`` installs them where it can use apt-get). Where one is missing, the tests that
+need it are skipped with one loud banner at the end; under ``CI=true`` they fail instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -26,7 +27,20 @@ from uploader.store.directory import DirectoryStore
 from uploader.store.s3 import S3Store
 
 SERVERS = ("moto", "ceph")
-_ceph_skipped: list[str] = []
+# What was skipped for want of a system package -> why; said in one banner at the end of the run.
+_skipped: dict[str, str] = {}
+_SKIP_MEANS = {
+    "Ceph RGW": "nothing here was proven on the server Linode runs",
+    "promtool": "scripts/uploader-alerts.yml was neither checked nor unit-tested",
+}
+
+
+def _missing(what: str, why: str) -> None:
+    """Skip the test for want of ``what``: loudly, and as a failure under CI=true."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is required under CI=true: {why}", pytrace=False)
+    _skipped.setdefault(what, why)
+    pytest.skip(f"{what} not available: {why}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,10 +70,7 @@ def ceph_server() -> Iterator[S3Server]:
     """A private Ceph cluster with radosgw on free 127.0.0.1 ports (what Linode runs)."""
     why = ceph_missing()
     if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Ceph RGW is required under CI=true: {why}", pytrace=False)
-        _ceph_skipped.append(why)
-        pytest.skip(f"Ceph RGW not available: {why}")
+        _missing("Ceph RGW", why)
     launcher = CephRGW()
     try:
         server = launcher.start()
@@ -71,12 +82,24 @@ def ceph_server() -> Iterator[S3Server]:
         launcher.stop()
 
 
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """The path of Prometheus' promtool (Debian package prometheus)."""
+    path = shutil.which("promtool")
+    if path is None:
+        _missing("promtool", "promtool not on PATH; install the Debian package prometheus (scripts/test.sh does)")
+    assert path is not None
+    return path
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _ceph_skipped:
+    if _skipped:
         bar = "!" * 78
-        for line in (bar, "Ceph RGW tests were SKIPPED: nothing here was proven on the server Linode runs.",
-                     _ceph_skipped[0], bar):
-            terminalreporter.write_line(line, red=True, bold=True)
+        terminalreporter.write_line(bar, red=True, bold=True)
+        for what, why in _skipped.items():
+            for line in (f"{what} tests were SKIPPED: {_SKIP_MEANS[what]}.", why):
+                terminalreporter.write_line(line, red=True, bold=True)
+        terminalreporter.write_line(bar, red=True, bold=True)
 
 
 @pytest.fixture(params=SERVERS)

@@ -68,6 +68,7 @@ class AppendResult:
     attempts: int = 1
     bytes_sent: int = 0
     bytes_received: int = 0
+    counters: dict[str, str] = field(default_factory=dict)  # the document's user metadata now
 
 
 @dataclass
@@ -247,7 +248,8 @@ def _apply(
             keep, tail = found
             te = edit.on_tail(tail)
             if not te.changed:
-                return AppendResult(day, key, [], te.already, "none", etag, attempt, 0, received)
+                return AppendResult(day, key, [], te.already, "none", etag, attempt, 0, received,
+                                    daily.user_metadata(te.metadata))
             meta = daily.user_metadata(te.metadata)
             if whole is not None:
                 head: Iterable[bytes] = [whole[:keep]]
@@ -285,10 +287,12 @@ def _rewrite_parsed(
     started: float,
 ) -> AppendResult:
     """A document not in our layout (e.g. the old logger's): merge parsed, write ours."""
-    merged = edit.on_document(daily.parse(whole))
+    parsed = daily.parse(whole)
+    merged = edit.on_document(parsed)
     if merged is None or (not merged.stored and merged.already):
         already = merged.already if merged else []
-        return AppendResult(day, key, [], already, "none", etag, attempt, 0, received)
+        return AppendResult(day, key, [], already, "none", etag, attempt, 0, received,
+                            daily.user_metadata(parsed["daily_metadata"]))
     body = daily.serialize(merged.document)
     meta = daily.user_metadata(merged.document["daily_metadata"])
     new_etag = store.compose(key, 0, [body], meta, if_match=etag)
@@ -334,7 +338,9 @@ def _done(
 ) -> AppendResult:
     log.debug("publish.written key=%s path=%s bytes=%d ms=%d", key, path, sent,
               int((time.monotonic() - started) * 1000))
-    return AppendResult(day, key, list(change.stored), list(change.already), path, etag, attempt, sent, received)
+    meta = change.metadata if isinstance(change, daily.TailEdit) else change.document["daily_metadata"]
+    return AppendResult(day, key, list(change.stored), list(change.already), path, etag, attempt, sent, received,
+                        daily.user_metadata(meta))
 
 
 def _read_tail(

@@ -20,6 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from .config import Config
 from .cut import CutOutcome, Cutter
 from .errors import SpoolError
+from .metrics import NO_METRICS, Metrics, ServiceView, serve
 from .schedule import CloseOutTrigger
 from .spool import Spool
 from .status import StatusFile
@@ -47,16 +48,23 @@ class Service:
         self.tz = config.day.tz
         self.clock = clock
         self.spool = Spool(config.spool.dir)
-        self.store = store or open_store(config.storage, config.spool.dir)
+        # Metrics exist only where they are served ([metrics] listen = "" turns them off).
+        self.metrics = Metrics() if config.metrics.enabled else None
+        recorder = self.metrics or NO_METRICS
+        store = store or open_store(config.storage, config.spool.dir)
+        self.store = self.metrics.watch(store) if self.metrics else store
         self.status = StatusFile(config.spool.dir / "status.json")
-        self.cutter = Cutter(config.watch.file, self.spool, self.tz, config.watch.batch_size, clock=clock)
-        self.uploader = Uploader.for_config(config, self.spool, self.store, self.status, clock=clock)
+        self.cutter = Cutter(config.watch.file, self.spool, self.tz, config.watch.batch_size, clock=clock,
+                             metrics=recorder)
+        self.uploader = Uploader.for_config(config, self.spool, self.store, self.status, clock=clock,
+                                            metrics=recorder)
         self.watcher = Watcher(self.cutter, on_cut=self._on_cut)
         self.scheduler = BackgroundScheduler(timezone=self.tz)
         self._to_close: set[date] = set()
         self._to_close_lock = threading.Lock()
         self._kick = threading.Event()
         self._stopping = threading.Event()
+        self._running = threading.Event()  # started and not stopping: what /healthz reports
         self._worker = threading.Thread(target=self._work_loop, name="upload-worker", daemon=True)
         self._resources = ExitStack()
         self._closed_through: date | None = None
@@ -69,6 +77,7 @@ class Service:
         """Take the lock, finish what a previous run left, then watch and schedule."""
         self._resources.enter_context(self.spool.locked("uploader run"))
         try:
+            self._serve_metrics()  # first: a port in use refuses the start before anything runs
             self.cutter.recover()
             self._cut_past_days()
             self._schedule_close_of_past_days()
@@ -83,6 +92,7 @@ class Service:
         except BaseException:
             self._resources.close()
             raise
+        self._running.set()
         log.info(
             "service_started file=%s spool=%s store=%s batch_size=%d timezone=%s pending=%d",
             self.config.watch.file, self.config.spool.dir, self.store.describe(),
@@ -92,6 +102,7 @@ class Service:
     def stop(self) -> None:
         """Finish the cut under way, stop the worker, try one last upload, release the lock."""
         log.info("service_stopping")
+        self._running.clear()
         try:
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=False)
@@ -105,6 +116,15 @@ class Service:
             log.info("service_stopped uploaded=%d left_in_spool=%d", report.batches, report.left)
         finally:
             self._resources.close()
+
+    def closed_through(self) -> date | None:
+        """The latest day D such that every day up to D that had uploads is closed; None before start."""
+        through = self._closed_through
+        with self._to_close_lock:
+            waiting = min(self._to_close, default=None)
+        if through is None or waiting is None:
+            return through
+        return min(through, waiting - timedelta(days=1))
 
     def today(self) -> date:
         return self.clock().astimezone(self.tz).date()
@@ -128,6 +148,21 @@ class Service:
         self._kick.set()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _serve_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.observe(ServiceView(
+            spool=self.spool, tz=self.tz, today=self.today, closed_through=self.closed_through,
+            running=lambda: self._running.is_set() and self._worker.is_alive(),
+            max_pending_age_s=self.config.metrics.healthz_max_pending_age_s,
+        ))
+        last = self.status.snapshot()["last_success"]
+        try:
+            self.metrics.seed_last_success(datetime.fromisoformat(last["at"]).timestamp())
+        except (TypeError, KeyError, ValueError):
+            pass  # no success recorded yet (or an unreadable one): the gauge says 0, "not yet"
+        self._resources.enter_context(serve(self.config.metrics, self.metrics))
 
     def _cut_past_days(self) -> None:
         """Records of past days left in the file (down at midnight) are cut now, short or not."""

@@ -20,6 +20,7 @@ import pytz
 from . import publish
 from .config import Config
 from .errors import StoreError, StoreRejected, UnreadableBatch
+from .metrics import NO_METRICS, Recorder
 from .retry import compute_backoff
 from .spool import ArchivePolicy, BatchHeader, Spool, SpooledBatch
 from .status import RetryState, StatusFile
@@ -62,6 +63,7 @@ class Uploader:
         clock: Callable[[], datetime] = lambda: datetime.now(pytz.utc),
         rand: Callable[[], float] = random.random,
         archive: ArchivePolicy | None = None,
+        metrics: Recorder = NO_METRICS,
     ) -> None:
         self.spool = spool
         self.store = store
@@ -76,6 +78,7 @@ class Uploader:
         self.archive_policy = archive or ArchivePolicy()
         self._archive_bytes: int | None = None  # known after the first prune, then kept up to date
         self._next_prune = 0.0
+        self.metrics = metrics
 
     @classmethod
     def for_config(
@@ -85,11 +88,12 @@ class Uploader:
         store: Store,
         status: StatusFile,
         clock: Callable[[], datetime] = lambda: datetime.now(pytz.utc),
+        metrics: Recorder = NO_METRICS,
     ) -> Uploader:
         """The uploader `run` and the one-shot commands use, set up from the config."""
         archive = ArchivePolicy(config.spool.archive_days * 86400.0, int(config.spool.archive_max_mb * (1 << 20)))
         return cls(spool, store, config.storage.prefix, config.day.tz, status, config.spool.max_backoff_s,
-                   clock=clock, archive=archive)
+                   clock=clock, archive=archive, metrics=metrics)
 
     def next_due(self) -> float | None:
         """POSIX time when the earliest spooled batch may be tried, None if the spool is empty."""
@@ -160,6 +164,8 @@ class Uploader:
             day, len(result.stored), fetches, matches, len(result.already), result.path,
             result.bytes_sent, ms, result.attempts,
         )
+        self.metrics.appended(result, headers, ms / 1000)
+        self.metrics.day_document(result.day, result.counters)
 
     def _unreadable(self, exc: UnreadableBatch, report: DrainReport) -> None:
         # One damaged file must not hold back the others; it stays, is retried with backoff, and reported.
@@ -193,6 +199,7 @@ class Uploader:
             attempts = self._note_failure(entry.batch_id, message)
         self.status.update(error={"at": self.clock().isoformat(), "message": message,
                                   "permanent": isinstance(exc, StoreRejected)})
+        self.metrics.append_failed(exc)
         level = logging.ERROR if isinstance(exc, StoreRejected) else logging.WARNING
         # An outage fails every attempt the same way: say it once a minute, not every time.
         now = time.monotonic()
@@ -244,11 +251,12 @@ class Uploader:
             if self.spool.pending_batches(day):
                 continue  # not yet: closing now would make its remaining uploads "late"
             try:
-                publish.close_day(self.store, self.prefix, self.tz, day, self.clock(), self._written)
+                closing = publish.close_day(self.store, self.prefix, self.tz, day, self.clock(), self._written)
             except StoreError as exc:
                 log.warning("close_failed day=%s error=%s (will retry)", day, exc)
                 break
             self.status.update(closed=[day.isoformat()])
+            self.metrics.day_document(day, closing.counters)
             log.info("day_closed day=%s", day)
             closed.append(day)
         return closed
