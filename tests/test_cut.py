@@ -198,21 +198,29 @@ def test_a_file_replaced_before_the_lock_is_not_written_and_its_cut_records_are_
     assert spool.read_journal() is None and not list(spool.batches_dir.glob("*.pending"))
 
 
-def test_a_burst_before_the_lock_postpones_the_cut_and_loses_nothing(tmp_path: Path) -> None:
-    """When more than a cut's worth is appended between journal and lock, the cut is abandoned
-    (file untouched, nothing spooled) and the next one takes everything."""
+def test_a_burst_before_the_lock_is_journaled_again_and_loses_nothing(tmp_path: Path) -> None:
+    """When more than a cut's worth is appended between journal and lock, the cut journals the
+    new size and goes ahead: the planned batch is spooled and the burst stays, byte for byte."""
     path = tmp_path / "all_api.json"
     first = records(10)
     path.write_bytes(first)
     spool = Spool(tmp_path / "spool")
     burst = records(15, "x")
-    _after_journal(spool, lambda: open(path, "ab").write(burst))
-    cutter = Cutter(path, spool, NY, 10)
-    assert cutter.cut().batches == []
-    assert path.read_bytes() == first + burst and spooled(spool) == []
-    assert spool.read_journal() is None
-    spool.write_journal = Spool.write_journal.__get__(spool)  # type: ignore[method-assign]
-    while cutter.cut().batches:
-        pass
-    ids = [i for b in spooled(spool) for i in b.fetch_ids]
-    assert ids == [f"r{i:02d}" for i in range(10)] + [f"x{i:02d}" for i in range(10)]
+    bursts = iter([burst])
+    _after_journal(spool, lambda: open(path, "ab").write(next(bursts, b"")))
+    outcome = Cutter(path, spool, NY, 10).cut()
+    assert [b.fetch_ids for b in outcome.batches] == [[f"r{i:02d}" for i in range(10)]]
+    assert path.read_bytes() == burst and spool.read_journal() is None
+
+
+def test_a_writer_bursting_faster_than_the_journal_still_gets_its_cut(tmp_path: Path) -> None:
+    """A burst after every journal write: after the last try the cut journals under the lock
+    (the one slow path) and still removes exactly the planned bytes."""
+    path = tmp_path / "all_api.json"
+    path.write_bytes(records(10))
+    spool = Spool(tmp_path / "spool")
+    bursts = iter([records(15, f"{tag}") for tag in ("x", "y", "z")])
+    _after_journal(spool, lambda: open(path, "ab").write(next(bursts, b"")))
+    outcome = Cutter(path, spool, NY, 10).cut()
+    assert [b.fetch_ids for b in outcome.batches] == [[f"r{i:02d}" for i in range(10)]]
+    assert path.read_bytes() == records(15, "x") + records(15, "y") + records(15, "z")

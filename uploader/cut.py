@@ -46,6 +46,8 @@ _CHUNK = 1 << 20
 _FIRST_READ = 2 << 20  # read this much of the file to plan; more only if one record is bigger
 _MAX_CUT = 64 << 20  # bytes one cut takes at most, so a large backlog goes in bounded steps
 _SAMPLE = 4096  # bytes compared to tell the file is still the one planned on, and its progress
+_JOURNAL_TRIES = 3
+_TOO_MUCH = "appended-too-much-meanwhile"
 
 
 @dataclass(frozen=True)
@@ -210,12 +212,16 @@ class Cutter:
             staged = self._stage(fd, close_through)
             if staged is None or staged.plan.length == 0:
                 return staged.outcome if staged else CutOutcome()
-            journal = self._write_journal(fd, staged)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                why = self._shift_locked(fd, staged, journal)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            for attempt in range(1, _JOURNAL_TRIES + 1):
+                journal = self._write_journal(fd, staged)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    why = self._shift_locked(fd, staged, journal, last_try=attempt == _JOURNAL_TRIES)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                if why != _TOO_MUCH:
+                    break
+                log.debug("cut_rejournal attempt=%d reason=%s", attempt, why)
             if why:
                 self._abandon(staged, journal, why)
                 return CutOutcome()
@@ -298,7 +304,7 @@ class Cutter:
             raise self._spool_failed("write the cut journal in", exc) from exc
         return journal
 
-    def _shift_locked(self, fd: int, staged: _Staged, j: CutJournal) -> str:
+    def _shift_locked(self, fd: int, staged: _Staged, j: CutJournal, last_try: bool = False) -> str:
         """Under the flock: move the kept bytes (and any appended since the journal) to the front
         and truncate; no fsync, nothing proportional to the cut. Returns why not, or ""."""
         st = os.fstat(fd)
@@ -314,8 +320,12 @@ class Cutter:
             return "file-changed-under-us"
         if st.st_size - j.size > j.length - j.tail_len:
             # So much was appended since the journal that the shift would overwrite what recovery
-            # reads to tell its progress: take it next time.
-            return "appended-too-much-meanwhile"
+            # reads to tell its progress: journal again (outside the lock), or, on the last try
+            # of a writer bursting faster than the journal's fsync, here (the one slow path).
+            if not last_try:
+                return _TOO_MUCH
+            j = self._write_journal(fd, staged)
+            st = os.fstat(fd)
         _shift_tail(fd, 0, j.length, st.st_size, sync=False)
         return ""
 
