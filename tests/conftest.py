@@ -157,7 +157,7 @@ def build_batch(
         }
         for i in range(fetches)
     ]
-    return Batch(
+    return Batch.of(
         batch_id=batch_id or hashlib.sha256(f"{day}-{seq}".encode()).hexdigest(),
         seq=seq,
         day=day,

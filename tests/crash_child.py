@@ -61,7 +61,7 @@ def main() -> None:
         append_after_journal(spool, path)
         step = step.removeprefix("append-then-")
     if step == "after-first-stage":
-        after(spool, "stage_batch")
+        after(spool, "_write_pending")
     elif step == "after-journal":
         after(spool, "write_journal")
     elif step == "after-commit":

@@ -224,3 +224,34 @@ def test_a_writer_bursting_faster_than_the_journal_still_gets_its_cut(tmp_path: 
     outcome = Cutter(path, spool, NY, 10).cut()
     assert [b.fetch_ids for b in outcome.batches] == [[f"r{i:02d}" for i in range(10)]]
     assert path.read_bytes() == records(15, "x") + records(15, "y") + records(15, "z")
+
+
+def test_a_pretty_printed_record_is_spooled_on_one_line_with_its_values_intact(tmp_path: Path) -> None:
+    """Records are spooled from their own bytes, not re-encoded: newlines between tokens become
+    spaces (one upload per line in the day), and every value, escapes included, is unchanged."""
+    import json
+
+    doc = {"FETCH_HEADER": {"fetch_id": "p0"}, "RAW_API_DATA": {"s": 'tab\there "q" \\ \u2028 é', "n": [1, 2.5e-7]},
+           "FETCH_FOOTER": {"total_matches": 3}}
+    pretty = json.dumps(doc, indent=4, ensure_ascii=True).replace("\n", "\r\n").encode()
+    stamp = "07/10/2025 04:00:00 PM EDT"
+    body = b"=== FETCH START: p0 | " + stamp.encode() + b" ===\n" + pretty + b"\n=== FETCH END: p0 | " + stamp.encode() + b" ===\n"
+    path = tmp_path / "all_api.json"
+    path.write_bytes(body * 1)
+    spool = Spool(tmp_path / "spool")
+    Cutter(path, spool, NY, 1).cut()
+    [batch] = spooled(spool)
+    assert b"\n" not in batch.fetch_data and b"\r" not in batch.fetch_data
+    assert json.loads(batch.fetch_data) == [doc]
+
+
+def test_nan_and_infinity_are_quarantined_not_stored() -> None:
+    """Python's json reads NaN and Infinity, JSON does not: such a record is malformed, so no
+    strict reader of the day ever meets it."""
+    from uploader.fetchlog import Malformed
+
+    stamp = "07/10/2025 04:00:00 PM EDT"
+    rec = (f"=== FETCH START: n | {stamp} ===\n" '{"RAW_API_DATA": {"odds": NaN}, "FETCH_FOOTER": {"total_matches": 1}}\n'
+           f"=== FETCH END: n | {stamp} ===\n").encode()
+    [item] = scan(rec, NY, DAY1).items
+    assert isinstance(item, Malformed) and "NaN is not JSON" in item.reason

@@ -10,6 +10,7 @@ import pytest
 import pytz
 
 from uploader import daily
+from uploader.spool import Batch
 
 TZ = pytz.timezone("America/New_York")
 DAY = date(2025, 7, 10)
@@ -120,8 +121,9 @@ def _written(edit: daily.TailEdit, batches: list[Any]) -> bytes:
 def test_streamed_entries_are_the_bytes_json_would_write(make_batch: Any) -> None:
     """An entry built from a header and spooled fetch_data equals json.dumps of the entry, for any
     text the fetches hold (unicode, escapes, quotes)."""
-    batch = make_batch(3)
-    batch.fetches[0]["RAW_API_DATA"]["name"] = 'Müller "Dö" \\ \u2028 \n 🏟'
+    fetches = make_batch(3).fetches
+    fetches[0]["RAW_API_DATA"]["name"] = 'Müller "Dö" \\ \u2028 \n 🏟'
+    batch = Batch.of("b" * 32, 3, make_batch(3).day, "cut", fetches, 15, [f"f-3-{i}" for i in range(10)])
     stamp = "07/10/2025 04:15:00 PM EDT"
     entry = daily.upload_entry(batch, 7, stamp)
     streamed = daily.entry_head(batch.header, 7, stamp) + batch.fetch_data + b"}"

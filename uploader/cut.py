@@ -35,7 +35,7 @@ import pytz
 from .errors import SpoolError
 from .fetchlog import Fetch, Item, Malformed, scan
 from .metrics import NO_METRICS, Recorder
-from .spool import Batch, CutJournal, QuarantineItem, Spool
+from .spool import Batch, CutJournal, QuarantineItem, Spool, fetch_data_of
 from .stamps import format_stamp
 
 __all__ = ["PlannedBatch", "CutPlan", "plan_cut", "CutOutcome", "Cutter"]
@@ -43,7 +43,9 @@ __all__ = ["PlannedBatch", "CutPlan", "plan_cut", "CutOutcome", "Cutter"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-_FIRST_READ = 2 << 20  # read this much of the file to plan; more only if one record is bigger
+# Read this much of the file to plan (more only if one record is bigger). Parsed objects are not
+# kept, so memory holds the bytes; a writer far ahead is taken in few cuts, each copying little.
+_FIRST_READ = 8 << 20
 _MAX_CUT = 64 << 20  # bytes one cut takes at most, so a large backlog goes in bounded steps
 _SAMPLE = 4096  # bytes compared to tell the file is still the one planned on, and its progress
 _JOURNAL_TRIES = 3
@@ -242,7 +244,7 @@ class Cutter:
         want = min(size, _FIRST_READ)
         while True:
             buf = os.pread(fd, want, 0)
-            result = scan(buf, self.tz, now)
+            result = scan(buf, self.tz, now, keep_documents=False)
             plan = plan_cut(result.items, self.batch_size, close_through, self.max_cut_bytes)
             if plan.batches or want >= size or (result.items and want >= self.max_cut_bytes):
                 break
@@ -257,8 +259,9 @@ class Cutter:
                 seq=seq,
                 day=pb.day,
                 cut_at=stamp,
-                fetches=[f.document for f in pb.fetches],
+                fetch_data=fetch_data_of([buf[f.body[0]:f.body[1]] for f in pb.fetches]),
                 matches=sum(f.matches for f in pb.fetches),
+                fetch_count=len(pb.fetches),
                 fetch_ids=[f.fetch_id for f in pb.fetches],
             )
             for pb, seq in zip(plan.batches, seqs)
@@ -274,12 +277,8 @@ class Cutter:
             )
             for m, seq in zip(plan.quarantined, seqs[len(batches):])
         ]
-        names: list[str] = []
         try:
-            for b in batches:
-                names.append(self.spool.stage_batch(b))
-            for q in quarantined:
-                names.extend(self.spool.stage_quarantine(q))
+            names = self.spool.stage(batches, quarantined)
             self.spool.sync_names()
         except OSError as exc:
             raise self._spool_failed("write to the spool", exc) from exc

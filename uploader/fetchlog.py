@@ -23,6 +23,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytz
 
 from .stamps import day_of, format_stamp, parse_stamp
@@ -55,8 +56,9 @@ class Fetch:
     instant: datetime
     day: date
     matches: int
-    document: dict[str, Any]
+    document: dict[str, Any] | None  # None when scanned with keep_documents=False
     time_source: str  # "marker", "header" or "first_seen": where ``instant`` came from
+    body: tuple[int, int] = (0, 0)  # where the JSON body lies, as offsets like start and end
 
     @property
     def size(self) -> int:
@@ -82,12 +84,15 @@ class ScanResult:
     consumed: int  # bytes covered by ``items``; buf[consumed:] is an unfinished write
 
 
-def scan(buf: bytes, tz: pytz.BaseTzInfo, seen_at: datetime, base: int = 0) -> ScanResult:
+def scan(
+    buf: bytes, tz: pytz.BaseTzInfo, seen_at: datetime, base: int = 0, keep_documents: bool = True
+) -> ScanResult:
     """Split ``buf`` into complete items; offsets are ``base`` + position in ``buf``.
 
     ``buf`` must start at a line start (the front of the file, or the end of an earlier
     scan's ``consumed``). ``seen_at`` is the fallback instant for a record whose marker and
-    header times cannot be read.
+    header times cannot be read. Every body is parsed (that is how a malformed one is found);
+    ``keep_documents=False`` drops the parsed objects, for callers that keep the bytes only.
     """
     items: list[Item] = []
     pos = 0  # start of the first byte not yet assigned to an item
@@ -112,7 +117,7 @@ def scan(buf: bytes, tz: pytz.BaseTzInfo, seen_at: datetime, base: int = 0) -> S
             continue
         body_start = open_start + len(open_marker)
         items.append(
-            _read_record(buf, open_start, body_start, ls, le, open_marker, line, tz, seen_at, base)
+            _read_record(buf, open_start, body_start, ls, le, open_marker, line, tz, seen_at, base, keep_documents)
         )
         open_start, pos = -1, le
     if open_start < 0:
@@ -152,6 +157,7 @@ def _read_record(
     tz: pytz.BaseTzInfo,
     seen_at: datetime,
     base: int,
+    keep_documents: bool = True,
 ) -> Item:
     def bad(reason: str) -> Malformed:
         return Malformed(base + start, base + end, reason)
@@ -164,14 +170,14 @@ def _read_record(
         return bad(f"fetch ids differ: START {_show(start_m.group(1))}, END {_show(end_m.group(1))}")
     try:
         fetch_id = start_m.group(1).decode("utf-8")
-        body_text = buf[body_start:end_ls].decode("utf-8")
         marker_time = start_m.group(2).decode("utf-8")
+        document = _parse_body(buf[body_start:end_ls])
     except UnicodeDecodeError as exc:
         return bad(f"not UTF-8 (byte {base + body_start + exc.start})")
-    try:
-        document = json.loads(body_text)
     except (json.JSONDecodeError, RecursionError) as exc:
         return bad(f"JSON does not parse: {getattr(exc, 'msg', 'too deeply nested')}")
+    except ValueError as exc:
+        return bad(f"JSON does not parse: {exc}")
     if not isinstance(document, dict):
         return bad("JSON body is not an object")
     footer = document.get("FETCH_FOOTER")
@@ -196,9 +202,25 @@ def _read_record(
         instant=instant,
         day=day_of(instant, tz),
         matches=matches,
-        document=document,
+        document=document if keep_documents else None,
         time_source=source,
+        body=(base + body_start, base + end_ls),
     )
+
+
+def _parse_body(body: bytes) -> Any:
+    """The body's JSON: orjson (fast, strict) first; where it refuses, the standard library has
+    the last word, since orjson also refuses integers beyond 64 bits, which are JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    return json.loads(body.decode("utf-8"), parse_constant=_not_json)
+
+
+def _not_json(name: str) -> Any:
+    # Python's json takes NaN and Infinity; JSON (and every strict reader of the day) does not.
+    raise ValueError(f"{name} is not JSON")
 
 
 def _show(value: object, limit: int = 40) -> str:

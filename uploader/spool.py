@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import AlreadyRunning, SpoolError, UnreadableBatch
 
-__all__ = ["ArchivePolicy", "ArchiveSummary", "BatchHeader", "encode_fetches", "Batch", "CutJournal", "QuarantineItem", "Spool", "SpooledBatch", "atomic_write"]
+__all__ = ["ArchivePolicy", "ArchiveSummary", "BatchHeader", "encode_fetches", "fetch_data_of", "Batch", "CutJournal", "QuarantineItem", "Spool", "SpooledBatch", "atomic_write"]
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +63,34 @@ class Batch:
     ``batch_id`` is a digest of the exact bytes cut, so cutting the same bytes again (after a
     crash) yields the same id, and the daily document can refuse to store it twice.
 
-    On disk (``to_json``): a one-line JSON header, a newline, then ``fetch_data``, the fetches
-    already encoded as the day document stores them, so an append copies bytes from spool files
-    into the upload without parsing them. Files of the older one-JSON-object form still load.
+    ``fetch_data`` is the batch's fetches as one JSON array on one line, exactly the bytes the
+    day document stores; the cut makes it from the records' own bytes (never re-encoded), and
+    an append copies it from the spool file unparsed. ``fetches`` parses it, for those that
+    need the objects (repair, tests). On disk (``to_json``): a one-line JSON header, a newline,
+    then ``fetch_data``. Files of the older one-JSON-object form still load.
     """
 
     batch_id: str
     seq: int
     day: date
     cut_at: str
-    fetches: list[dict[str, Any]]
+    fetch_data: bytes
     matches: int
+    fetch_count: int
     fetch_ids: list[str] = field(default_factory=list)
 
-    @property
-    def fetch_count(self) -> int:
-        return len(self.fetches)
+    @classmethod
+    def of(
+        cls, batch_id: str, seq: int, day: date, cut_at: str, fetches: list[dict[str, Any]], matches: int,
+        fetch_ids: list[str] | None = None,
+    ) -> Batch:
+        """A batch of parsed fetches (encoded here)."""
+        return cls(batch_id, seq, day, cut_at, encode_fetches(fetches), matches, len(fetches), list(fetch_ids or []))
 
     @cached_property
-    def fetch_data(self) -> bytes:
-        return encode_fetches(self.fetches)
+    def fetches(self) -> list[dict[str, Any]]:
+        parsed: list[dict[str, Any]] = json.loads(self.fetch_data)
+        return parsed
 
     @property
     def header(self) -> BatchHeader:
@@ -103,16 +111,29 @@ class Batch:
     def from_json(cls, data: bytes) -> Batch:
         first, newline, rest = data.partition(b"\n")
         d = json.loads(first)
-        fetches = json.loads(rest) if newline and d.get("format") == 2 else d["fetches"]
+        if newline and d.get("format") == 2:
+            fetch_data, count = rest, d["fetch_count"]
+        else:
+            fetch_data, count = encode_fetches(d["fetches"]), len(d["fetches"])
         return cls(
             batch_id=d["batch_id"],
             seq=d["seq"],
             day=date.fromisoformat(d["day"]),
             cut_at=d["cut_at"],
-            fetches=fetches,
+            fetch_data=fetch_data,
             matches=d["matches"],
+            fetch_count=count,
             fetch_ids=d.get("fetch_ids", []),
         )
+
+
+def fetch_data_of(bodies: list[bytes]) -> bytes:
+    """Record bodies (each a JSON object, as the pipeline wrote it) as a one-line JSON array.
+
+    A newline can only be whitespace between tokens in valid JSON (a string cannot hold a raw
+    one), so turning each into a space keeps every value intact and the array on one line.
+    """
+    return b"[" + b",".join(b.strip().replace(b"\r", b" ").replace(b"\n", b" ") for b in bodies) + b"]"
 
 
 @dataclass(frozen=True)
@@ -370,20 +391,51 @@ class Spool:
 
     # -- batches ---------------------------------------------------------------------------
 
+    def stage(self, batches: list[Batch], quarantined: list[QuarantineItem]) -> list[str]:
+        """Write batches and quarantined bytes under pending names that uploads ignore (``commit``
+        makes them visible); return the names. Durable on return.
+
+        Every file is written first and all are fsynced after, so the filesystem commits them
+        together rather than one fsync after another. No temporary name is needed: a pending
+        file is never listed in a journal before it is whole and durable, and recovery
+        discards any other.
+        """
+        files: list[tuple[str, bytes]] = []
+        for b in batches:
+            files.append((f"batches/{b.seq:012d}-{b.day.isoformat()}-{b.batch_id}.json", b.to_json()))
+        for q in quarantined:
+            meta = {"reason": q.reason, "offset": q.offset, "detected_at": q.detected_at,
+                    "day": q.day.isoformat() if q.day else None, "bytes": len(q.raw)}
+            files += [(f"quarantine/{q.name}.json", json.dumps(meta).encode()), (f"quarantine/{q.name}.bin", q.raw)]
+        fds = []
+        try:
+            for name, data in files:
+                fds.append(self._write_pending(self.root / (name + PENDING), data))
+            for fd in fds:
+                os.fsync(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return [name for name, _ in files]
+
     def stage_batch(self, batch: Batch) -> str:
-        """Write a batch under a pending name that uploads ignore; ``commit`` makes it visible."""
-        name = f"batches/{batch.seq:012d}-{batch.day.isoformat()}-{batch.batch_id}.json"
-        atomic_write(self.root / (name + PENDING), batch.to_json(), sync_dir=False)
+        """One batch, staged on its own (see ``stage``)."""
+        [name] = self.stage([batch], [])
         return name
 
-    def stage_quarantine(self, item: QuarantineItem) -> list[str]:
-        """Write quarantined bytes verbatim (``.bin``) and why (``.json``), pending like batches."""
-        meta = {"reason": item.reason, "offset": item.offset, "detected_at": item.detected_at,
-                "day": item.day.isoformat() if item.day else None, "bytes": len(item.raw)}
-        names = [f"quarantine/{item.name}.json", f"quarantine/{item.name}.bin"]
-        atomic_write(self.root / (names[0] + PENDING), json.dumps(meta).encode(), sync_dir=False)
-        atomic_write(self.root / (names[1] + PENDING), item.raw, sync_dir=False)
-        return names
+    @staticmethod
+    def _write_pending(path: Path, data: bytes) -> int:
+        """Write ``data`` as ``path`` (mode 0600) and return the open descriptor, not yet fsynced."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)  # a full disk must not keep half a file
+            raise
+        return fd
 
     def sync_names(self) -> None:
         """Make file names in the batch and quarantine folders durable (their contents are).

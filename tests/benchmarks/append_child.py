@@ -34,7 +34,7 @@ def batch_of(day: date, fetch_size: int, tag: str) -> Batch:
          "FETCH_FOOTER": {"total_matches": 5, "pipeline_duration": 1.0}}
         for i in range(10)
     ]
-    return Batch(batch_id=hashlib.sha256(tag.encode()).hexdigest()[:32], seq=1_000_000, day=day,
+    return Batch.of(batch_id=hashlib.sha256(tag.encode()).hexdigest()[:32], seq=1_000_000, day=day,
                  cut_at="07/10/2025 04:15:00 PM EDT", fetches=fetches, matches=50,
                  fetch_ids=[f"{tag}-{i}" for i in range(10)])
 

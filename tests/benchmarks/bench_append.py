@@ -64,7 +64,7 @@ def build_day(size_mib: int) -> bytes:
     per_fetch = (size_mib * _MIB // uploads) // 10 - 200
     filler = "x" * per_fetch  # one shared string: building 512 MiB takes seconds, not minutes
     batches = [
-        Batch(batch_id=hashlib.sha256(f"old-{u}".encode()).hexdigest()[:32], seq=u, day=day,
+        Batch.of(batch_id=hashlib.sha256(f"old-{u}".encode()).hexdigest()[:32], seq=u, day=day,
               cut_at="07/10/2025 04:15:00 PM EDT",
               fetches=[{"FETCH_HEADER": {"fetch_id": f"old-{u}-{i}"}, "RAW_API_DATA": {"filler": filler},
                         "FETCH_FOOTER": {"total_matches": 5}} for i in range(10)],

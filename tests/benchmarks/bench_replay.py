@@ -53,7 +53,7 @@ def fill_spool(root: Path, batches: int, fetch_size: int) -> None:
     names = []
     for b, seq in enumerate(seqs):
         ids = [f"rp{b:05d}-{i}" for i in range(10)]
-        names.append(spool.stage_batch(Batch(
+        names.append(spool.stage_batch(Batch.of(
             batch_id=hashlib.sha256(f"replay-{b}".encode()).hexdigest()[:32], seq=seq, day=day,
             cut_at="07/10/2025 04:15:00 PM EDT",
             fetches=[{"FETCH_HEADER": {"fetch_id": fid}, "RAW_API_DATA": raws[i],
