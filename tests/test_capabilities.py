@@ -121,6 +121,26 @@ def test_the_writer_tidies_only_old_leftovers(tmp_path: Path, s3_server: S3Serve
     assert s3_server.keys(bucket) == ["logs/.uploader-check/probe-young-1-src"]
 
 
+def test_a_starting_writer_aborts_dead_appends_at_once(tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
+    """Just after taking the lock, the writer aborts every unfinished upload of a document,
+    however young: it can only be a killed predecessor's, and on Ceph RGW each holds a copy of
+    the day until aborted (a chaos run filled the OSD with them). A young probe upload may be a
+    running `uploader check`'s: kept."""
+    from uploader.spool import Spool
+    from uploader.status import StatusFile
+    from uploader.upload import Uploader
+
+    admin = s3_server.admin
+    dead = admin.create_multipart_upload(Bucket=bucket, Key="logs/all_api_json_log_2025-07-10.json")["UploadId"]
+    probing = admin.create_multipart_upload(Bucket=bucket, Key="logs/.uploader-check/probe-young-2-mp")["UploadId"]
+    uploader = Uploader(Spool(tmp_path / "spool"), make_s3_store(s3_server, bucket), "logs", pytz.utc,
+                        StatusFile(tmp_path / "status.json"), 60)
+    assert uploader.tidy(writer_started=True)
+    left = [u["UploadId"] for u in admin.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert dead not in left
+    assert (probing in left) == (s3_server.name == "ceph")  # moto dates every upload 2010
+
+
 def test_passing_faults_never_make_a_wrong_finding(s3_server: S3Server, bucket: str) -> None:
     """Probing through a proxy that faults 15% of requests (5xx, or a reset before or after the
     server acted): each probe raises StoreUnavailable, or is unsure, or finds exactly what the

@@ -68,7 +68,8 @@ class Service:
         self._worker = threading.Thread(target=self._work_loop, name="upload-worker", daemon=True)
         self._resources = ExitStack()
         self._closed_through: date | None = None
-        # A start costs no request: leftovers of a killed predecessor are too young to remove yet.
+        # A killed predecessor's unfinished appends go first (one listing); the rest once a day.
+        self._tidy_at_start = True
         self._next_tidy = time.monotonic() + LEFTOVER_AGE_S
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -195,6 +196,8 @@ class Service:
             if self._stopping.is_set():
                 break
             try:
+                if self._tidy_at_start:
+                    self._tidy_at_start = not self.uploader.tidy(writer_started=True)
                 self.uploader.drain()
                 self.uploader.upload_quarantine()
                 if time.monotonic() >= self._next_tidy:

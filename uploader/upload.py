@@ -231,18 +231,22 @@ class Uploader:
             sent += 1
         return sent
 
-    def tidy(self) -> None:
-        """Remove what killed probes and appends left in the bucket (run by the prefix's writer).
+    def tidy(self, writer_started: bool = False) -> bool:
+        """Remove what killed probes and appends left in the bucket (run by the prefix's writer);
+        ``writer_started``: just after taking the single-writer lock (see
+        ``Store.remove_leftovers``). Return whether it could.
 
-        A failure only postpones it: nothing depends on it but the bucket's bill.
+        A failure only postpones it: nothing depends on it but the bucket's bill and quota (a
+        killed append's parts hold a copy of the day until aborted).
         """
         try:
-            removed = self.store.remove_leftovers(older_than_s=LEFTOVER_AGE_S)
+            removed = self.store.remove_leftovers(older_than_s=LEFTOVER_AGE_S, writer_started=writer_started)
         except StoreError as exc:
             log.info("leftovers_kept error=%s (tried again later)", exc)
-            return
+            return False
         if removed:
             log.info("leftovers_removed count=%d first=%s", len(removed), removed[0])
+        return True
 
     def close_days(self, days: list[date]) -> list[date]:
         """Close each day whose batches are all uploaded; return the days closed."""

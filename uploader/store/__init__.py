@@ -139,11 +139,15 @@ class Store(Protocol):
         """
         ...
 
-    def remove_leftovers(self, older_than_s: float = 0.0, uploads: bool = True) -> builtins.list[str]:
+    def remove_leftovers(
+        self, older_than_s: float = 0.0, uploads: bool = True, *, writer_started: bool = False
+    ) -> builtins.list[str]:
         """Remove what interrupted work left under the prefix: objects of killed probes and
         checks at least ``older_than_s`` old and, with ``uploads``, unfinished multipart uploads
         on S3 (a killed append's parts take space until aborted; only the prefix's one writer
-        may call this with ``uploads``). Return what was removed."""
+        may call this with ``uploads``). ``writer_started``: the caller has just taken the
+        single-writer lock, so an unfinished upload of anything but a probe is a dead writer's
+        whatever its age. Return what was removed."""
         ...
 
     def describe(self) -> str:

@@ -54,7 +54,9 @@ class DirectoryStore:
     def capabilities(self, refresh: bool = False) -> Capabilities:
         return FULL_CAPABILITIES
 
-    def remove_leftovers(self, older_than_s: float = 0.0, uploads: bool = True) -> list[str]:
+    def remove_leftovers(
+        self, older_than_s: float = 0.0, uploads: bool = True, *, writer_started: bool = False
+    ) -> list[str]:
         # Only `uploader check` writes here (a killed check can leave its round-trip object).
         cutoff = time.time() - older_than_s
         removed = []

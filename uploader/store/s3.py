@@ -332,7 +332,9 @@ class S3Store:
                     return remembered
             return self._probe()
 
-    def remove_leftovers(self, older_than_s: float = 0.0, uploads: bool = True) -> builtins.list[str]:
+    def remove_leftovers(
+        self, older_than_s: float = 0.0, uploads: bool = True, *, writer_started: bool = False
+    ) -> builtins.list[str]:
         cutoff = datetime.now(UTC).timestamp() - older_than_s
         removed: builtins.list[str] = []
         for key, modified in self._list(self.probe_prefix + "/"):
@@ -347,8 +349,10 @@ class S3Store:
             unfinished = [u for page in pages for u in page.get("Uploads", [])]
         for u in unfinished:
             # Not every server dates uploads truly (moto says 2010): the age is a second guard, the
-            # caller being the prefix's only writer (or it not running) is the first.
-            if u["Initiated"].timestamp() <= cutoff:
+            # caller being the prefix's only writer (or it not running) is the first. A probe's
+            # upload may be a running `uploader check`'s, so only its age can tell.
+            dead = writer_started and not u["Key"].startswith(self.probe_prefix + "/")
+            if dead or u["Initiated"].timestamp() <= cutoff:
                 self._abort(u["Key"], u["UploadId"])
                 removed.append(f"{u['Key']} (unfinished multipart upload)")
         return removed
