@@ -42,6 +42,7 @@ __all__ = [
     "BenchError",
     "BenchServer",
     "CountingProxy",
+    "Measured",
     "OsdWatch",
     "Row",
     "Section",
@@ -51,11 +52,13 @@ __all__ = [
     "make_raw",
     "percentile",
     "record_size",
+    "run_measured",
     "seed_env",
     "start_ceph",
     "start_moto",
     "today",
     "verify_day",
+    "verify_day_streamed",
     "vm_hwm_kib",
     "write_config",
 ]
@@ -463,6 +466,49 @@ class UploaderProcess:
             raise BenchError("uploader run did not exit within the timeout after SIGTERM") from None
 
 
+# Spawns the command given in argv[2:] with stdout and stderr into the file argv[1], waits for it,
+# and prints its wall time, exit code and peak RSS. A small process of its own: the peak RSS the
+# kernel reports for a child (ru_maxrss) includes that of the process it was spawned from.
+_LAUNCH = (
+    "import json, os, sys, time\n"
+    "out = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
+    "started = time.perf_counter()\n"
+    "pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ, file_actions=[\n"
+    "    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),\n"
+    "    (os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, out, 2)])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "print(json.dumps({'seconds': time.perf_counter() - started, 'hwm_kib': usage.ru_maxrss,\n"
+    "                  'code': os.waitstatus_to_exitcode(status)}), flush=True)\n"
+)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A one-shot command's run: exit code, wall time, peak RSS (its own) and what it printed."""
+
+    code: int
+    seconds: float
+    hwm_kib: int
+    output: str
+
+
+def run_measured(args: list[str], output: Path, timeout: float = 3600.0) -> Measured:
+    """Run ``python args`` (e.g. ``["-m", "uploader.cli", "replay", ...]``) from the repo, measured.
+
+    The command starts from a small launcher process, so its peak RSS is its own and not the
+    bench's; its stdout and stderr go to ``output`` (read back into ``Measured.output``). The
+    wall time includes starting Python and importing the uploader, as a person running it sees.
+    """
+    done = subprocess.run([sys.executable, "-c", _LAUNCH, str(output), sys.executable, *args],
+                          env=bench_env(), cwd=str(ROOT), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise BenchError(f"the launcher of {args[:3]} failed: {done.stderr.strip()[-300:]}")
+    result = json.loads(done.stdout)
+    return Measured(result["code"], result["seconds"], result["hwm_kib"],
+                    output.read_text(encoding="utf-8", errors="replace"))
+
+
 @contextmanager
 def running_uploader(config: Path) -> Iterator[UploaderProcess]:
     """Start ``uploader run``, wait until it serves, and stop it (SIGTERM, exit 0) afterwards."""
@@ -510,3 +556,59 @@ def verify_day(admin: Any, bucket: str, key: str, uploads: int, fetches: int) ->
     if problems:
         raise BenchError(f"{key} failed verification: " + "; ".join(problems[:5]))
     return doc
+
+
+def _lines(read: Callable[[int], bytes], chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The lines of a stream, without their newlines."""
+    buf = b""
+    while data := read(chunk):
+        buf += data
+        start = 0
+        while (nl := buf.find(b"\n", start)) >= 0:
+            yield buf[start:nl]
+            start = nl + 1
+        buf = buf[start:]
+    if buf:
+        yield buf
+
+
+def verify_day_streamed(admin: Any, bucket: str, key: str, day: date, uploads: int, fetches: int) -> int:
+    """``verify_day`` for documents too big to load: checked line by line as they stream.
+
+    The project writes one upload per line (``daily.serialize``), so each line is parsed on its
+    own (the C decoder, many times faster than an event-by-event parse) and fed to
+    ``daily.Verifier``; the lines around them must be the layout's. Returns the size in bytes.
+    """
+    r = admin.get_object(Bucket=bucket, Key=key)
+    checker = daily.Verifier()
+    problems: list[str] = []
+    trailer: list[bytes] = []
+    try:
+        lines = _lines(r["Body"].read)
+        if next(lines, b"") != daily.HEAD:
+            raise BenchError(f"{key} does not start with the layout's first line")
+        last_comma = True
+        for line in lines:
+            if trailer or line == b"],":
+                trailer.append(line)
+                continue
+            if not last_comma:
+                problems.append(f"no comma after upload {checker.uploads}")
+            last_comma = line.endswith(b",")
+            checker.add(json.loads(line[:-1] if last_comma else line))
+    finally:
+        r["Body"].close()
+    if last_comma and checker.uploads:
+        problems.append("a comma after the last upload")
+    try:
+        meta = json.loads(b"{" + b"\n".join(trailer[1:]))["daily_metadata"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"{key}: its daily_metadata does not parse: {exc}") from None
+    problems += checker.finish(meta, r.get("Metadata", {}), day)
+    if checker.uploads != uploads:
+        problems.append(f"{checker.uploads} uploads, expected {uploads}")
+    if checker.fetches != fetches:
+        problems.append(f"{checker.fetches} fetches, expected {fetches}")
+    if problems:
+        raise BenchError(f"{key} failed verification: " + "; ".join(problems[:5]))
+    return int(r["ContentLength"])

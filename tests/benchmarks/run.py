@@ -3,6 +3,7 @@
 
     .venv/bin/python tests/benchmarks/run.py                      # everything, both servers
     .venv/bin/python tests/benchmarks/run.py --server moto --only append --sizes 1,16
+    .venv/bin/python tests/benchmarks/run.py --only backlog --backlog-mib 32,64 --output /tmp/bench.md  # a trial
     python -m tests.benchmarks.run --help                         # the same, from the repo root
 
 Each server is started once per run (``tests/s3servers.py``): moto, and a private Ceph RGW
@@ -34,6 +35,8 @@ if __package__ in (None, ""):  # run as a script: import the repo's packages, no
 
 from tests.benchmarks import (
     bench_append,
+    bench_backlog,
+    bench_export,
     bench_idle,
     bench_latency,
     bench_replay,
@@ -54,7 +57,7 @@ from tests.s3servers import ServerUnavailable, ceph_missing
 
 log = logging.getLogger("bench")
 
-NAMES = ("writer", "latency", "append", "throughput", "replay", "idle")
+NAMES = ("writer", "latency", "append", "throughput", "replay", "idle", "backlog", "export")
 MOTO_ONLY = {"idle": "an idle service sends the server nothing, so the server cannot change this figure"}
 _GIB = 1 << 30
 
@@ -249,8 +252,10 @@ def write_report(path: Path, results: list[Result], servers: list[BenchServer], 
         (f"This run took {total / 60:.1f} minutes. Options: `--server moto|ceph|both` (default "
          f"both), `--only NAME[,NAME]` ({', '.join(NAMES)}), `--sizes 1,16,128,512` and "
          "`--ceph-sizes` (day sizes of the append benchmark per server), `--ceph-memstore-gib`, "
-         "`--throughput-seconds`, `--idle-seconds`, `--latency-batches`, "
-         "`--replay-single-batches`; `--help` lists them. With `--server both` a machine that "
+         "`--throughput-seconds`, `--throughput-rate` (fetches/s of the paced writer), "
+         "`--idle-seconds`, `--latency-batches`, `--replay-single-batches`, `--backlog-mib 256,1024` "
+         "(backlog sizes replayed), `--export-mib`, `--output` (the report's path, `-` for none); "
+         "`--help` lists them. With `--server both` a machine that "
          "cannot start Ceph still gets the moto figures, with a warning at the top of the report; "
          "`--server ceph` fails instead."),
         "",
@@ -298,12 +303,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ceph-memstore-gib", type=float, default=6.0,
                    help="RAM the Ceph OSD may hold (memstore); replaced objects wait for RGW's "
                         "garbage collection, so large days need several times their size")
-    p.add_argument("--throughput-seconds", type=float, default=60.0)
+    p.add_argument("--throughput-seconds", type=float, default=60.0,
+                   help="length of each throughput window (flat out, then paced)")
+    p.add_argument("--throughput-rate", type=float, default=bench_throughput.DEFAULT_RATE,
+                   help="fetches/s of the paced throughput writer (50 KiB each; default %(default)s)")
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument("--latency-batches", type=int, default=250)
     p.add_argument("--replay-batches", type=int, default=1000)
     p.add_argument("--replay-single-batches", type=int, default=150,
                    help="batches replayed one append per batch (1000 takes ~8 minutes on moto)")
+    p.add_argument("--backlog-mib", default=",".join(map(str, bench_backlog.DEFAULT_SIZES_MIB)),
+                   help="MiB of spooled batches replayed by the backlog benchmark, one run per size")
+    p.add_argument("--export-mib", type=int, default=bench_export.DEFAULT_SIZE_MIB,
+                   help="size of the day document the export benchmark exports")
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "BENCHMARKS.md",
                    help="where to write the report ('-' to skip)")
     args = p.parse_args(argv)
@@ -315,15 +327,19 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"moto": tuple(int(s) for s in args.sizes.split(",")),
              "ceph": tuple(int(s) for s in args.ceph_sizes.split(","))}
     memstore = int(args.ceph_memstore_gib * _GIB)
+    backlog_mib = tuple(int(s) for s in args.backlog_mib.split(","))
 
     runs: dict[str, Callable[[BenchServer], Section]] = {
         "writer": lambda s: bench_writer.run(s),
         "latency": lambda s: bench_latency.run(s, batches=args.latency_batches),
         "append": lambda s: bench_append.run(s, sizes_mib=sizes[s.name]),
-        "throughput": lambda s: bench_throughput.run(s, duration=args.throughput_seconds),
+        "throughput": lambda s: bench_throughput.run(s, duration=args.throughput_seconds,
+                                                     rate=args.throughput_rate),
         "replay": lambda s: bench_replay.run(s, batches=args.replay_batches,
                                              single_batches=args.replay_single_batches),
         "idle": lambda s: bench_idle.run(s, seconds=args.idle_seconds),
+        "backlog": lambda s: bench_backlog.run(s, sizes_mib=backlog_mib),
+        "export": lambda s: bench_export.run(s, size_mib=args.export_mib),
     }
     load = {"start": loadavg()}
     busy = {"start": background()}
