@@ -44,6 +44,7 @@ def test_checksum_mode_defaults_by_endpoint(tmp_path):
         ("[watch]\nbatch_size = true\n", "watch.batch_size: must be an integer"),
         ('[day]\ntimezone = "Mars/Olympus"\n', "day.timezone: unknown time zone"),
         ('[day]\nclose_out_at = "25:00"\n', "day.close_out_at: not a time of day"),
+        ('[day]\nclose_out_at = "00:00:30+02:00"\n', "day.close_out_at: not a time of day"),
         ("[spool]\nretry_interval_s = 0\n", "spool.retry_interval_s: must be greater than 0"),
         ('[storage]\nbackend = "ftp"\n', "storage.backend: unknown backend"),
         ('[storage.s3]\nendpoint_url = "http://objects.example.com"\n', "plain http to a non-loopback host"),

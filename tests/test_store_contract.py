@@ -227,3 +227,15 @@ def test_s3_errors_are_translated_at_the_boundary(code: str, status: int, expect
         raise error
     assert info.value.__cause__ is error
     assert expected is ObjectNotFound or code in str(info.value)
+
+
+def test_parts_have_no_empty_tail() -> None:
+    """A body that fills its last part exactly gets no empty part after it (a single part of
+    exactly PART_SIZE stays one PUT); only an empty body is one empty part."""
+    from uploader.store.s3 import _in_parts
+
+    assert list(_in_parts([b"ab", b"cd"], 4)) == [b"abcd"]
+    assert list(_in_parts([b"ab", b"cd", b"e", b""], 4)) == [b"abcd", b"e"]
+    assert list(_in_parts([b"abcdef", b""], 4)) == [b"abcdef"]
+    assert list(_in_parts([], 4)) == [b""]
+    assert list(_in_parts([b""], 4)) == [b""]

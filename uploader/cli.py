@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TextIO
 
 import pytz
 
+from . import __version__
 from .config import Config, default_config_path, load_config
 from .errors import ConfigError, ObjectNotFound, StoreError, UploaderError
 
@@ -402,6 +403,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="uploader", description="all_api uploader")
+    parser.add_argument("--version", action="version", version=f"uploader {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:

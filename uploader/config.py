@@ -366,6 +366,9 @@ def _apply_schema(raw: dict[str, Any], schema: dict[str, Any], where: str) -> di
 
 def _parse_time(name: str, text: str) -> time:
     try:
-        return time.fromisoformat(text)
+        value = time.fromisoformat(text)
     except ValueError:
-        raise ConfigError(name, f"not a time of day: {text!r}", 'use HH:MM:SS, e.g. "00:00:30"') from None
+        value = None
+    if value is None or value.tzinfo is not None:  # the zone is [day] timezone's, never an offset
+        raise ConfigError(name, f"not a time of day: {text!r}", 'use HH:MM:SS, e.g. "00:00:30"')
+    return value

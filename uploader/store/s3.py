@@ -497,16 +497,18 @@ class _Reading(io.RawIOBase):
 
 
 def _in_parts(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """The pieces joined into parts of at least ``size`` bytes (the last may be smaller, or empty)."""
+    """The pieces joined into parts of at least ``size`` bytes; the last may be smaller, and is
+    empty only when there are no bytes at all (an empty object is still one part)."""
     buffer: list[bytes] = []
     held = 0
+    yielded = False
     for piece in pieces:
         buffer.append(piece)
         held += len(piece)
         if held >= size:
             yield b"".join(buffer)
-            buffer, held = [], 0
-    if buffer or held == 0:
+            buffer, held, yielded = [], 0, True
+    if held or not yielded:
         yield b"".join(buffer)
 
 
