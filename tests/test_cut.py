@@ -255,3 +255,23 @@ def test_nan_and_infinity_are_quarantined_not_stored() -> None:
            f"=== FETCH END: n | {stamp} ===\n").encode()
     [item] = scan(rec, NY, DAY1).items
     assert isinstance(item, Malformed) and "NaN is not JSON" in item.reason
+
+
+def test_a_quarantine_file_whose_note_is_broken_still_goes_out(tmp_path: Path) -> None:
+    """A .bin whose .json note is missing or corrupt (a crash, a hand edit) is shipped with a
+    reason saying so, instead of stopping every pass of the upload worker."""
+    from uploader.spool import QuarantineItem, Spool
+
+    spool = Spool(tmp_path / "spool")
+    items = [QuarantineItem(f"00000000000{i}-0-abc", b"junk %d" % i, "garbage between records", 0,
+                            "07/10/2025 12:00:00 PM EDT", None) for i in (1, 2)]
+    spool.commit(spool.stage([], items))
+    (spool.quarantine_dir / f"{items[0].name}.json").write_bytes(b"{not json")
+    (spool.quarantine_dir / f"{items[1].name}.json").unlink()
+    pending = spool.pending_quarantine()
+    assert [i.raw for i, _ in pending] == [b"junk 1", b"junk 2"]
+    assert all(i.reason.startswith("note unreadable") for i, _ in pending)
+    for _, path in pending:
+        spool.mark_quarantine_sent(path)
+    assert spool.pending_quarantine() == []
+    assert sorted(p.name for p in spool.sent_dir.glob("*.bin")) == [f"{i.name}.bin" for i in items]

@@ -214,6 +214,9 @@ def test_status_reports_spool_and_today(tmp_path):
     report = json.loads(res.stdout)
     assert report["spool_depth"] == 2 and sum(report["pending_per_day"].values()) == 2
     assert report["service_running"] is False
+    zero = {"total_uploads_today": 0, "total_fetches_today": 0, "total_matches_today": 0,
+            "last_upload": None, "closed": False}
+    assert report["today"] == {"date": report["today"]["date"], **zero}
     text = uploader("status", "--config", str(config))
     assert "2 batch(es) pending" in text.stdout
     env = dict(os.environ, UPLOADER_CONFIG=str(config))

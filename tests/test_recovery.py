@@ -232,9 +232,15 @@ def test_archive_pruning_by_age_never_touches_a_pending_batch(tmp_path: Path) ->
     now = 1_800_000_000.0
     spool = _spool_with(tmp_path, [(1, now - 9 * 86400), (2, now - 8 * 86400), (3, now - 86400)],
                         pending=[(4, now - 30 * 86400)])
+    old_sent, new_sent = spool.sent_dir / "q-old.bin", spool.sent_dir / "q-new.bin"
+    waiting = spool.quarantine_dir / "q-w.bin"
+    for path, age in ((old_sent, 9 * 86400), (new_sent, 86400), (waiting, 30 * 86400)):
+        path.write_bytes(b"junk")
+        os.utime(path, (now - age, now - age))
     kept = spool.prune_archive(now, max_age_s=7 * 86400, max_bytes=1 << 30)
     assert [e.seq for e in spool.archived_batches()] == [3] and kept.batches == 1
     assert [e.seq for e in spool.pending_batches()] == [4]
+    assert (old_sent.exists(), new_sent.exists(), waiting.exists()) == (False, True, True)
 
 
 def test_archive_pruning_by_size_drops_the_oldest_first(tmp_path: Path) -> None:

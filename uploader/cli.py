@@ -152,7 +152,10 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     problems = bool(report["retrying"])
     try:
         info = open_store(config.storage).head(daily.day_key(config.storage.prefix, today))
-        report["today"].update(daily.counters_from_user_metadata(info.metadata) if info else {"uploads": 0})
+        # The same fields whether or not the document exists yet (a day starts at zero).
+        counters = daily.counters_from_user_metadata(info.metadata if info else {})
+        counters.pop("date")  # the key's day; a document without our metadata would say null
+        report["today"].update(counters)
     except StoreError as exc:
         report["today"]["error"] = str(exc)
         problems = True
@@ -360,12 +363,11 @@ def cmd_repair(config: Config, args: argparse.Namespace) -> int:
         if args.dry_run:
             print("repair: dry run; nothing written")
             return EXIT_OK
-        caps = store.capabilities()
         body = daily.serialize(plan.document)
         try:
+            # Conditional like an append: the store checks by HEAD where the server would not.
             store.put(key, body, daily.user_metadata(plan.document["daily_metadata"]),
-                      if_match=etag if caps.conditional_put else None,
-                      if_none_match=caps.conditional_put and etag is None)
+                      if_match=etag, if_none_match=etag is None)
         except PreconditionFailed:
             print(f"repair: {key} changed while it was being repaired; nothing was overwritten. "
                   f"Try: stop whatever else writes to this bucket prefix, then run repair again", file=sys.stderr)

@@ -288,7 +288,8 @@ class FetchWriter:
         fetch_id = fetch_id or uuid.uuid4().hex[:12]
         instant = now or datetime.now(pytz.utc)
         document = {
-            "FETCH_HEADER": {"fetch_id": fetch_id, "timestamp": format_stamp(instant, self.tz), **(header or {})},
+            # The markers' id and time win: a header saying otherwise would contradict them.
+            "FETCH_HEADER": {**(header or {}), "fetch_id": fetch_id, "timestamp": format_stamp(instant, self.tz)},
             "RAW_API_DATA": raw_api_data,
             "FETCH_FOOTER": {**(footer or {}), "total_matches": total_matches},
         }

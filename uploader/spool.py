@@ -253,6 +253,13 @@ class CutJournal:
         return cls(**d)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    # os.write may write less than asked (a signal, a nearly full disk): go on until done.
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def atomic_write(
     path: Path, data: bytes, mode: int = FILE_MODE, sync_dir: bool = True, durable: bool = True
 ) -> None:
@@ -265,9 +272,7 @@ def atomic_write(
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
@@ -428,9 +433,7 @@ class Spool:
         """Write ``data`` as ``path`` (mode 0600) and return the open descriptor, not yet fsynced."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)  # a full disk must not keep half a file
@@ -498,8 +501,8 @@ class Spool:
 
     def prune_archive(self, now: float, max_age_s: float, max_bytes: int) -> ArchiveSummary:
         """Drop archived batches uploaded more than ``max_age_s`` ago, then the oldest until the
-        archive holds at most ``max_bytes``. Only the archive is looked at: a batch not yet
-        uploaded is never in it."""
+        archive holds at most ``max_bytes``; and sent quarantine files older than ``max_age_s``.
+        Only the archive and ``quarantine/sent`` are looked at: nothing waiting is in them."""
         kept: list[tuple[float, int, int, SpooledBatch]] = []
         for e in self.archived_batches():
             try:
@@ -516,6 +519,12 @@ class Spool:
             _, _, size, e = kept.pop(0)
             e.path.unlink(missing_ok=True)
             total -= size
+        for sent in self.sent_dir.iterdir():  # quarantine already in the bucket: the same age rule
+            try:
+                if now - sent.stat().st_mtime > max_age_s:
+                    sent.unlink()
+            except FileNotFoundError:
+                continue
         days = [k[3].day for k in kept]
         return ArchiveSummary(len(kept), total, min(days, default=None), max(days, default=None))
 
@@ -536,18 +545,25 @@ class Spool:
     def pending_quarantine(self) -> list[tuple[QuarantineItem, Path]]:
         out = []
         for p in sorted(self.quarantine_dir.glob("*.bin")):
-            meta = json.loads(p.with_suffix(".json").read_bytes())
-            item = QuarantineItem(
-                name=p.stem, raw=p.read_bytes(), reason=meta["reason"], offset=meta["offset"],
-                detected_at=meta["detected_at"], day=date.fromisoformat(meta["day"]) if meta["day"] else None,
-            )
+            try:
+                meta = json.loads(p.with_suffix(".json").read_bytes())
+                item = QuarantineItem(
+                    name=p.stem, raw=p.read_bytes(), reason=meta["reason"], offset=meta["offset"],
+                    detected_at=meta["detected_at"], day=date.fromisoformat(meta["day"]) if meta["day"] else None,
+                )
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                # The bytes matter, their note less: ship them without it rather than stall.
+                log.warning("quarantine_note_unreadable name=%s error=%s (sent without it)", p.stem, exc)
+                item = QuarantineItem(name=p.stem, raw=p.read_bytes(), reason=f"note unreadable: {exc}",
+                                      offset=-1, detected_at="", day=None)
             out.append((item, p))
         return out
 
     def mark_quarantine_sent(self, path: Path) -> None:
         """Keep the local copy, out of the upload queue."""
         for p in (path, path.with_suffix(".json")):
-            os.replace(p, self.sent_dir / p.name)
+            if p.exists() or p == path:  # the note may be gone (see pending_quarantine)
+                os.replace(p, self.sent_dir / p.name)
         fsync_dir(self.quarantine_dir)
 
     # -- cut journal -----------------------------------------------------------------------

@@ -159,10 +159,12 @@ class Uploader:
             done=[h.batch_id for h in headers],
             opened=[day],
         )
-        log.info(
+        stored_ids = set(result.stored)
+        stored = [h for h in headers if h.batch_id in stored_ids]
+        log.info(  # fetches and matches of the batches stored now; `already` ones were stored before
             "upload day=%s batches=%d fetches=%d matches=%d already=%d path=%s bytes=%d ms=%.1f attempts=%d",
-            day, len(result.stored), fetches, matches, len(result.already), result.path,
-            result.bytes_sent, ms, result.attempts,
+            day, len(stored), sum(h.fetch_count for h in stored), sum(h.matches for h in stored),
+            len(result.already), result.path, result.bytes_sent, ms, result.attempts,
         )
         self.metrics.appended(result, headers, ms / 1000)
         self.metrics.day_document(result.day, result.counters)
