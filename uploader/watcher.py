@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from .cut import CutOutcome, Cutter
@@ -42,13 +50,22 @@ class _Tail:
     partial: bytes = b""  # the start of the line under way at ``offset``
 
 
+# Only what can mean new bytes or another file at the path. Opens and reads (the watcher's own
+# included) must never wake it, or every look at the file causes the next one: a busy loop.
+# Given to the observer, this also narrows the inotify mask, so the kernel does not even queue them.
+WAKE_EVENTS: list[type[FileSystemEvent]] = [
+    FileModifiedEvent, FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent,
+]
+
+
 class _Wake(FileSystemEventHandler):
     def __init__(self, path: Path, wake: Callable[[], None]) -> None:
         self.path = str(path)
         self.wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if self.path in (event.src_path, getattr(event, "dest_path", "")):
+        # Checked here too: observers other than inotify may not narrow what they emit.
+        if isinstance(event, tuple(WAKE_EVENTS)) and self.path in (event.src_path, event.dest_path):
             self.wake()
 
 
@@ -78,7 +95,8 @@ class Watcher:
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._observer.schedule(_Wake(self.path, self.poke), str(self.path.parent), recursive=False)
+        self._observer.schedule(_Wake(self.path, self.poke), str(self.path.parent), recursive=False,
+                                event_filter=WAKE_EVENTS)
         self._observer.start()
         self._thread.start()
         self.poke()

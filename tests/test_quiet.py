@@ -1,0 +1,104 @@
+"""A quiet service costs the box nothing: `uploader run` on an existing file, after writes, then quiet.
+
+This is the state operators are in for most of every day. The CPU figure comes from /proc
+(utime + stime of every thread), so a busy loop cannot pass and a slow machine cannot fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import pytz
+
+from helpers import NY, wait_for, write_config
+from uploader import daily
+from uploader.config import load_config
+from uploader.fetchlog import FetchWriter
+from uploader.store import open_store
+
+QUIET_S = 10.0
+MAX_SHARE = 0.02  # of one core, over the quiet window
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The shipped retry timing: the quiet window then holds what an operator's service does when idle.
+QUIET_SPOOL = {"retry_interval_s": 30, "max_backoff_s": 600}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.fixture(params=["directory", "moto", "ceph"])
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A config on the directory backend, moto or Ceph RGW."""
+    if request.param == "directory":
+        return write_config(tmp_path, spool=QUIET_SPOOL)
+    server = request.getfixturevalue(f"{request.param}_server")
+    return write_config(tmp_path, s3=(server.endpoint, server.new_bucket()), spool=QUIET_SPOOL)
+
+
+def test_a_quiet_service_on_an_existing_file_uses_no_cpu(config: Path, tmp_path: Path) -> None:
+    """Five records already in the file at start, 20 written while it runs (two uploads, five left
+    waiting in the file), then ten seconds of quiet cost under 2% of a core and add no thread or
+    file descriptor; five more afterwards make the third upload."""
+    cfg = load_config(config)
+    cfg.watch.file.parent.mkdir(parents=True)
+    writer = FetchWriter(cfg.watch.file, "America/New_York")
+    for i in range(5):
+        writer.append({"games": ["pre"] * 40}, total_matches=1, fetch_id=f"pre{i}")
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "uploader.cli", "run", "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        lock = cfg.spool.dir / "lock"
+        wait_for(lambda: lock.exists() and lock.read_text().strip() == f"pid {proc.pid}", timeout=30,
+                 what="the service to start")
+        for i in range(20):
+            writer.append({"games": ["x"] * 40}, total_matches=2, fetch_id=f"w{i}")
+        store = open_store(cfg.storage)
+        key = daily.day_key(cfg.storage.prefix, datetime.now(pytz.utc).astimezone(NY).date())
+
+        def uploaded() -> bool:
+            info = store.head(key)
+            return info is not None and info.metadata.get("total-uploads") == "2"
+
+        wait_for(uploaded, timeout=60, what="two uploads in the day document")
+        # The last upload's bookkeeping (archive, status.json) follows its write by a moment.
+        wait_for(lambda: not list((cfg.spool.dir / "batches").glob("*.json")), what="the spool emptied")
+
+        fds, tasks = open_fds(proc.pid), threads(proc.pid)
+        before = cpu_seconds(proc.pid)
+        time.sleep(QUIET_S)  # the measurement window itself: nothing is written meanwhile
+        used = cpu_seconds(proc.pid) - before
+        assert proc.poll() is None, "uploader run exited during the quiet window"
+        assert used < MAX_SHARE * QUIET_S, (
+            f"a quiet `uploader run` used {used:.2f} s of CPU in {QUIET_S:.0f} s "
+            f"({100 * used / QUIET_S:.0f}% of a core); py-spy dump --pid shows where")
+        assert (open_fds(proc.pid), threads(proc.pid)) == (fds, tasks)
+        # Quiet, and still watching: the five records left in the file are cut with the next five.
+        for i in range(5):
+            writer.append({"games": ["y"] * 40}, total_matches=3, fetch_id=f"late{i}")
+        wait_for(lambda: store.head(key).metadata.get("total-uploads") == "3", timeout=30,  # type: ignore[union-attr]
+                 what="a third upload after the quiet spell")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "run.log").read_text()[-2000:]
