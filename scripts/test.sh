@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Run the whole test suite. It starts its own S3 servers on loopback: moto, and Ceph RGW (the
-# server Linode runs), whose Debian packages are installed first when missing. Extra arguments
-# go to pytest.
+# Run the whole test suite: the developer's and CI's command, not a production install (that is
+# scripts/install.sh). It sets up .venv with the runtime and the test locks, and starts its own
+# S3 servers on loopback: moto, and Ceph RGW (the server Linode runs), whose Debian packages
+# (with prometheus, for promtool) are installed first when missing. Extra arguments go to pytest.
 set -euo pipefail
-source "$(dirname "$0")/_venv.sh"
+source "$(dirname "$0")/_venv.sh" test
 source "$(dirname "$0")/_system_packages.sh"
 cd "$root"
 exec "$venv/bin/python" -m pytest "$@"
