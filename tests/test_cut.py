@@ -135,6 +135,21 @@ def test_large_backlog_is_cut_in_bounded_steps(tmp_path):
     assert cutter.path.read_bytes() == b"".join(recs[90:])
 
 
+def test_one_cut_takes_every_complete_batch_a_window_at_a_time(tmp_path):
+    """A backlog many windows long goes in one cut (what a cut leaves behind it copies twice, so
+    that stays small), every record once, quarantined offsets counted from the file's start."""
+    cutter, spool = make_cutter(tmp_path)
+    cutter.window_bytes = 4096
+    recs = [record(f"f{i:03d}", DAY1, raw={"pad": "x" * 300}) for i in range(95)]
+    write(cutter.path, *recs[:50], b"junk between records\n", *recs[50:])
+    outcome = cutter.cut()
+    assert not outcome.more and outcome.records_left == 5
+    assert [b.fetch_count for b in outcome.batches] == [10] * 9
+    assert [i for b in spooled(spool) for i in b.fetch_ids] == [f"f{i:03d}" for i in range(90)]
+    assert [q.offset for q in outcome.quarantined] == [len(b"".join(recs[:50]))]
+    assert cutter.path.read_bytes() == b"".join(recs[90:])
+
+
 def test_spool_sequence_survives_restart(tmp_path):
     """Sequence numbers keep growing across a new Spool on the same folder."""
     cutter, spool = make_cutter(tmp_path, batch_size=1)

@@ -29,13 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytz
 
 from .errors import SpoolError
 from .fetchlog import Fetch, Item, Malformed, scan
 from .metrics import NO_METRICS, Recorder
-from .spool import Batch, CutJournal, QuarantineItem, Spool, fetch_data_of
+from .spool import Batch, BatchHeader, CutJournal, QuarantineItem, Spool, fetch_data_of
 from .stamps import format_stamp
 
 __all__ = ["PlannedBatch", "CutPlan", "plan_cut", "CutOutcome", "Cutter"]
@@ -43,10 +44,13 @@ __all__ = ["PlannedBatch", "CutPlan", "plan_cut", "CutOutcome", "Cutter"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-# Read this much of the file to plan (more only if one record is bigger). Parsed objects are not
-# kept, so memory holds the bytes; a writer far ahead is taken in few cuts, each copying little.
-_FIRST_READ = 8 << 20
-_MAX_CUT = 64 << 20  # bytes one cut takes at most, so a large backlog goes in bounded steps
+# Plan and stage this much of the file at a time (more only if one record is bigger): memory
+# holds one window's bytes, however large the cut.
+_WINDOW = 8 << 20
+# Bytes one cut takes at most. Until it commits, a cut's batches are on disk twice (staged in the
+# spool and still in the file), so this bounds the extra room a backlog needs; it is large so that
+# what the cut leaves behind, which it copies twice, stays small.
+_MAX_CUT = 256 << 20
 _SAMPLE = 4096  # bytes compared to tell the file is still the one planned on, and its progress
 _JOURNAL_TRIES = 3
 _TOO_MUCH = "appended-too-much-meanwhile"
@@ -126,21 +130,28 @@ def batch_digest(chunks: Sequence[bytes]) -> str:
     return h.hexdigest()[:32]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Staged:
-    """A planned cut whose batches are durable under pending names, not yet committed."""
+    """A planned cut whose batches are durable under pending names, not yet committed.
 
-    plan: CutPlan
-    outcome: CutOutcome
+    It is built window by window (``windows``: where each was read from and its plan, offsets
+    relative to that), so memory holds one window's bytes however much the cut takes.
+    """
+
+    started: float
+    length: int = 0  # bytes to remove from the front: the windows' plans end to end
+    windows: list[tuple[int, CutPlan]] = field(default_factory=list)
+    headers: list[BatchHeader] = field(default_factory=list)
+    quarantined: list[QuarantineItem] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
-    digest: str = ""
-    started: float = 0.0
+    digest: Any = field(default_factory=hashlib.sha256)  # of the bytes cut, for recovery
     samples: tuple[bytes, bytes] = (b"", b"")  # the cut's first and last bytes, to re-check cheaply
+    outcome: CutOutcome | None = None
 
 
 @dataclass(frozen=True)
 class CutOutcome:
-    batches: list[Batch] = field(default_factory=list)
+    batches: list[BatchHeader] = field(default_factory=list)  # headers only: a cut may be large
     quarantined: list[QuarantineItem] = field(default_factory=list)
     removed: int = 0  # bytes removed from the front of the file
     scanned_to: int = 0  # where the unfinished tail starts, after the removal
@@ -168,6 +179,7 @@ class Cutter:
         self.batch_size = batch_size
         self.clock = clock
         self.max_cut_bytes = max_cut_bytes
+        self.window_bytes = _WINDOW
 
     def recover(self) -> None:
         """Finish a cut interrupted by a crash, or discard one that never committed."""
@@ -212,8 +224,9 @@ class Cutter:
             return CutOutcome()
         try:
             staged = self._stage(fd, close_through)
-            if staged is None or staged.plan.length == 0:
-                return staged.outcome if staged else CutOutcome()
+            assert staged.outcome is not None
+            if staged.length == 0:
+                return staged.outcome
             for attempt in range(1, _JOURNAL_TRIES + 1):
                 journal = self._write_journal(fd, staged)
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -237,20 +250,56 @@ class Cutter:
         except FileNotFoundError:
             return None
 
-    def _stage(self, fd: int, close_through: date | None) -> _Staged | None:
-        started = time.monotonic()
+    def _stage(self, fd: int, close_through: date | None) -> _Staged:
+        """Plan and stage everything complete at the front, up to ``max_cut_bytes``, a window at
+        a time. Taking all of it in one cut keeps what the cut leaves behind small, and that is
+        what the journal copies and the shift moves under the lock: a cut of one window at a
+        time moved the whole rest of the file for every window (quadratic in a backlog)."""
         size = os.fstat(fd).st_size
         now = self.clock()
-        want = min(size, _FIRST_READ)
+        staged = _Staged(started=time.monotonic())
         while True:
-            buf = os.pread(fd, want, 0)
-            result = scan(buf, self.tz, now, keep_documents=False)
-            plan = plan_cut(result.items, self.batch_size, close_through, self.max_cut_bytes)
-            if plan.batches or want >= size or (result.items and want >= self.max_cut_bytes):
+            buf, consumed, plan, final = self._plan_window(fd, staged.length, size, now, close_through)
+            if plan.length:
+                self._stage_window(buf, plan, now, staged)
+            if not plan.length or final or staged.length >= self.max_cut_bytes:
                 break
-            want = min(size, want * 4)  # the next batch ends beyond what we read: read more
-        if plan.length == 0:
-            return _Staged(plan, CutOutcome(scanned_to=result.consumed, records_left=plan.records_left))
+        try:
+            if staged.names:
+                self.spool.sync_names()
+        except OSError as exc:
+            raise self._spool_failed("write to the spool", exc) from exc
+        staged.outcome = CutOutcome(
+            batches=staged.headers,
+            quarantined=staged.quarantined,
+            removed=staged.length,
+            # Offsets of the last window, read from where the cut now ends.
+            scanned_to=consumed - plan.length,
+            records_left=plan.records_left,
+            more=staged.length >= self.max_cut_bytes,
+        )
+        return staged
+
+    def _plan_window(
+        self, fd: int, base: int, size: int, now: datetime, close_through: date | None,
+    ) -> tuple[bytes, int, CutPlan, bool]:
+        """Read from ``base`` and plan the batches there: (bytes, bytes scanned, plan, whether the
+        window reached the end of the file). Reads more only when no batch ends in the window."""
+        budget = self.max_cut_bytes - base
+        want = min(size - base, self.window_bytes)
+        while True:
+            buf = os.pread(fd, want, base)
+            final = base + want >= size
+            result = scan(buf, self.tz, now, keep_documents=False)
+            # A day's short last batch is closed only where the file ends, not where a window does.
+            plan = plan_cut(result.items, self.batch_size, close_through if final else None, budget)
+            if plan.batches or final or (result.items and want >= budget):
+                return buf, result.consumed, plan, final
+            want = min(size - base, want * 4)  # the next batch ends beyond what we read: read more
+
+    def _stage_window(self, buf: bytes, plan: CutPlan, now: datetime, staged: _Staged) -> None:
+        """Write one window's batches and quarantined spans under pending names (durable)."""
+        base = staged.length
         stamp = format_stamp(now, self.tz)
         seqs = self.spool.allocate_seqs(len(plan.batches) + len(plan.quarantined))
         batches = [
@@ -268,36 +317,33 @@ class Cutter:
         ]
         quarantined = [
             QuarantineItem(
-                name=f"{seq:012d}-{m.start}-{batch_digest([buf[m.start:m.end]])[:12]}",
+                name=f"{seq:012d}-{base + m.start}-{batch_digest([buf[m.start:m.end]])[:12]}",
                 raw=buf[m.start:m.end],
                 reason=m.reason,
-                offset=m.start,
+                offset=base + m.start,
                 detected_at=stamp,
                 day=now.astimezone(self.tz).date(),
             )
             for m, seq in zip(plan.quarantined, seqs[len(batches):])
         ]
         try:
-            names = self.spool.stage(batches, quarantined)
-            self.spool.sync_names()
+            staged.names += self.spool.stage(batches, quarantined)
         except OSError as exc:
             raise self._spool_failed("write to the spool", exc) from exc
-        outcome = CutOutcome(
-            batches=batches,
-            quarantined=quarantined,
-            removed=plan.length,
-            scanned_to=result.consumed - plan.length,
-            records_left=plan.records_left,
-            more=plan.length >= self.max_cut_bytes or want < size,
-        )
+        staged.headers += [b.header for b in batches]
+        staged.quarantined += quarantined
+        staged.windows.append((base, plan))
+        staged.digest.update(memoryview(buf)[:plan.length])
         n = min(_SAMPLE, plan.length)
-        samples = (buf[:n], buf[plan.length - n:plan.length])
-        return _Staged(plan, outcome, names, hashlib.sha256(buf[:plan.length]).hexdigest(), started, samples)
+        head = staged.samples[0] if base else buf[:n]
+        staged.samples = (head, buf[plan.length - n:plan.length])
+        staged.length += plan.length
 
     def _write_journal(self, fd: int, staged: _Staged) -> CutJournal:
         """The commit point, made durable before the lock: recovery finishes the cut from here."""
         try:
-            journal = self._journal(fd, staged.plan.length, os.fstat(fd).st_size, staged.digest, staged.names)
+            journal = self._journal(fd, staged.length, os.fstat(fd).st_size, staged.digest.hexdigest(),
+                                    staged.names)
             self.spool.write_journal(journal)
         except OSError as exc:
             raise self._spool_failed("write the cut journal in", exc) from exc
@@ -330,23 +376,26 @@ class Cutter:
 
     def _finish(self, fd: int, staged: _Staged) -> CutOutcome:
         """After the lock: make the rewrite durable, promote the batches, clear the journal."""
-        plan, outcome = staged.plan, staged.outcome
+        outcome = staged.outcome
+        assert outcome is not None
         os.fsync(fd)
         self.spool.commit(staged.names)
         self.spool.sync_names()
         self.spool.clear_journal()
         ms = (time.monotonic() - staged.started) * 1000
-        for b, pb in zip(outcome.batches, plan.batches):
-            log.info(
-                "cut day=%s batch=%s seq=%d fetches=%d matches=%d bytes=%d ms=%.1f",
-                b.day, b.batch_id, b.seq, b.fetch_count, b.matches, sum(f.size for f in pb.fetches), ms,
-            )
-            for f in pb.fetches:
-                if f.time_source != "marker":
-                    log.warning(
-                        "fetch_time_fallback fetch_id=%s offset=%d source=%s day=%s",
-                        f.fetch_id, f.start, f.time_source, f.day,
-                    )
+        headers = iter(outcome.batches)
+        for base, plan in staged.windows:
+            for b, pb in zip(headers, plan.batches):
+                log.info(
+                    "cut day=%s batch=%s seq=%d fetches=%d matches=%d bytes=%d ms=%.1f",
+                    b.day, b.batch_id, b.seq, b.fetch_count, b.matches, sum(f.size for f in pb.fetches), ms,
+                )
+                for f in pb.fetches:
+                    if f.time_source != "marker":
+                        log.warning(
+                            "fetch_time_fallback fetch_id=%s offset=%d source=%s day=%s",
+                            f.fetch_id, base + f.start, f.time_source, f.day,
+                        )
         for q in outcome.quarantined:
             log.warning(
                 "quarantined file=%s offset=%d bytes=%d reason=%r saved=%s",

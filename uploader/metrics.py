@@ -42,7 +42,7 @@ from . import __version__
 from .config import MetricsConfig
 from .errors import ConfigError, PreconditionFailed, StoreError, StoreRejected
 from .schedule import wall_instant
-from .spool import Batch, BatchHeader, QuarantineItem, Spool
+from .spool import BatchHeader, QuarantineItem, Spool
 from .store import Capabilities, Store
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Recorder(Protocol):
 
     enabled: bool
 
-    def cut(self, batches: Sequence[Batch], quarantined: Sequence[QuarantineItem]) -> None:
+    def cut(self, batches: Sequence[BatchHeader], quarantined: Sequence[QuarantineItem]) -> None:
         """A cut committed these batches and quarantined these spans."""
 
     def appended(self, result: AppendResult, headers: Sequence[BatchHeader], seconds: float) -> None:
@@ -96,7 +96,7 @@ class _NoMetrics:
 
     enabled = False
 
-    def cut(self, batches: Sequence[Batch], quarantined: Sequence[QuarantineItem]) -> None:
+    def cut(self, batches: Sequence[BatchHeader], quarantined: Sequence[QuarantineItem]) -> None:
         pass
 
     def appended(self, result: AppendResult, headers: Sequence[BatchHeader], seconds: float) -> None:
@@ -207,7 +207,7 @@ class Metrics:
 
     # -- the Recorder ------------------------------------------------------------------------
 
-    def cut(self, batches: Sequence[Batch], quarantined: Sequence[QuarantineItem]) -> None:
+    def cut(self, batches: Sequence[BatchHeader], quarantined: Sequence[QuarantineItem]) -> None:
         self.batches_cut.inc(len(batches))
         self.fetches_cut.inc(sum(b.fetch_count for b in batches))
         self.matches_cut.inc(sum(b.matches for b in batches))
