@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import textwrap
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,7 @@ import pytz
 
 from . import __version__
 from .config import Config, default_config_path, load_config
-from .errors import ConfigError, ObjectNotFound, StoreError, UploaderError
+from .errors import ConfigError, ObjectNotFound, StoreError, UploaderError, UsageError
 
 __all__ = ["main", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE"]
 
@@ -143,6 +144,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         "spool_depth": len(pending),
         "pending_per_day": dict(sorted(Counter(e.day.isoformat() for e in pending).items())),
         "quarantine_not_sent": len(list(spool.quarantine_dir.glob("*.bin"))),
+        "quarantine": _quarantine_status(spool),
         "archive": _archive_status(spool),
         "retrying": {k: v for k, v in snap["retries"].items() if any(e.batch_id == k for e in pending)},
         "last_success": snap["last_success"],
@@ -172,11 +174,32 @@ def _archive_status(spool: Any) -> dict[str, Any]:
             "last_day": a.last_day.isoformat() if a.last_day else None}
 
 
+def _quarantine_status(spool: Any) -> dict[str, Any]:
+    q = spool.quarantine_summary()
+    return {"spans": q.not_sent_spans + q.sent_spans, "bytes": q.not_sent_bytes + q.sent_bytes,
+            "not_sent": {"spans": q.not_sent_spans, "bytes": q.not_sent_bytes},
+            "sent": {"spans": q.sent_spans, "bytes": q.sent_bytes}}
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
 def _print_status(r: dict[str, Any], out: TextIO) -> None:
     w = out.write
     w(f"service        {'running' if r['service_running'] else 'not running'}\n")
     per_day = ", ".join(f"{d}: {n}" for d, n in r["pending_per_day"].items()) or "-"
-    w(f"spool          {r['spool_depth']} batch(es) pending ({per_day}); {r['quarantine_not_sent']} quarantined not yet sent\n")
+    w(f"spool          {r['spool_depth']} batch(es) pending ({per_day})\n")
+    q = r["quarantine"]
+    w(f"quarantine     {q['spans']} span(s), {_size(q['bytes'])} kept: {q['not_sent']['spans']} "
+      f"({_size(q['not_sent']['bytes'])}) not yet sent, {q['sent']['spans']} ({_size(q['sent']['bytes'])}) "
+      f"sent to the bucket\n")
     a = r["archive"]
     span = f"{a['first_day']} .. {a['last_day']}" if a["batches"] else "empty"
     w(f"archive        {a['batches']} uploaded batch(es), {a['bytes'] / 2**20:.1f} MiB, days {span}\n")
@@ -289,7 +312,8 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
     key = daily.day_key(config.storage.prefix, args.day)
     where = str(args.output) if args.output else "stdout"
     try:
-        with open_store(config.storage).stream(key) as (stream, info), _output(args.output) as out, \
+        # --output first: a path that cannot be written is bad usage, whatever the bucket holds.
+        with _output(args.output) as out, open_store(config.storage).stream(key) as (stream, info), \
                 Progress("export", info.size, "bytes", scale=True) as bar:
             report = export_day(stream, args.format, out, args.day, config.day.tz, on_read=bar.update)
     except ObjectNotFound:
@@ -311,11 +335,14 @@ def _output(path: Path | None) -> Iterator[Any]:
         yield sys.stdout.buffer
         sys.stdout.flush()
         return
+    if path.is_dir():
+        # Checked first: the export would be written in full beside it, then fail to take its place.
+        raise UsageError(f"--output {path} is a folder", f"give a file name, e.g. --output {path / 'export.jsonl'}")
     partial = path.with_name(path.name + ".partial")
     try:
         out = open(partial, "wb")  # noqa: SIM115 - closed below, renamed only when whole
     except OSError as exc:
-        raise ConfigError("--output", f"cannot write {path}: {exc.strerror}", "choose a writable path") from None
+        raise UsageError(f"cannot write --output {path} ({exc.strerror})", "choose a writable path") from None
     try:
         with out:
             yield out
@@ -400,30 +427,74 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: what is wrong and where to look, exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message}. Try: {self.prog} --help\n")
+        # One prefix for every error line; the hint names the help of the command that failed.
+        self.exit(EXIT_USAGE, f"uploader: {message}. Try: {self.prog} --help\n")
+
+
+_DAY_HELP = "YYYY-MM-DD, a day in the zone of [day] timezone"
+# When each command exits 1 (docs/DESIGN.md §9 says the same), for its --help.
+_EXIT_1 = {
+    "run": "the spool is in use, or start-up failed on the spool or the store",
+    "status": "a batch is being retried, or today's counters cannot be read",
+    "replay": "the service holds the spool, or a batch is left, or an error occurred",
+    "check": "the store failed one of the checks",
+    "close-day": "the service holds the spool, a batch of the day could not be uploaded, or the close failed",
+    "verify": "no document, a problem, a missing day, a stray object or a past day left open",
+    "export": "no document, or it stops being valid JSON",
+    "repair": "the service holds the spool, nothing to rebuild from, an archived batch is unreadable, "
+              "the document changed meanwhile, or the result does not verify",
+}
+
+
+def _epilog(command: str | None = None) -> str:
+    """What the exit codes mean (after the options in --help)."""
+    one = f"problems found or work left undone: {_EXIT_1[command]}" if command else \
+        "problems found or work left undone (the output says which)"
+    lines = ["exit codes:", "  0  done, nothing wrong",
+             textwrap.fill(one, 78, initial_indent="  1  ", subsequent_indent="     "),
+             "  2  bad usage or bad configuration (one line on stderr names it)"]
+    return "\n".join(lines)
+
+
+def _global_options(for_command: bool) -> argparse.ArgumentParser:
+    """--config, --log-level and --log-format, accepted before and after the command.
+
+    The command's copy defaults to SUPPRESS: argparse copies a subparser's defaults over the
+    main parser's results, which would undo a value given before the command.
+    """
+    def default(value: str | None) -> str | None:
+        return argparse.SUPPRESS if for_command else value
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", type=Path, default=default(None), metavar="PATH",
+                   help="config file (default: $UPLOADER_CONFIG, then ./config.toml)")
+    p.add_argument("--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="least severe log lines shown, on stderr (default: INFO)")
+    p.add_argument("--log-format", default=default("text"), choices=["text", "json"],
+                   help="text lines (default) or one JSON object per line")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="uploader", description="all_api uploader")
+    parser = _Parser(prog="uploader", description="all_api uploader", epilog=_epilog(),
+                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_global_options(False)])
     parser.add_argument("--version", action="version", version=f"uploader {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    command_options = _global_options(True)
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", type=Path, default=None,
-                       help="config file (default: $UPLOADER_CONFIG, then ./config.toml)")
-        p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-        p.add_argument("--log-format", default="text", choices=["text", "json"])
-        return p
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=_epilog(name),
+                              formatter_class=argparse.RawDescriptionHelpFormatter, parents=[command_options])
 
     add("run", "run the service until SIGTERM/SIGINT")
-    add("status", "spool depth, pending per day, today's counters, last success / error").add_argument(
+    add("status", "spool depth, pending per day, quarantine, today's counters, last success / error").add_argument(
         "--json", action="store_true", help="machine-readable output")
     p = add("replay", "upload the spool now, with progress")
     p.add_argument("--day", type=_day, default=None, help="only batches of this day (YYYY-MM-DD)")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
     add("check", "put/get/delete a probe object and report what the server supports")
-    add("close-day", "upload a day's spooled batches and mark its document closed").add_argument("day", type=_day)
+    add("close-day", "upload a day's spooled batches and mark its document closed").add_argument(
+        "day", type=_day, help=f"the day to close ({_DAY_HELP})")
     p = add("verify", "re-count daily documents and check them against their metadata")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("day", type=_day, nargs="?", default=None, help="one day (YYYY-MM-DD)")
@@ -432,22 +503,38 @@ def build_parser() -> argparse.ArgumentParser:
     from .export import FORMATS
 
     p = add("export", "stream a day's fetches out of the store")
-    p.add_argument("day", type=_day)
+    p.add_argument("day", type=_day, help=f"the day to export ({_DAY_HELP})")
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="jsonl (default) or bookended (the local file's)")
-    p.add_argument("--output", type=Path, default=None, help="file to write (default: stdout)")
+    p.add_argument("--output", type=Path, default=None, metavar="FILE", help="file to write (default: stdout)")
     p = add("repair", "rebuild a damaged or lost day document from the bucket and the local archive")
-    p.add_argument("day", type=_day)
+    p.add_argument("day", type=_day, help=f"the day to rebuild ({_DAY_HELP})")
     p.add_argument("--dry-run", action="store_true", help="say what would change; write nothing")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (0 done, 1 problems, 2 bad usage or configuration)."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flushed here, so a reader that went away shows up below, not at interpreter exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # stdout's reader stopped reading (`| head`): stop quietly, as grep and jq do. Nothing
+        # is lost: reports follow the work they report (repair's PUT follows its report, so it
+        # is never begun), and export only reads.
+        _stdout_to_devnull()
+        return EXIT_OK
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on bad usage, as argparse does
     setup_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config or default_config_path())
         return COMMANDS[args.command](config, args)
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"uploader: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except UploaderError as exc:
@@ -455,6 +542,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PROBLEMS
     except KeyboardInterrupt:
         return EXIT_PROBLEMS
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's descriptor at /dev/null, so the interpreter's last flush of what is still
+    buffered cannot fail again (Python's documented recipe for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # a stdout without a descriptor (captured in a test): nothing to flush at exit
 
 
 if __name__ == "__main__":

@@ -226,8 +226,10 @@ def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None
         raise ConfigError("storage.prefix", f"invalid prefix {st['prefix']!r}", "use a plain path like all_api_rotating_logs")
     s3 = _s3_config(st["s3"], required=st["backend"] == "s3")
     metrics = _metrics_config(values["metrics"])
+    watch_file = resolve(w["file"])
+    _check_watch_file(watch_file)
     return Config(
-        watch=WatchConfig(file=resolve(w["file"]), batch_size=w["batch_size"]),
+        watch=WatchConfig(file=watch_file, batch_size=w["batch_size"]),
         day=DayConfig(timezone=d["timezone"], close_out_at=close_out_at),
         spool=SpoolConfig(
             dir=resolve(s["dir"]),
@@ -245,6 +247,27 @@ def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None
         source=source,
         metrics=metrics,
     )
+
+
+def _check_watch_file(path: Path) -> None:
+    """Refuse a watch.file that can never be a file: a folder at the path, or a file where one
+    of its folders should be. Checked here, not when `run` starts, so every command (`check`
+    after installing, first of all) names the key with exit 2 before anything runs. A missing
+    file is fine: the pipeline creates it."""
+    try:
+        is_dir = path.is_dir()
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        in_file = not folder.is_dir()
+    except OSError:
+        return  # a path this user may not look at: not a config mistake as such; `run` meets it
+    if is_dir:
+        raise ConfigError("watch.file", f"{path} is a folder, not a file",
+                          "give the path of the file the pipeline appends to, e.g. data/all_api.json")
+    if in_file:
+        raise ConfigError("watch.file", f"{folder} is a file, so {path} cannot be created",
+                          "choose a path whose folders are folders")
 
 
 def is_loopback_url(url: str) -> bool:

@@ -2,6 +2,7 @@
 
     UploaderError
     ├── ConfigError          bad or unsafe configuration (exit 2)
+    ├── UsageError           a command-line value that cannot be used, e.g. --output (exit 2)
     ├── AlreadyRunning       another process holds the spool lock
     ├── SpoolError           the local spool cannot be written or read
     │   └── UnreadableBatch  one spooled batch file is damaged: hold it back, go on with the rest
@@ -18,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "UploaderError",
     "ConfigError",
+    "UsageError",
     "AlreadyRunning",
     "SpoolError",
     "StoreError",
@@ -51,6 +53,11 @@ class ConfigError(UploaderError):
         super().__init__(f"config {field}: {reason}", hint)
         self.field = field
         self.reason = reason
+
+
+class UsageError(UploaderError):
+    """Raised when a command-line value passed parsing but cannot be used (an --output that
+    cannot be written); like bad usage, the CLI exits 2."""
 
 
 class AlreadyRunning(UploaderError):

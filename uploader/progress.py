@@ -81,4 +81,9 @@ class Progress:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is not None and issubclass(kind, BrokenPipeError):
+            # The reader of the output went away (`| head`): the command ends quietly, no summary.
+            if self._bar is not None:
+                self._bar.close()
+            return
         self.close()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import pwd
 import re
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +22,7 @@ from typing import Any
 
 from .errors import AlreadyRunning, SpoolError, UnreadableBatch
 
-__all__ = ["ArchivePolicy", "ArchiveSummary", "BatchHeader", "encode_fetches", "fetch_data_of", "Batch", "CutJournal", "QuarantineItem", "Spool", "SpooledBatch", "atomic_write"]
+__all__ = ["ArchivePolicy", "ArchiveSummary", "QuarantineSummary", "BatchHeader", "encode_fetches", "fetch_data_of", "Batch", "CutJournal", "QuarantineItem", "Spool", "SpooledBatch", "atomic_write"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,9 @@ FILE_MODE = 0o600
 PENDING = ".pending"  # written by a cut that has not committed yet; invisible to uploads
 TMP = ".tmp"  # atomic_write's temporary name; left behind only by a crash mid-write
 _BATCH_NAME = re.compile(r"^(\d{12})-(\d{4}-\d{2}-\d{2})-([0-9a-f]+)\.json$")
+SERVICE_UNIT = "all-api-uploader"  # the unit name scripts/uploader.service is installed as
+# The CLI's commands, to tell from a lock holder's command line whether it is the service.
+_COMMANDS = ("run", "status", "replay", "check", "close-day", "verify", "export", "repair")
 
 
 def encode_fetches(fetches: list[dict[str, Any]]) -> bytes:
@@ -219,6 +225,16 @@ class ArchiveSummary:
 
 
 @dataclass(frozen=True)
+class QuarantineSummary:
+    """Quarantined spans kept in the spool: not yet in the bucket, and sent (kept ``archive_days``)."""
+
+    not_sent_spans: int = 0
+    not_sent_bytes: int = 0
+    sent_spans: int = 0
+    sent_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class CutJournal:
     """A cut committed to: the rewrite of the local file may not have happened, or finished.
 
@@ -298,6 +314,85 @@ def _listed(folder: Path, day: date | None) -> list[SpooledBatch]:
     return sorted(out, key=lambda e: e.seq)
 
 
+def _sizes(paths: Iterator[Path]) -> list[int]:
+    """Sizes of the files that still exist (a concurrent upload or prune may move one away)."""
+    out = []
+    for p in paths:
+        try:
+            out.append(p.stat().st_size)
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _access_error(root: Path, path: Path, exc: OSError, doing: str) -> SpoolError:
+    """The one-line SpoolError for a spool this process may not use: what really failed, and
+    the fix that fits (remount, remove a folder in the way, change owner or modes)."""
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.EROFS:
+        return SpoolError(f"spool folder {root} is not writable ({why})",
+                          "remount it read-write, or set spool.dir to a folder on writable persistent disk")
+    if exc.errno == errno.EISDIR:
+        return SpoolError(f"cannot {doing} {path}: it is a folder",
+                          f"remove that folder (rmdir {path}); the uploader creates the file itself")
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return SpoolError(f"cannot {doing} {path} ({why})", "check spool.dir and its permissions")
+    owners = set()
+    for p in (root, path):
+        try:
+            owners.add(p.stat().st_uid)
+        except OSError:
+            continue  # not there yet, or not even that may be looked at
+    me = os.geteuid()
+    if not owners:  # the spool is not there yet and this user may not create it
+        hint = f"create it for this user (mkdir -p {root} && chown {_user(me)} {root}), or set spool.dir elsewhere"
+    elif owners - {me}:
+        them = ", ".join(sorted(_user(uid) for uid in owners))
+        hint = (f"run the uploader as the spool's owner ({them}), or give the spool to this user: "
+                f"chown -R {_user(me)} {root}")
+    else:
+        hint = (f"make it writable for its owner again: chmod -R u+rwX {root} "
+                "(the uploader keeps folders 0700, files 0600)")
+    return SpoolError(f"cannot {doing} {path} ({why})", hint)
+
+
+def _holder(text: str) -> tuple[int | None, str | None]:
+    """The pid in the lock file's "pid N", and which uploader command that process runs, read
+    from its command line (Linux /proc; None where that cannot be told)."""
+    m = re.fullmatch(r"pid (\d+)", text)
+    if not m:
+        return None, None
+    try:
+        args = [a.decode(errors="replace") for a in Path(f"/proc/{m[1]}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return int(m[1]), None
+    for i, arg in enumerate(args):
+        name = os.path.basename(arg)
+        if name == "replay_spool.py":
+            return int(m[1]), "replay"
+        if name in ("uploader", "uploader.cli"):
+            return int(m[1]), next((a for a in args[i + 1:] if a in _COMMANDS), None)
+    return int(m[1]), None
+
+
+def _busy_hint(command: str | None, what: str) -> str:
+    """What to do about the process holding the spool: a service is stopped, a one-shot ends."""
+    if command == "run":
+        return (f"stop the running service first (`systemctl stop {SERVICE_UNIT}`, or Ctrl-C the "
+                f"`uploader run`), then run `{what}` again")
+    if command:
+        return f"wait for that command to finish, then run `{what}` again"
+    return (f"stop the running uploader first (`systemctl stop {SERVICE_UNIT}` if it is the service), "
+            f"then run `{what}` again")
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -327,29 +422,56 @@ class Spool:
         self._state_path = root / "state.json"
         self._lock_fd: int | None = None
         self._seq_lock = threading.Lock()
+        for d in (root, self.batches_dir, self.archive_dir, self.quarantine_dir, self.sent_dir):
+            self._make_private(d)
         try:
-            for d in (root, self.batches_dir, self.archive_dir, self.quarantine_dir, self.sent_dir):
-                d.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-                os.chmod(d, DIR_MODE)
-        except OSError as exc:
-            raise SpoolError(f"cannot create spool folder {root}: {exc.strerror}", "check spool.dir and its permissions") from exc
-        self._next_seq = self._recover_next_seq()
+            self._next_seq = self._recover_next_seq()
+        except PermissionError as exc:
+            raise _access_error(root, Path(exc.filename or root), exc, "read") from None
+
+    def _make_private(self, folder: Path) -> None:
+        """Create ``folder`` 0700, or bring an existing one back to 0700.
+
+        Nothing is written when the folder is already right, so a command that only reads
+        (`status`) still works on a spool it may not write (a read-only mount).
+        """
+        try:
+            st = folder.stat()
+        except FileNotFoundError:
+            try:
+                folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                st = folder.stat()
+            except OSError as exc:
+                raise _access_error(self.root, folder, exc, "create the spool folder") from None
+        except OSError as exc:  # looked at first: "cannot create" would be wrong for one that exists
+            raise _access_error(self.root, folder, exc, "read the spool folder") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise SpoolError(f"spool path {folder} is not a folder",
+                             "move that file aside, or set spool.dir elsewhere")
+        if stat.S_IMODE(st.st_mode) != DIR_MODE:
+            try:
+                os.chmod(folder, DIR_MODE)
+            except OSError as exc:
+                raise _access_error(self.root, folder, exc, "chmod 0700 the spool folder") from None
 
     # -- single instance -------------------------------------------------------------------
 
     @contextmanager
     def locked(self, what: str = "uploader") -> Iterator[None]:
         """Hold the spool's exclusive lock; raise AlreadyRunning if another process has it."""
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        path = self.root / "lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as exc:
+            raise _access_error(self.root, path, exc, "open the spool's lock file") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise AlreadyRunning(
-                f"{what}: the spool {self.root} is in use by {holder}",
-                "stop the running `uploader run` first (or wait for it), then try again",
-            ) from None
+            pid, command = _holder(holder)
+            who = f"pid {pid} (uploader {command})" if command else holder or "another process"
+            raise AlreadyRunning(f"the spool {self.root} is in use by {who}", _busy_hint(command, what)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
         try:
@@ -539,6 +661,12 @@ class Spool:
                 continue
         days = [e.day for e in entries]
         return ArchiveSummary(len(entries), size, min(days, default=None), max(days, default=None))
+
+    def quarantine_summary(self) -> QuarantineSummary:
+        """Spans and bytes quarantined, not yet sent and sent, for `uploader status`."""
+        not_sent = _sizes(self.quarantine_dir.glob("*.bin"))
+        sent = _sizes(self.sent_dir.glob("*.bin"))
+        return QuarantineSummary(len(not_sent), sum(not_sent), len(sent), sum(sent))
 
     # -- quarantine ------------------------------------------------------------------------
 
