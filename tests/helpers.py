@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -89,3 +91,38 @@ class FakeClock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+# -- /proc: what a running process costs and holds (resource checks read these, never clocks) --
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def status_kib(pid: int, name: str) -> int:
+    """A ``kB`` line of /proc/PID/status (VmRSS, VmHWM, ...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1])
+    raise LookupError(f"no {name} in /proc/{pid}/status")
+
+
+@dataclass(frozen=True)
+class ProcState:
+    """What a long-running process holds at one moment: resident memory, open fds, threads."""
+
+    rss_kib: int
+    fds: int
+    threads: int
+
+
+def proc_state(pid: int) -> ProcState:
+    """VmRSS from /proc/PID/status, entries of /proc/PID/fd and /proc/PID/task."""
+    return ProcState(status_kib(pid, "VmRSS"), len(os.listdir(f"/proc/{pid}/fd")),
+                     len(os.listdir(f"/proc/{pid}/task")))

@@ -6,7 +6,6 @@ This is the state operators are in for most of every day. The CPU figure comes f
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import pytz
 
-from helpers import NY, wait_for, write_config
+from helpers import NY, cpu_seconds, proc_state, wait_for, write_config
 from uploader import daily
 from uploader.config import load_config
 from uploader.fetchlog import FetchWriter
@@ -25,24 +24,8 @@ from uploader.store import open_store
 
 QUIET_S = 10.0
 MAX_SHARE = 0.02  # of one core, over the quiet window
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The shipped retry timing: the quiet window then holds what an operator's service does when idle.
 QUIET_SPOOL = {"retry_interval_s": 30, "max_backoff_s": 600}
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all its threads, from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
 
 
 @pytest.fixture(params=["directory", "moto", "ceph"])
@@ -83,7 +66,7 @@ def test_a_quiet_service_on_an_existing_file_uses_no_cpu(config: Path, tmp_path:
         # The last upload's bookkeeping (archive, status.json) follows its write by a moment.
         wait_for(lambda: not list((cfg.spool.dir / "batches").glob("*.json")), what="the spool emptied")
 
-        fds, tasks = open_fds(proc.pid), threads(proc.pid)
+        held = proc_state(proc.pid)
         before = cpu_seconds(proc.pid)
         time.sleep(QUIET_S)  # the measurement window itself: nothing is written meanwhile
         used = cpu_seconds(proc.pid) - before
@@ -91,7 +74,8 @@ def test_a_quiet_service_on_an_existing_file_uses_no_cpu(config: Path, tmp_path:
         assert used < MAX_SHARE * QUIET_S, (
             f"a quiet `uploader run` used {used:.2f} s of CPU in {QUIET_S:.0f} s "
             f"({100 * used / QUIET_S:.0f}% of a core); py-spy dump --pid shows where")
-        assert (open_fds(proc.pid), threads(proc.pid)) == (fds, tasks)
+        after = proc_state(proc.pid)
+        assert (after.fds, after.threads) == (held.fds, held.threads)
         # Quiet, and still watching: the five records left in the file are cut with the next five.
         for i in range(5):
             writer.append({"games": ["y"] * 40}, total_matches=3, fetch_id=f"late{i}")

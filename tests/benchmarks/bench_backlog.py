@@ -15,6 +15,7 @@ import logging
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +41,7 @@ from .harness import (
     write_config,
 )
 
-__all__ = ["DEFAULT_SIZES_MIB", "Backlog", "Replayed", "replay", "run", "spool_backlog"]
+__all__ = ["DEFAULT_SIZES_MIB", "Backlog", "Replayed", "backlog_chunks", "replay", "run", "spool_backlog"]
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,13 @@ class Replayed:
     batches: int  # batches the appends stored
 
 
-def spool_backlog(local: Path, spool_root: Path, size_mib: int, fetch_size: int, tag: str) -> Backlog:
-    """Write ``size_mib`` MiB of fetches of today to ``local`` and cut them all into the spool.
+def backlog_chunks(size_mib: int, fetch_size: int, tag: str) -> Iterator[tuple[bytes, int]]:
+    """``size_mib`` MiB of fetches of today, as (bytes, fetches) chunks of about 8 MiB.
 
     Records come from ten templates (``encode_record``, as ``FetchWriter`` writes them) with a
-    unique fetch id each, so every batch has its own id; the count is a multiple of 10, so the
+    unique fetch id each, so every batch has its own id; the count is a multiple of 10, so a
     cut leaves nothing behind.
     """
-    started = time.monotonic()
     now = datetime.now(pytz.utc)
     templates = [
         encode_record(_PLACEHOLDER, now, TZ, {
@@ -90,17 +90,25 @@ def spool_backlog(local: Path, spool_root: Path, size_mib: int, fetch_size: int,
     placeholder = _PLACEHOLDER.encode()
     per_step = max(10, _STEP // len(templates[0]) // 10 * 10)
     total = -(-size_mib * _MIB // (len(templates[0]) * 10)) * 10
+    fetches = 0
+    while fetches < total:
+        step = min(per_step, total - fetches)
+        yield b"".join(templates[i % 10].replace(placeholder, f"{tag}{fetches + i:0{12 - len(tag)}d}".encode())
+                       for i in range(step)), step
+        fetches += step
+
+
+def spool_backlog(local: Path, spool_root: Path, size_mib: int, fetch_size: int, tag: str) -> Backlog:
+    """Write ``size_mib`` MiB of fetches to ``local``, cutting them into the spool as they go."""
+    started = time.monotonic()
     local.parent.mkdir(parents=True, exist_ok=True)
     spool = Spool(spool_root)
     cutter = Cutter(local, spool, TZ, batch_size=10)
     fetches = written = 0
-    while fetches < total:
-        step = min(per_step, total - fetches)
-        chunk = b"".join(templates[i % 10].replace(placeholder, f"{tag}{fetches + i:0{12 - len(tag)}d}".encode())
-                         for i in range(step))
+    for chunk, n in backlog_chunks(size_mib, fetch_size, tag):
         with open(local, "ab") as f:
             f.write(chunk)
-        fetches += step
+        fetches += n
         written += len(chunk)
         while cutter.cut().removed:
             pass

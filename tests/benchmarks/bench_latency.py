@@ -11,7 +11,6 @@ object's counters say exactly that many uploads.
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 import time
 from collections import Counter
@@ -21,6 +20,7 @@ from uploader import daily
 from uploader.fetchlog import FetchWriter
 
 from .harness import (
+    UPLOAD_LINE,
     BenchError,
     BenchServer,
     Row,
@@ -36,8 +36,6 @@ from .harness import (
 __all__ = ["run"]
 
 log = logging.getLogger(__name__)
-
-_APPENDED = r"uploader\.upload upload day=\S+ batches=(\d+) .* path=(\w+)"
 
 
 def run(server: BenchServer, batches: int = 250, fetch_size: int = 5 * 1024) -> Section:
@@ -61,18 +59,18 @@ def run(server: BenchServer, batches: int = 250, fetch_size: int = 5 * 1024) -> 
                 for i in range(10):
                     writer.append(raws[i], 5, fetch_id=f"lat{b:05d}{i:02d}")
                 written = time.monotonic()
-                idx, at, line = proc.wait_for(_APPENDED, timeout=30, start=seen)
+                idx, at, line = proc.wait_for(UPLOAD_LINE.pattern, timeout=30, start=seen)
                 seen = idx + 1
-                m = re.search(_APPENDED, line)
+                m = UPLOAD_LINE.search(line)
                 assert m is not None
-                if m.group(1) != "1":
+                if m["batches"] != "1":
                     raise BenchError(f"expected one batch per append, got: {line}")
                 if b == 0:
                     warmup = at - written  # includes the store's one-time capability probe
                 else:
                     latencies.append(at - written)
-                    paths[m.group(2)] += 1
-                    by_path.setdefault(m.group(2), []).append(at - written)
+                    paths[m["path"]] += 1
+                    by_path.setdefault(m["path"], []).append(at - written)
                 head = server.admin.head_object(Bucket=bucket, Key=key)
                 counters = daily.counters_from_user_metadata(head["Metadata"])
                 if counters["total_uploads_today"] != b + 1:

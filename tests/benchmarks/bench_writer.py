@@ -33,6 +33,7 @@ from .harness import (
     record_size,
     running_uploader,
     seed_env,
+    seed_stored,
     today,
     verify_day,
     write_config,
@@ -75,10 +76,7 @@ def _seed_calls(server: BenchServer, size: int, n: int, work: Path) -> dict[str,
         times.append(time.perf_counter() - started)
     uploads = 0
     if times:
-        key = daily.day_key("seed", today())
-        doc = json.loads(server.admin.get_object(Bucket=bucket, Key=key)["Body"].read())
-        uploads = len(doc["uploads"])
-        fetches = sum(len(u["fetch_data"]) for u in doc["uploads"])
+        uploads, fetches = seed_stored(server.admin, bucket)
         if uploads != n // 10 or fetches != uploads * 10:
             raise RuntimeError(f"seed document holds {uploads} uploads / {fetches} fetches after {n} calls")
     server.empty_bucket(bucket)

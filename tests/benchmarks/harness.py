@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import select
 import signal
@@ -19,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,31 +31,39 @@ import boto3
 import pytz
 from botocore.config import Config as BotoConfig
 
+from tests.helpers import ProcState, cpu_seconds, proc_state, status_kib
 from tests.s3servers import ACCESS_KEY, SECRET_KEY, CephRGW, MotoServer, S3Server, client_env
 from uploader import daily
-from uploader.fetchlog import encode_record
+from uploader.fetchlog import FetchWriter, encode_record
 
 __all__ = [
     "ROOT",
     "SEED",
     "TZ",
+    "UPLOAD_LINE",
     "BenchError",
     "BenchServer",
     "CountingProxy",
     "Measured",
     "OsdWatch",
+    "ProcState",
     "Row",
     "Section",
     "UploaderProcess",
     "bench_env",
+    "cpu_over",
     "cpu_seconds",
     "make_raw",
     "percentile",
+    "prefill",
+    "proc_state",
     "record_size",
     "run_measured",
     "seed_env",
+    "seed_stored",
     "start_ceph",
     "start_moto",
+    "stored_fetch_ids",
     "today",
     "verify_day",
     "verify_day_streamed",
@@ -68,7 +76,6 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 SEED = Path(__file__).resolve().with_name("seed_logger.py")  # the design this project replaces
 TZ = pytz.timezone("America/New_York")
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(Exception):
@@ -144,6 +151,13 @@ def make_raw(size: int, n: int) -> dict[str, Any]:
     for i in range(max(0, (size - 300) // entry_bytes)):
         events.append({**one, "id": n * 100_000 + i})
     return {"fetch_no": n, "events": events}
+
+
+def prefill(local: Path, n: int, size: int, tag: str) -> list[str]:
+    """Append ``n`` fetches to ``local`` before the service starts, as a pipeline left them."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    writer = FetchWriter(local, "America/New_York")
+    return [writer.append(make_raw(size, i), 5, fetch_id=f"{tag}{i:06d}") for i in range(n)]
 
 
 def record_size(size: int) -> int:
@@ -372,8 +386,12 @@ class CountingProxy:
 
 
 def write_config(folder: Path, endpoint: str, bucket: str, prefix: str = "logs",
-                 retry_interval_s: int = 30) -> Path:
-    """A config.toml for ``uploader`` with the s3 backend on the bench's moto server."""
+                 retry_interval_s: int = 30, metrics_listen: str | None = None) -> Path:
+    """A config.toml for ``uploader`` with the s3 backend on the bench's server.
+
+    ``metrics_listen`` None keeps the default (127.0.0.1:9464); a benchmark that scrapes
+    ``/metrics`` gives a free port, so another service on the machine cannot take it.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     text = f"""[watch]
 file = "data/all_api.json"
@@ -397,9 +415,16 @@ endpoint_url = "{endpoint}"
 region = "us-east-1"
 addressing_style = "path"
 """
+    if metrics_listen is not None:
+        text += f'\n[metrics]\nlisten = "{metrics_listen}"\n'
     path = folder / "config.toml"
     path.write_text(text)
     return path
+
+
+# The service's log line for one append: the day, batches and fetches stored now, the path taken.
+UPLOAD_LINE = re.compile(r"uploader\.upload upload day=(?P<day>\S+) batches=(?P<batches>\d+) "
+                         r"fetches=(?P<fetches>\d+) .* path=(?P<path>\w+)")
 
 
 class UploaderProcess:
@@ -525,19 +550,16 @@ def running_uploader(config: Path) -> Iterator[UploaderProcess]:
 # -- /proc ---------------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+def cpu_over(pid: int, seconds: float) -> tuple[float, float]:
+    """CPU seconds (utime + stime) a process uses over the next ``seconds``, and the window measured."""
+    before, started = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return cpu_seconds(pid) - before, time.monotonic() - started
 
 
 def vm_hwm_kib(pid: int) -> int:
     """Peak resident set size (VmHWM) of a running process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise BenchError(f"no VmHWM for pid {pid}")
+    return status_kib(pid, "VmHWM")
 
 
 # -- verification -------------------------------------------------------------------------------
@@ -556,6 +578,30 @@ def verify_day(admin: Any, bucket: str, key: str, uploads: int, fetches: int) ->
     if problems:
         raise BenchError(f"{key} failed verification: " + "; ".join(problems[:5]))
     return doc
+
+
+def seed_stored(admin: Any, bucket: str) -> tuple[int, int]:
+    """Uploads and fetches in the seed's day document (prefix ``seed``, as ``seed_env`` sets)."""
+    doc = json.loads(admin.get_object(Bucket=bucket, Key=daily.day_key("seed", today()))["Body"].read())
+    return len(doc["uploads"]), sum(len(u["fetch_data"]) for u in doc["uploads"])
+
+
+def stored_fetch_ids(admin: Any, bucket: str, prefix: str) -> Counter[str]:
+    """How many times each fetch id is stored, over every day document under ``prefix``.
+
+    Each document must pass ``daily.verify``; any day counts, so a run across midnight is
+    checked whole.
+    """
+    ids: Counter[str] = Counter()
+    pages = admin.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/all_api_json_log_")
+    for page in pages:
+        for obj in page.get("Contents", []):
+            r = admin.get_object(Bucket=bucket, Key=obj["Key"])
+            doc = json.loads(r["Body"].read())
+            if problems := daily.verify(doc, r.get("Metadata", {})):
+                raise BenchError(f"{obj['Key']} failed verification: " + "; ".join(problems[:5]))
+            ids.update(daily.fetch_id_of(f) or "" for up in doc["uploads"] for f in up["fetch_data"])
+    return ids
 
 
 def _lines(read: Callable[[int], bytes], chunk: int = 1 << 20) -> Iterator[bytes]:

@@ -9,7 +9,8 @@
 Each server is started once per run (``tests/s3servers.py``): moto, and a private Ceph RGW
 cluster, the server Linode Object Storage runs. Every benchmark that talks to S3 runs on each
 (the idle one on moto only: an idle service sends nothing), and the report puts the figures
-side by side. Run it alone on the machine: the report records the load beside it.
+side by side. Run it alone on the machine: the report records the load beside it. The soak
+alone takes about 13 minutes per server at its default ``--soak-minutes 10``.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ if __package__ in (None, ""):  # run as a script: import the repo's packages, no
 from tests.benchmarks import (
     bench_append,
     bench_backlog,
+    bench_catchup,
     bench_export,
     bench_idle,
     bench_latency,
     bench_replay,
+    bench_soak,
     bench_throughput,
     bench_writer,
 )
@@ -57,7 +60,7 @@ from tests.s3servers import ServerUnavailable, ceph_missing
 
 log = logging.getLogger("bench")
 
-NAMES = ("writer", "latency", "append", "throughput", "replay", "idle", "backlog", "export")
+NAMES = ("writer", "latency", "append", "throughput", "replay", "idle", "backlog", "export", "soak", "catchup")
 MOTO_ONLY = {"idle": "an idle service sends the server nothing, so the server cannot change this figure"}
 _GIB = 1 << 30
 
@@ -253,7 +256,8 @@ def write_report(path: Path, results: list[Result], servers: list[BenchServer], 
          f"both), `--only NAME[,NAME]` ({', '.join(NAMES)}), `--sizes 1,16,128,512` and "
          "`--ceph-sizes` (day sizes of the append benchmark per server), `--ceph-memstore-gib`, "
          "`--throughput-seconds`, `--throughput-rate` (fetches/s of the paced writer), "
-         "`--idle-seconds`, `--latency-batches`, `--replay-single-batches`, `--backlog-mib 256,1024` "
+         "`--idle-seconds`, `--soak-minutes` (the soak's paced and quiet time, per server), `--catchup-mib 256,1024` (MiB in the local file when the service starts), "
+         "`--latency-batches`, `--replay-single-batches`, `--backlog-mib 256,1024` "
          "(backlog sizes replayed), `--export-mib`, `--output` (the report's path, `-` for none); "
          "`--help` lists them. With `--server both` a machine that "
          "cannot start Ceph still gets the moto figures, with a warning at the top of the report; "
@@ -308,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-rate", type=float, default=bench_throughput.DEFAULT_RATE,
                    help="fetches/s of the paced throughput writer (50 KiB each; default %(default)s)")
     p.add_argument("--idle-seconds", type=float, default=60.0)
+    p.add_argument("--soak-minutes", type=float, default=10.0,
+                   help="paced and quiet time of the soak per server, besides its warm-up and the seed's "
+                        "phases (default %(default)s; 2 for a trial)")
+    p.add_argument("--catchup-mib", default=",".join(map(str, bench_catchup.DEFAULT_SIZES_MIB)),
+                   help="MiB in the local file when the catch-up starts (default %(default)s)")
     p.add_argument("--latency-batches", type=int, default=250)
     p.add_argument("--replay-batches", type=int, default=1000)
     p.add_argument("--replay-single-batches", type=int, default=150,
@@ -328,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
              "ceph": tuple(int(s) for s in args.ceph_sizes.split(","))}
     memstore = int(args.ceph_memstore_gib * _GIB)
     backlog_mib = tuple(int(s) for s in args.backlog_mib.split(","))
+    catchup_mib = tuple(int(s) for s in args.catchup_mib.split(","))
 
     runs: dict[str, Callable[[BenchServer], Section]] = {
         "writer": lambda s: bench_writer.run(s),
@@ -340,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         "idle": lambda s: bench_idle.run(s, seconds=args.idle_seconds),
         "backlog": lambda s: bench_backlog.run(s, sizes_mib=backlog_mib),
         "export": lambda s: bench_export.run(s, size_mib=args.export_mib),
+        "soak": lambda s: bench_soak.run(s, minutes=args.soak_minutes),
+        "catchup": lambda s: bench_catchup.run(s, sizes_mib=catchup_mib),
     }
     load = {"start": loadavg()}
     busy = {"start": background()}
