@@ -10,7 +10,7 @@ from typing import Any
 import pytz
 
 from helpers import NY, record, spooled
-from uploader.cut import Cutter, plan_cut
+from uploader.cut import Cutter, cut_budget, plan_cut
 from uploader.fetchlog import scan
 from uploader.spool import Spool
 
@@ -148,6 +148,15 @@ def test_one_cut_takes_every_complete_batch_a_window_at_a_time(tmp_path):
     assert [i for b in spooled(spool) for i in b.fetch_ids] == [f"f{i:03d}" for i in range(90)]
     assert [q.offset for q in outcome.quarantined] == [len(b"".join(recs[:50]))]
     assert cutter.path.read_bytes() == b"".join(recs[90:])
+
+
+def test_a_cut_takes_at_most_half_the_free_disk_and_at_least_a_window():
+    """Until it commits a cut's batches are on disk twice, so the free space bounds it."""
+    mib = 1 << 20
+    assert cut_budget(100 * mib, limit=4096 * mib, window=8 * mib) == 50 * mib
+    assert cut_budget(10 << 40, limit=4096 * mib, window=8 * mib) == 4096 * mib
+    assert cut_budget(2 * mib, limit=4096 * mib, window=8 * mib) == 8 * mib
+    assert cut_budget(2 * mib, limit=4096, window=8 * mib) == 4096
 
 
 def test_spool_sequence_survives_restart(tmp_path):

@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from .metrics import NO_METRICS, Recorder
 from .spool import Batch, BatchHeader, CutJournal, QuarantineItem, Spool, fetch_data_of
 from .stamps import format_stamp
 
-__all__ = ["PlannedBatch", "CutPlan", "plan_cut", "CutOutcome", "Cutter"]
+__all__ = ["PlannedBatch", "CutPlan", "plan_cut", "cut_budget", "CutOutcome", "Cutter"]
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,9 @@ _CHUNK = 1 << 20
 # Plan and stage this much of the file at a time (more only if one record is bigger): memory
 # holds one window's bytes, however large the cut.
 _WINDOW = 8 << 20
-# Bytes one cut takes at most. Until it commits, a cut's batches are on disk twice (staged in the
-# spool and still in the file), so this bounds the extra room a backlog needs; it is large so that
-# what the cut leaves behind, which it copies twice, stays small.
-_MAX_CUT = 256 << 20
+# Bytes one cut takes at most (see cut_budget): large, so that what a cut leaves behind, which
+# it copies to the journal and moves under the lock, stays small.
+_MAX_CUT = 4 << 30
 _SAMPLE = 4096  # bytes compared to tell the file is still the one planned on, and its progress
 _JOURNAL_TRIES = 3
 _TOO_MUCH = "appended-too-much-meanwhile"
@@ -121,6 +121,17 @@ def plan_cut(
         close()
     left = sum(1 for i in items if isinstance(i, Fetch) and i.start >= length)
     return CutPlan(length=length, batches=batches, quarantined=quarantined, records_left=left)
+
+
+def cut_budget(free_bytes: int, limit: int = _MAX_CUT, window: int = _WINDOW) -> int:
+    """How many bytes one cut may take, given the free space where the spool is.
+
+    Until a cut commits, its batches are on disk twice (staged in the spool, still in the
+    file), so it takes at most half the free space: a cut that cannot fit would fail and be
+    retried for ever, while a smaller one frees room for the next. At least a window, so a
+    nearly full disk still makes progress (or fails plainly on the spool write).
+    """
+    return min(limit, max(window, free_bytes // 2))
 
 
 def batch_digest(chunks: Sequence[bytes]) -> str:
@@ -251,18 +262,19 @@ class Cutter:
             return None
 
     def _stage(self, fd: int, close_through: date | None) -> _Staged:
-        """Plan and stage everything complete at the front, up to ``max_cut_bytes``, a window at
+        """Plan and stage everything complete at the front, up to ``cut_budget``, a window at
         a time. Taking all of it in one cut keeps what the cut leaves behind small, and that is
         what the journal copies and the shift moves under the lock: a cut of one window at a
         time moved the whole rest of the file for every window (quadratic in a backlog)."""
         size = os.fstat(fd).st_size
         now = self.clock()
+        budget = cut_budget(shutil.disk_usage(self.spool.root).free, self.max_cut_bytes, self.window_bytes)
         staged = _Staged(started=time.monotonic())
         while True:
-            buf, consumed, plan, final = self._plan_window(fd, staged.length, size, now, close_through)
+            buf, consumed, plan, final = self._plan_window(fd, staged.length, size, now, close_through, budget)
             if plan.length:
                 self._stage_window(buf, plan, now, staged)
-            if not plan.length or final or staged.length >= self.max_cut_bytes:
+            if not plan.length or final or staged.length >= budget:
                 break
         try:
             if staged.names:
@@ -276,16 +288,16 @@ class Cutter:
             # Offsets of the last window, read from where the cut now ends.
             scanned_to=consumed - plan.length,
             records_left=plan.records_left,
-            more=staged.length >= self.max_cut_bytes,
+            more=staged.length >= budget,
         )
         return staged
 
     def _plan_window(
-        self, fd: int, base: int, size: int, now: datetime, close_through: date | None,
+        self, fd: int, base: int, size: int, now: datetime, close_through: date | None, budget: int,
     ) -> tuple[bytes, int, CutPlan, bool]:
         """Read from ``base`` and plan the batches there: (bytes, bytes scanned, plan, whether the
         window reached the end of the file). Reads more only when no batch ends in the window."""
-        budget = self.max_cut_bytes - base
+        budget -= base
         want = min(size - base, self.window_bytes)
         while True:
             buf = os.pread(fd, want, base)
