@@ -269,6 +269,26 @@ def test_replay_while_a_one_shot_command_holds_the_spool(config_path: Path) -> N
                          "Try: wait for that command to finish, then run `uploader replay` again")
 
 
+@pytest.mark.parametrize("command", [["repair", DAY.isoformat()], ["replay"]])
+def test_a_dry_run_needs_no_lock(day_document: Path, command: list[str]) -> None:
+    """The documented way is to look first with the service running: a dry run writes nothing,
+    so it works while another process holds the spool, and changes nothing."""
+    config = load_config(day_document)
+    before = stored_ids(config)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(config.spool.dir)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        done = uploader(*command, "--dry-run", "--config", str(day_document))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "dry run" in done.stdout or "is sound" in done.stdout, done.stdout
+    assert stored_ids(config) == before
+
+
 @pytest.fixture
 def read_only_spool(config_path: Path) -> Iterator[Path]:
     """The spool folder, existing and complete, on a read-only bind mount of itself."""

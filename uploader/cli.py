@@ -13,7 +13,7 @@ import textwrap
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import date, datetime
 from pathlib import Path
 from types import FrameType
@@ -217,21 +217,25 @@ def _print_status(r: dict[str, Any], out: TextIO) -> None:
 
 
 @contextmanager
-def _exclusive(config: Config, what: str) -> Iterator[Any]:
-    """An uploader for a one-shot command, refusing while `uploader run` holds the spool lock."""
+def _exclusive(config: Config, what: str, *, dry_run: bool = False) -> Iterator[Any]:
+    """An uploader for a one-shot command, refusing while `uploader run` holds the spool lock.
+
+    A dry run writes nothing, so it takes no lock: the documented way is to look first, with
+    the service running, and stop it only for the real thing.
+    """
     from .spool import Spool
     from .status import StatusFile
     from .store import open_store
     from .upload import Uploader
 
     spool = Spool(config.spool.dir)
-    with spool.locked(what):
+    with nullcontext() if dry_run else spool.locked(what):
         status = StatusFile(config.spool.dir / "status.json")
         yield Uploader.for_config(config, spool, open_store(config.storage, config.spool.dir), status)
 
 
 def cmd_replay(config: Config, args: argparse.Namespace) -> int:
-    with _exclusive(config, "uploader replay") as uploader:
+    with _exclusive(config, "uploader replay", dry_run=args.dry_run) as uploader:
         pending = uploader.spool.pending_batches(args.day)
         if args.dry_run:
             for day, n in sorted(Counter(e.day for e in pending).items()):
@@ -360,7 +364,7 @@ def cmd_repair(config: Config, args: argparse.Namespace) -> int:
     from .repair import plan_repair
 
     key = daily.day_key(config.storage.prefix, args.day)
-    with _exclusive(config, "uploader repair") as uploader:
+    with _exclusive(config, "uploader repair", dry_run=args.dry_run) as uploader:
         store, spool = uploader.store, uploader.spool
         try:
             archived = [e.load() for e in spool.archived_batches(args.day)]
