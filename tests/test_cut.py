@@ -150,6 +150,22 @@ def test_one_cut_takes_every_complete_batch_a_window_at_a_time(tmp_path):
     assert cutter.path.read_bytes() == b"".join(recs[90:])
 
 
+def test_a_cut_holds_a_bounded_number_of_batches(tmp_path):
+    """A backlog of many small records goes in cuts of at most max_cut_batches (memory holds a
+    header per batch until the cut commits), every record once."""
+    cutter, spool = make_cutter(tmp_path)
+    cutter.window_bytes, cutter.max_cut_batches = 1024, 3
+    write(cutter.path, *[record(f"f{i:03d}", DAY1) for i in range(95)])
+    counts = []
+    while True:
+        outcome = cutter.cut()
+        counts.append(len(outcome.batches))
+        if not outcome.more:
+            break
+    assert max(counts) <= 3 + 1 and sum(counts) == 9  # a window may end past the limit
+    assert [i for b in spooled(spool) for i in b.fetch_ids] == [f"f{i:03d}" for i in range(90)]
+
+
 def test_a_cut_takes_at_most_half_the_free_disk_and_at_least_a_window():
     """Until it commits a cut's batches are on disk twice, so the free space bounds it."""
     mib = 1 << 20

@@ -51,6 +51,8 @@ _WINDOW = 8 << 20
 # Bytes one cut takes at most (see cut_budget): large, so that what a cut leaves behind, which
 # it copies to the journal and moves under the lock, stays small.
 _MAX_CUT = 4 << 30
+# ... and batches: each leaves its header in memory until the cut commits (about 2 KiB).
+_MAX_CUT_BATCHES = 10_000
 _SAMPLE = 4096  # bytes compared to tell the file is still the one planned on, and its progress
 _JOURNAL_TRIES = 3
 _TOO_MUCH = "appended-too-much-meanwhile"
@@ -145,14 +147,15 @@ def batch_digest(chunks: Sequence[bytes]) -> str:
 class _Staged:
     """A planned cut whose batches are durable under pending names, not yet committed.
 
-    It is built window by window (``windows``: where each was read from and its plan, offsets
-    relative to that), so memory holds one window's bytes however much the cut takes.
+    It is built window by window, keeping of each only what the outcome and the log lines need,
+    so memory holds one window's bytes however much the cut takes.
     """
 
     started: float
     length: int = 0  # bytes to remove from the front: the windows' plans end to end
-    windows: list[tuple[int, CutPlan]] = field(default_factory=list)
     headers: list[BatchHeader] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # each batch's bytes in the file, for the log
+    fallbacks: list[tuple[str, int, str, date]] = field(default_factory=list)  # (id, offset, source, day)
     quarantined: list[QuarantineItem] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     digest: Any = field(default_factory=hashlib.sha256)  # of the bytes cut, for recovery
@@ -191,6 +194,7 @@ class Cutter:
         self.clock = clock
         self.max_cut_bytes = max_cut_bytes
         self.window_bytes = _WINDOW
+        self.max_cut_batches = _MAX_CUT_BATCHES
 
     def recover(self) -> None:
         """Finish a cut interrupted by a crash, or discard one that never committed."""
@@ -274,7 +278,8 @@ class Cutter:
             buf, consumed, plan, final = self._plan_window(fd, staged.length, size, now, close_through, budget)
             if plan.length:
                 self._stage_window(buf, plan, now, staged)
-            if not plan.length or final or staged.length >= budget:
+            full = staged.length >= budget or len(staged.headers) >= self.max_cut_batches
+            if not plan.length or final or full:
                 break
         try:
             if staged.names:
@@ -288,7 +293,7 @@ class Cutter:
             # Offsets of the last window, read from where the cut now ends.
             scanned_to=consumed - plan.length,
             records_left=plan.records_left,
-            more=staged.length >= budget,
+            more=full,
         )
         return staged
 
@@ -343,8 +348,10 @@ class Cutter:
         except OSError as exc:
             raise self._spool_failed("write to the spool", exc) from exc
         staged.headers += [b.header for b in batches]
+        staged.sizes += [sum(f.size for f in pb.fetches) for pb in plan.batches]
+        staged.fallbacks += [(f.fetch_id, base + f.start, f.time_source, f.day)
+                             for pb in plan.batches for f in pb.fetches if f.time_source != "marker"]
         staged.quarantined += quarantined
-        staged.windows.append((base, plan))
         staged.digest.update(memoryview(buf)[:plan.length])
         n = min(_SAMPLE, plan.length)
         head = staged.samples[0] if base else buf[:n]
@@ -395,19 +402,11 @@ class Cutter:
         self.spool.sync_names()
         self.spool.clear_journal()
         ms = (time.monotonic() - staged.started) * 1000
-        headers = iter(outcome.batches)
-        for base, plan in staged.windows:
-            for b, pb in zip(headers, plan.batches):
-                log.info(
-                    "cut day=%s batch=%s seq=%d fetches=%d matches=%d bytes=%d ms=%.1f",
-                    b.day, b.batch_id, b.seq, b.fetch_count, b.matches, sum(f.size for f in pb.fetches), ms,
-                )
-                for f in pb.fetches:
-                    if f.time_source != "marker":
-                        log.warning(
-                            "fetch_time_fallback fetch_id=%s offset=%d source=%s day=%s",
-                            f.fetch_id, base + f.start, f.time_source, f.day,
-                        )
+        for b, size in zip(outcome.batches, staged.sizes):
+            log.info("cut day=%s batch=%s seq=%d fetches=%d matches=%d bytes=%d ms=%.1f",
+                     b.day, b.batch_id, b.seq, b.fetch_count, b.matches, size, ms)
+        for fallback in staged.fallbacks:
+            log.warning("fetch_time_fallback fetch_id=%s offset=%d source=%s day=%s", *fallback)
         for q in outcome.quarantined:
             log.warning(
                 "quarantined file=%s offset=%d bytes=%d reason=%r saved=%s",
