@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,24 @@ _MAX_CUT = 4 << 30
 _MAX_CUT_BATCHES = 10_000
 _SAMPLE = 4096  # bytes compared to tell the file is still the one planned on, and its progress
 _JOURNAL_TRIES = 3
-_TOO_MUCH = "appended-too-much-meanwhile"
+
+
+class Refusal(Enum):
+    """Why a journaled cut was not carried out under the lock."""
+
+    FILE_REPLACED = "file-replaced"  # another file is at the path: never write into it
+    FILE_CHANGED = "file-changed-under-us"  # shrank, or its front is not what was planned on
+    APPENDED_TOO_MUCH = "appended-too-much-meanwhile"  # journal again, then retry
+
+
+class Recovered(Enum):
+    """The state recovery found an interrupted cut's file in (for the log)."""
+
+    FILE_REPLACED = "file-replaced"
+    NOT_STARTED = "not-started"
+    SHIFTED = "shifted"  # kept bytes in front, the old tail still behind them
+    DONE = "done"
+    MID_SHIFT = "mid-shift"  # rebuilt from journal.kept
 
 
 @dataclass(frozen=True)
@@ -218,11 +236,11 @@ class Cutter:
             if journal.inode not in (-1, os.fstat(fd).st_ino):
                 # Another file is at the path now: never write into it. The cut's records are
                 # kept in the spool (promoted above); the old file is no longer read.
-                state = "file-replaced"
+                state = Recovered.FILE_REPLACED
             else:
                 state = _finish_rewrite(fd, journal, self.spool.kept_path)
             self.spool.clear_journal()
-            log.warning("cut_recovered path=%s state=%s removed=%d", self.path, state, journal.length)
+            log.warning("cut_recovered path=%s state=%s removed=%d", self.path, state.value, journal.length)
         finally:
             os.close(fd)
 
@@ -249,10 +267,10 @@ class Cutter:
                     why = self._shift_locked(fd, staged, journal, last_try=attempt == _JOURNAL_TRIES)
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
-                if why != _TOO_MUCH:
+                if why is not Refusal.APPENDED_TOO_MUCH:
                     break
-                log.debug("cut_rejournal attempt=%d reason=%s", attempt, why)
-            if why:
+                log.debug("cut_rejournal attempt=%d reason=%s", attempt, why.value)
+            if why is not None:
                 self._abandon(staged, journal, why)
                 return CutOutcome()
             return self._finish(fd, staged)
@@ -275,7 +293,8 @@ class Cutter:
         budget = cut_budget(shutil.disk_usage(self.spool.root).free, self.max_cut_bytes, self.window_bytes)
         staged = _Staged(started=time.monotonic())
         while True:
-            buf, consumed, plan, final = self._plan_window(fd, staged.length, size, now, close_through, budget)
+            buf, consumed, plan, final = self._plan_window(fd, staged.length, size, now, close_through,
+                                                           budget)
             if plan.length:
                 self._stage_window(buf, plan, now, staged)
             full = staged.length >= budget or len(staged.headers) >= self.max_cut_batches
@@ -368,30 +387,32 @@ class Cutter:
             raise self._spool_failed("write the cut journal in", exc) from exc
         return journal
 
-    def _shift_locked(self, fd: int, staged: _Staged, j: CutJournal, last_try: bool = False) -> str:
+    def _shift_locked(
+        self, fd: int, staged: _Staged, j: CutJournal, last_try: bool = False,
+    ) -> Refusal | None:
         """Under the flock: move the kept bytes (and any appended since the journal) to the front
-        and truncate; no fsync, nothing proportional to the cut. Returns why not, or ""."""
+        and truncate; no fsync, nothing proportional to the cut. Returns why not, or None."""
         st = os.fstat(fd)
         try:
             at_path = os.stat(self.path).st_ino
         except FileNotFoundError:
             at_path = -1
         if st.st_ino != j.inode or at_path != j.inode:
-            return "file-replaced"
+            return Refusal.FILE_REPLACED
         head, tail = staged.samples
         if st.st_size < j.size or os.pread(fd, len(head), 0) != head or \
                 os.pread(fd, len(tail), j.length - len(tail)) != tail:
-            return "file-changed-under-us"
+            return Refusal.FILE_CHANGED
         if st.st_size - j.size > j.length - j.tail_len:
             # So much was appended since the journal that the shift would overwrite what recovery
             # reads to tell its progress: journal again (outside the lock), or, on the last try
             # of a writer bursting faster than the journal's fsync, here (the one slow path).
             if not last_try:
-                return _TOO_MUCH
+                return Refusal.APPENDED_TOO_MUCH
             j = self._write_journal(fd, staged)
             st = os.fstat(fd)
         _shift_tail(fd, 0, j.length, st.st_size, sync=False)
-        return ""
+        return None
 
     def _finish(self, fd: int, staged: _Staged) -> CutOutcome:
         """After the lock: make the rewrite durable, promote the batches, clear the journal."""
@@ -415,9 +436,9 @@ class Cutter:
         self.metrics.cut(outcome.batches, outcome.quarantined)
         return outcome
 
-    def _abandon(self, staged: _Staged, journal: CutJournal, why: str) -> None:
+    def _abandon(self, staged: _Staged, journal: CutJournal, why: Refusal) -> None:
         """Undo a journaled cut that was not carried out (the file is as it was)."""
-        if why == "file-replaced":
+        if why is Refusal.FILE_REPLACED:
             # The records cut are no longer in the file at the path: keep them, cut once.
             self.spool.commit(staged.names)
             self.spool.sync_names()
@@ -427,7 +448,7 @@ class Cutter:
         # The journal goes first: staged files without a journal are discarded on recovery.
         self.spool.clear_journal()
         self.spool.discard_staged()
-        log.warning("cut_abandoned path=%s reason=%s", self.path, why)
+        log.warning("cut_abandoned path=%s reason=%s", self.path, why.value)
 
     def _spool_failed(self, what: str, exc: OSError) -> SpoolError:
         """Undo the staged files of a cut that could not commit; the local file is untouched."""
@@ -473,7 +494,7 @@ def _digest_range(fd: int, start: int, end: int) -> str:
     return h.hexdigest()
 
 
-def _finish_rewrite(fd: int, j: CutJournal, kept_path: Path) -> str:
+def _finish_rewrite(fd: int, j: CutJournal, kept_path: Path) -> Recovered:
     """Bring the file to ``kept + whatever was appended after the journal``; safe to repeat.
 
     Returns which state the file was found in, for the log.
@@ -481,13 +502,13 @@ def _finish_rewrite(fd: int, j: CutJournal, kept_path: Path) -> str:
     size = os.fstat(fd).st_size
     if size >= j.size and _digest_range(fd, 0, j.length) == j.digest:
         _shift(fd, j.length, size)  # not started (or nothing visible yet): do it all
-        return "not-started"
+        return Recovered.NOT_STARTED
     tail_intact = size >= j.size and _digest_range(fd, j.size - j.tail_len, j.size) == j.tail_digest
     if _digest_range(fd, 0, j.kept_len) == j.kept_digest:
         if tail_intact:
             _shift_tail(fd, j.kept_len, j.size, size)  # shifted, not yet truncated
-            return "shifted"
-        return "done"
+            return Recovered.SHIFTED
+        return Recovered.DONE
     # Cut short mid-shift: the front is a mix; the sidecar holds the kept bytes.
     if not tail_intact:
         raise SpoolError(
@@ -500,7 +521,7 @@ def _finish_rewrite(fd: int, j: CutJournal, kept_path: Path) -> str:
             os.pwrite(fd, chunk, off)
             off += len(chunk)
     _shift_tail(fd, j.kept_len, j.size, size)
-    return "mid-shift"
+    return Recovered.MID_SHIFT
 
 
 def _shift(fd: int, start: int, size: int) -> None:

@@ -26,9 +26,26 @@ def wall_instant(day: date, at: time, tz: pytz.BaseTzInfo) -> datetime:
     except pytz.AmbiguousTimeError:
         instant = min(tz.localize(naive, is_dst=True), tz.localize(naive, is_dst=False))
     except pytz.NonExistentTimeError:
-        # The standard-offset reading of a skipped wall time lands just past the gap.
-        instant = tz.normalize(tz.localize(naive, is_dst=False))
+        instant = _end_of_gap(naive, tz)
     return instant
+
+
+def _end_of_gap(naive: datetime, tz: pytz.BaseTzInfo) -> datetime:
+    """The first instant whose wall time is ``naive`` or later, where ``naive`` is skipped.
+
+    The two readings of the skipped time (at the offsets before and after the gap) bracket the
+    jump, which is found to the second by bisection (wall time only grows across a gap, and
+    zones change offset on whole seconds).
+    """
+    readings = [int(tz.localize(naive, is_dst=d).timestamp()) for d in (True, False)]
+    lo, hi = min(readings), max(readings)  # wall(lo) < naive <= wall(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, tz).replace(tzinfo=None) >= naive:
+            hi = mid
+        else:
+            lo = mid
+    return datetime.fromtimestamp(hi, tz)
 
 
 def next_close_out(after: datetime, tz: pytz.BaseTzInfo, at: time) -> datetime:
