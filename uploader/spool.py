@@ -21,15 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AlreadyRunning, SpoolError, UnreadableBatch
+from .files import DIR_MODE, FILE_MODE, TMP, atomic_write, fsync_dir, write_all
 
-__all__ = ["ArchivePolicy", "ArchiveSummary", "QuarantineSummary", "BatchHeader", "encode_fetches", "fetch_data_of", "Batch", "CutJournal", "QuarantineItem", "Spool", "SpooledBatch", "atomic_write"]
+__all__ = ["ArchivePolicy", "ArchiveSummary", "QuarantineSummary", "BatchHeader", "encode_fetches", "fetch_data_of", "Batch", "CutJournal", "QuarantineItem", "Spool", "SpooledBatch"]
 
 log = logging.getLogger(__name__)
 
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 PENDING = ".pending"  # written by a cut that has not committed yet; invisible to uploads
-TMP = ".tmp"  # atomic_write's temporary name; left behind only by a crash mid-write
 _BATCH_NAME = re.compile(r"^(\d{12})-(\d{4}-\d{2}-\d{2})-([0-9a-f]+)\.json$")
 SERVICE_UNIT = "all-api-uploader"  # the unit name scripts/uploader.service is installed as
 # The CLI's commands, to tell from a lock holder's command line whether it is the service.
@@ -269,39 +267,6 @@ class CutJournal:
         return cls(**d)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    # os.write may write less than asked (a signal, a nearly full disk): go on until done.
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def atomic_write(
-    path: Path, data: bytes, mode: int = FILE_MODE, sync_dir: bool = True, durable: bool = True
-) -> None:
-    """Write ``data`` to ``path`` via a temp name, fsync, rename; then fsync the folder.
-
-    ``durable=False`` skips both fsyncs: still never a torn file, but it may be lost to a
-    power cut (fine for advisory state).
-    """
-    tmp = path.with_name(f".{path.name}{TMP}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        try:
-            _write_all(fd, data)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        # A full disk must not also fill up with half-written temp files, one per attempt.
-        tmp.unlink(missing_ok=True)
-        raise
-    if sync_dir and durable:
-        fsync_dir(path.parent)
-
-
 def _listed(folder: Path, day: date | None) -> list[SpooledBatch]:
     """Batch files in ``folder`` (of ``day`` if given), by seq."""
     out = []
@@ -391,14 +356,6 @@ def _busy_hint(command: str | None, what: str) -> str:
         return f"wait for that command to finish, then run `{what}` again"
     return (f"stop the running uploader first (`systemctl stop {SERVICE_UNIT}` if it is the service), "
             f"then run `{what}` again")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -555,7 +512,7 @@ class Spool:
         """Write ``data`` as ``path`` (mode 0600) and return the open descriptor, not yet fsynced."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)  # a full disk must not keep half a file

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..files import DIR_MODE, atomic_write
+
 __all__ = [
     "FULL_CAPABILITIES",
     "Capabilities",
@@ -162,8 +164,6 @@ class CapabilityMemo:
 
     def save(self, where: str, caps: Capabilities) -> None:
         """Record ``caps`` for ``where``; a failure only costs a probe next time, so it is logged."""
-        from ..spool import DIR_MODE, atomic_write  # the spool's own atomic, 0600 write
-
         entries = self._read()
         entries[where] = caps.to_json()
         try:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
+from ..files import fsync_dir
 from . import FULL_CAPABILITIES, MIN_PART_SIZE, Capabilities, ObjectInfo, normalize_etag, probe_prefix
 
 __all__ = ["DirectoryStore"]
@@ -243,8 +244,8 @@ class DirectoryStore:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             os.replace(side_tmp, side_path)
-            _fsync_dir(path.parent)
-            _fsync_dir(side_path.parent)
+            fsync_dir(path.parent)
+            fsync_dir(side_path.parent)
         log.debug("store.written key=%s bytes=%d", key, st.st_size)
         return etag
 
@@ -291,11 +292,3 @@ def _prune_empty(folder: Path, top: Path) -> None:
         except OSError:
             return
         folder = folder.parent
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
