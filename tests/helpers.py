@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import pytz
 
 from uploader.fetchlog import encode_record
@@ -126,3 +130,19 @@ def proc_state(pid: int) -> ProcState:
     """VmRSS from /proc/PID/status, entries of /proc/PID/fd and /proc/PID/task."""
     return ProcState(status_kib(pid, "VmRSS"), len(os.listdir(f"/proc/{pid}/fd")),
                      len(os.listdir(f"/proc/{pid}/task")))
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """``folder`` on a read-only bind mount of itself, for as long as the block runs (skips the
+    test where it cannot mount: it needs root and mount(8))."""
+    mount = shutil.which("mount")
+    if mount is None or subprocess.run([mount, "--bind", folder, folder], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here (needs root and mount)")
+    try:
+        remount = subprocess.run([mount, "-o", "remount,ro,bind", folder], capture_output=True)
+        if remount.returncode:
+            pytest.skip(f"cannot remount read-only: {remount.stderr.decode().strip()}")
+        yield folder
+    finally:
+        subprocess.run(["umount", folder], check=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from helpers import NY, wait_for, write_config
+from helpers import NY, read_only, wait_for, write_config
 from uploader import daily
 from uploader.cli import COMMANDS, build_parser, main
 from uploader.config import Config, load_config
@@ -295,16 +295,8 @@ def read_only_spool(config_path: Path) -> Iterator[Path]:
     spool_dir = load_config(config_path).spool.dir
     Spool(spool_dir)
     (spool_dir / "lock").write_text("")
-    mount = shutil.which("mount")
-    if mount is None or subprocess.run([mount, "--bind", spool_dir, spool_dir], capture_output=True).returncode:
-        pytest.skip("cannot bind-mount here (needs root and mount)")
-    try:
-        remount = subprocess.run([mount, "-o", "remount,ro,bind", spool_dir], capture_output=True)
-        if remount.returncode:
-            pytest.skip(f"cannot remount read-only: {remount.stderr.decode().strip()}")
+    with read_only(spool_dir):
         yield spool_dir
-    finally:
-        subprocess.run(["umount", spool_dir], check=True)
 
 
 def test_a_read_only_spool_says_so(config_path: Path, read_only_spool: Path) -> None:

@@ -4,6 +4,9 @@ injected clock, down at midnight, S3 outage."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
 from datetime import date, datetime, timedelta
 
 import pytest
@@ -11,10 +14,11 @@ import pytz
 
 from conftest import SERVERS, make_s3_store
 from faultproxy import FaultProxy
-from helpers import NY, FakeClock, wait_for, write_config
+from helpers import NY, FakeClock, read_only, wait_for, write_config
 from uploader import daily
 from uploader.config import load_config
-from uploader.errors import AlreadyRunning
+from uploader.errors import AlreadyRunning, UploaderError
+from uploader.spool import Spool
 from uploader.fetchlog import FetchWriter
 from uploader.service import Service
 from uploader.store import Store, open_store
@@ -136,3 +140,24 @@ def test_s3_outage_piles_up_then_drains(tmp_path, s3_server, bucket):
             assert daily.verify(document) == []
         finally:
             service.stop()
+
+
+def test_a_failed_start_leaves_nothing_running(tmp_path):
+    """A start that fails half way (the watch folder cannot be made: a read-only mount) stops the
+    upload worker it had started and releases the spool lock; `uploader run` says it in one line."""
+    (tmp_path / "ro").mkdir()
+    config = load_config(write_config(tmp_path, watch={"file": "ro/data/all_api.json"}))
+    service = Service(config)
+    with read_only(tmp_path / "ro"):
+        with pytest.raises(UploaderError, match="cannot watch .*ro/data: Read-only file system"):
+            service.start()
+        assert not [t.name for t in threading.enumerate() if t.name in ("upload-worker", "watcher")]
+        with Spool(config.spool.dir).locked("test"):
+            pass  # the lock was released
+        run = subprocess.run([sys.executable, "-m", "uploader.cli", "run", "--config", str(tmp_path / "config.toml")],
+                             capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert [line for line in run.stderr.splitlines() if line.startswith("uploader: ")] == [
+        f"uploader: cannot watch {tmp_path}/ro/data: Read-only file system. Try: make the folder of watch.file "
+        "exist and readable for this user (for inotify limits: sysctl fs.inotify.max_user_watches / "
+        "max_user_instances)"]

@@ -91,6 +91,8 @@ class Service:
                                    id="retry", coalesce=True, max_instances=1)
             self.scheduler.start()
         except BaseException:
+            # Nothing it started may outlive a failed start: the lock goes with the threads.
+            self._halt()
             self._resources.close()
             raise
         self._running.set()
@@ -103,20 +105,24 @@ class Service:
     def stop(self) -> None:
         """Finish the cut under way, stop the worker, try one last upload, release the lock."""
         log.info("service_stopping")
-        self._running.clear()
         try:
-            if self.scheduler.running:
-                self.scheduler.shutdown(wait=False)
-            self.watcher.stop()
-            self._stopping.set()
-            self._kick.set()
-            if self._worker.is_alive():
-                self._worker.join()
+            self._halt()
             report = self.uploader.drain(ignore_backoff=True)
             self.uploader.upload_quarantine()
             log.info("service_stopped uploaded=%d left_in_spool=%d", report.batches, report.left)
         finally:
             self._resources.close()
+
+    def _halt(self) -> None:
+        """Stop the scheduler, the watcher and the upload worker, whichever of them run."""
+        self._running.clear()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.watcher.stop()
+        self._stopping.set()
+        self._kick.set()
+        if self._worker.is_alive():
+            self._worker.join()
 
     def closed_through(self) -> date | None:
         """The latest day D such that every day up to D that had uploads is closed; None before start."""

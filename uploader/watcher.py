@@ -94,10 +94,19 @@ class Watcher:
         self._error_logged: str | None = None
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._observer.schedule(_Wake(self.path, self.poke), str(self.path.parent), recursive=False,
-                                event_filter=WAKE_EVENTS)
-        self._observer.start()
+        """Watch the file's folder (created if missing) and start the watcher thread."""
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._observer.schedule(_Wake(self.path, self.poke), str(folder), recursive=False,
+                                    event_filter=WAKE_EVENTS)
+            self._observer.start()
+        except OSError as exc:
+            raise UploaderError(
+                f"cannot watch {folder}: {exc.strerror or exc}",
+                "make the folder of watch.file exist and readable for this user (for inotify limits: "
+                "sysctl fs.inotify.max_user_watches / max_user_instances)",
+            ) from None
         self._thread.start()
         self.poke()
 
@@ -114,12 +123,13 @@ class Watcher:
         return fut
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop watching; a cut under way finishes first."""
+        """Stop watching; a cut under way finishes first. Safe on a watcher that never started."""
         self._stopping.set()
         self._wake.set()
         self._observer.stop()
-        self._thread.join(timeout)
-        self._observer.join(timeout)
+        for thread in (self._thread, self._observer):
+            if thread.is_alive():
+                thread.join(timeout)
 
     # -- the watcher thread ----------------------------------------------------------------
 
