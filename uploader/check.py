@@ -7,16 +7,13 @@ import uuid
 from typing import TextIO
 
 from .config import Config
-from .errors import StoreError
+from .errors import ExitCode, StoreError
 from .spool import Spool
 from .store import LEFTOVER_AGE_S, Capabilities, Store, open_store, probe_prefix
 
 __all__ = ["run_check"]
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
 
 
 def run_check(config: Config, out: TextIO) -> int:
@@ -38,7 +35,7 @@ def run_check(config: Config, out: TextIO) -> int:
     except StoreError as exc:
         log.info("check.failed error=%s", type(exc).__name__)
         print(f"FAILED: {exc.message}. Try: {exc.hint or 'see the log'}", file=out)
-        return EXIT_PROBLEMS
+        return ExitCode.PROBLEMS
     if leftovers:
         print(f"  removed {len(leftovers)} leftover(s) of interrupted probes and appends:", file=out)
         for item in leftovers:
@@ -55,7 +52,7 @@ def run_check(config: Config, out: TextIO) -> int:
     if not caps.conclusive:
         print("  (some findings are unsure after passing faults; they are probed again within the hour)", file=out)
     print("OK: the store is usable", file=out)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _round_trip(store: Store, prefix: str, out: TextIO) -> None:

@@ -23,13 +23,11 @@ import pytz
 
 from . import __version__
 from .config import Config, default_config_path, load_config
-from .errors import ConfigError, ObjectNotFound, StoreError, UploaderError, UsageError
+from .errors import ConfigError, ExitCode, ObjectNotFound, StoreError, UploaderError, UsageError
 
 __all__ = ["main", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE"]
 
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_USAGE = 2
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = ExitCode.OK, ExitCode.PROBLEMS, ExitCode.USAGE
 
 log = logging.getLogger(__name__)
 

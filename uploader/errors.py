@@ -16,7 +16,10 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 __all__ = [
+    "ExitCode",
     "UploaderError",
     "ConfigError",
     "UsageError",
@@ -29,6 +32,14 @@ __all__ = [
     "ObjectNotFound",
     "PreconditionFailed",
 ]
+
+
+class ExitCode(IntEnum):
+    """What a command's exit status means (docs/DESIGN.md §9)."""
+
+    OK = 0  # done, nothing wrong
+    PROBLEMS = 1  # problems found or work left undone; any UploaderError but the two below
+    USAGE = 2  # bad usage or configuration: ConfigError, UsageError
 
 
 class UploaderError(Exception):

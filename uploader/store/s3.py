@@ -47,6 +47,7 @@ from ..errors import (
 )
 from . import MIN_PART_SIZE, PART_SIZE, ObjectInfo, normalize_etag, probe_prefix
 from .capabilities import Capabilities, CapabilityMemo
+from .s3_codes import PRECONDITION, error_code
 from .s3_probe import Prober, part_entry
 
 __all__ = ["S3Store"]
@@ -54,7 +55,6 @@ __all__ = ["S3Store"]
 log = logging.getLogger(__name__)
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
-_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _TRANSIENT = {
     "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "502", "503",
     "504", "Throttling", "ThrottlingException",
@@ -80,12 +80,6 @@ def _new_session() -> boto3.session.Session:
         core = botocore.session.get_session()
         core.register_component("data_loader", _LOADER)
     return boto3.session.Session(botocore_session=core)
-
-
-def _code(exc: ClientError) -> tuple[str, int]:
-    err = exc.response.get("Error", {})
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return str(err.get("Code", "") or status), status
 
 
 class S3Store:
@@ -310,7 +304,7 @@ class S3Store:
             try:
                 status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
             except ClientError as exc:
-                code, http = _code(exc)
+                code, http = error_code(exc)
                 if code in _IDENTITY or http in (401, 403) and code != "AccessDenied":
                     raise self._client_error(exc, where) from exc
                 # A server that cannot say (not implemented, not allowed) is no reason to stop.
@@ -422,7 +416,7 @@ class S3Store:
         try:
             yield
         except ClientError as exc:
-            code, status = _code(exc)
+            code, status = error_code(exc)
             if feature is not None and _refuses_feature(code, status):
                 answer = f"{code} (HTTP {status})"
                 self._lose(feature, answer)
@@ -445,8 +439,8 @@ class S3Store:
             raise StoreRejected(f"{where} failed: {type(exc).__name__}", "see the log for details") from exc
 
     def _client_error(self, exc: ClientError, where: str) -> StoreError:
-        code, status = _code(exc)
-        if code in _PRECONDITION or status == 412:
+        code, status = error_code(exc)
+        if code in PRECONDITION or status == 412:
             return PreconditionFailed(f"{where}: the object changed since it was read ({code})")
         if code in _NOT_FOUND:
             return ObjectNotFound(f"{where}: no such key")
@@ -518,7 +512,7 @@ def _refuses_feature(code: str, status: int) -> bool:
     Not: a precondition that failed (the feature working), a missing key, a passing fault, or
     who-is-asking errors, which every request would get alike.
     """
-    if code in _PRECONDITION or status == 412 or code in _NOT_FOUND or code in _IDENTITY:
+    if code in PRECONDITION or status == 412 or code in _NOT_FOUND or code in _IDENTITY:
         return False
     if code in _TRANSIENT or (status >= 500 and status != 501):
         return False

@@ -35,13 +35,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..errors import StoreUnavailable
 from . import normalize_etag
 from .capabilities import Capabilities
+from .s3_codes import PRECONDITION, error_code
 
 __all__ = ["Prober", "STALE_ETAG", "part_entry"]
 
 log = logging.getLogger(__name__)
 
 STALE_ETAG = '"00000000000000000000000000000000"'
-_PRECONDITION = {"PreconditionFailed", "ConditionalRequestConflict"}
 _BODY = bytes(range(48, 58)) * 10  # 100 bytes, every range of it distinguishable
 _TRIES = 3
 _GONE_AFTER = 3  # connection failures in a row
@@ -289,10 +289,8 @@ class Prober:
         try:
             return _Answer(value=call())
         except ClientError as exc:
-            err = exc.response.get("Error", {})
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            code = str(err.get("Code", "") or status)
-            if code in _PRECONDITION or status == 412:
+            code, status = error_code(exc)
+            if code in PRECONDITION or status == 412:
                 return _Answer(refused=True)
             if status >= 500 and status != 501:
                 raise _Unsure(f"{code} (HTTP {status})", connection=False) from exc
