@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pytz
 
 from .errors import ConfigError
+from .stamps import DEFAULT_TIMEZONE
 
 __all__ = [
     "Config",
@@ -39,13 +40,13 @@ _CREDENTIAL_WORDS = ("secret", "access_key", "accesskey", "session_token", "pass
 
 @dataclass(frozen=True)
 class WatchConfig:
-    file: Path
+    file: Path = Path("data/all_api.json")
     batch_size: int = 10
 
 
 @dataclass(frozen=True)
 class DayConfig:
-    timezone: str = "America/New_York"
+    timezone: str = DEFAULT_TIMEZONE
     close_out_at: time = time(0, 0, 30)
 
     @property
@@ -55,7 +56,7 @@ class DayConfig:
 
 @dataclass(frozen=True)
 class SpoolConfig:
-    dir: Path
+    dir: Path = Path("data/spool")
     retry_interval_s: float = 30.0
     max_backoff_s: float = 600.0
     # Uploaded batches are kept this long (and at most this much) for `uploader repair`.
@@ -65,7 +66,7 @@ class SpoolConfig:
 
 @dataclass(frozen=True)
 class DirectoryConfig:
-    path: Path
+    path: Path = Path("data/bucket")
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class MetricsConfig:
 class StorageConfig:
     backend: str = "directory"
     prefix: str = "all_api_rotating_logs"
-    directory: DirectoryConfig = field(default_factory=lambda: DirectoryConfig(Path("data/bucket")))
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     s3: S3Config = field(default_factory=S3Config)
 
 
@@ -134,39 +135,33 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
-# key -> (type(s), default); a nested dict is a sub-table.
+def _table(cls: type, **types: Any) -> dict[str, tuple[Any, Any]]:
+    """key -> (type(s), default) for one TOML table; the default is the dataclass field's, as
+    TOML writes it (a path as a string, a time as HH:MM:SS), so each default is written once."""
+    defaults = {f.name: f.default for f in fields(cls)}
+
+    def as_toml(value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value.isoformat() if isinstance(value, time) else value
+
+    return {key: (kind, as_toml(defaults[key])) for key, kind in types.items()}
+
+
+_NUMBER = (int, float)
+# A nested dict is a sub-table.
 _SCHEMA: dict[str, Any] = {
-    "watch": {"file": (str, "data/all_api.json"), "batch_size": (int, 10)},
-    "day": {"timezone": (str, "America/New_York"), "close_out_at": (str, "00:00:30")},
-    "spool": {
-        "dir": (str, "data/spool"),
-        "retry_interval_s": ((int, float), 30),
-        "max_backoff_s": ((int, float), 600),
-        "archive_days": ((int, float), 7),
-        "archive_max_mb": ((int, float), 1024),
-    },
+    "watch": _table(WatchConfig, file=str, batch_size=int),
+    "day": _table(DayConfig, timezone=str, close_out_at=str),
+    "spool": _table(SpoolConfig, dir=str, retry_interval_s=_NUMBER, max_backoff_s=_NUMBER, archive_days=_NUMBER,
+                    archive_max_mb=_NUMBER),
     "storage": {
-        "backend": (str, "directory"),
-        "prefix": (str, "all_api_rotating_logs"),
-        "directory": {"path": (str, "data/bucket")},
-        "s3": {
-            "bucket": (str, "sports-json-logs-all"),
-            "endpoint_url": (str, None),
-            "region": (str, None),
-            "addressing_style": (str, "auto"),
-            "request_checksum_calculation": (str, None),
-            "response_checksum_validation": (str, None),
-            "allow_insecure_http": (bool, False),
-            "connect_timeout_s": ((int, float), 5),
-            "read_timeout_s": ((int, float), 30),
-            "max_attempts": (int, 3),
-        },
+        **_table(StorageConfig, backend=str, prefix=str),
+        "directory": _table(DirectoryConfig, path=str),
+        "s3": _table(S3Config, bucket=str, endpoint_url=str, region=str, addressing_style=str,
+                     request_checksum_calculation=str, response_checksum_validation=str,
+                     allow_insecure_http=bool, connect_timeout_s=_NUMBER, read_timeout_s=_NUMBER,
+                     max_attempts=int),
     },
-    "metrics": {
-        "listen": (str, "127.0.0.1:9464"),
-        "allow_remote": (bool, False),
-        "healthz_max_pending_age_s": ((int, float), 900),
-    },
+    "metrics": _table(MetricsConfig, listen=str, allow_remote=bool, healthz_max_pending_age_s=_NUMBER),
 }
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", (int, float): "a number"}

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import pytz
 
-from .stamps import day_of, format_stamp, parse_stamp
+from .stamps import DEFAULT_TIMEZONE, day_of, format_stamp, parse_stamp
 
 __all__ = [
     "Fetch",
@@ -268,7 +268,7 @@ class FetchWriter:
         writer.append(raw_api_data, total_matches=57)
     """
 
-    def __init__(self, path: str | os.PathLike[str], timezone: str = "America/New_York") -> None:
+    def __init__(self, path: str | os.PathLike[str], timezone: str = DEFAULT_TIMEZONE) -> None:
         self.path = Path(path)
         self.tz = pytz.timezone(timezone)
 
@@ -299,7 +299,7 @@ class FetchWriter:
 
 def append_fetch(path: str | os.PathLike[str], raw_api_data: Any, total_matches: int, **kw: Any) -> str:
     """One-call form of ``FetchWriter(path).append(...)`` for pipelines that need nothing more."""
-    timezone = kw.pop("timezone", "America/New_York")
+    timezone = kw.pop("timezone", DEFAULT_TIMEZONE)
     return FetchWriter(path, timezone).append(raw_api_data, total_matches, **kw)
 
 

@@ -6,8 +6,9 @@ from datetime import date, datetime
 
 import pytz
 
-__all__ = ["STAMP_FORMAT", "format_stamp", "parse_stamp", "day_of"]
+__all__ = ["DEFAULT_TIMEZONE", "STAMP_FORMAT", "format_stamp", "parse_stamp", "day_of"]
 
+DEFAULT_TIMEZONE = "America/New_York"  # the pipeline's zone: the config's and the writer's default
 STAMP_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 _UTC_NAMES = {"UTC", "GMT", "Z"}
 
