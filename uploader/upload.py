@@ -146,7 +146,7 @@ class Uploader:
             self._unreadable(exc, report)
             return
         ms = (time.monotonic() - started) * 1000
-        self._keep([e for e, _ in readable])
+        self._retire([e for e, _ in readable])
         headers = [h for _, h in readable]
         fetches = sum(h.fetch_count for h in headers)
         matches = sum(h.matches for h in headers)
@@ -175,8 +175,9 @@ class Uploader:
         self._note_failure(exc.batch_id, str(exc))
         log.error("spool_unreadable batch=%s error=%s", exc.batch_id, exc)
 
-    def _keep(self, uploaded: list[SpooledBatch]) -> None:
-        """Move acknowledged batches to the archive (for `uploader repair`) and prune it."""
+    def _retire(self, uploaded: list[SpooledBatch]) -> None:
+        """Take acknowledged batches out of the queue: into the archive (kept for `uploader repair`,
+        which is pruned here), or deleted where no archive is kept."""
         policy = self.archive_policy
         if not policy.enabled:
             self.spool.remove(uploaded)
