@@ -9,6 +9,9 @@ Below 5 MiB (S3 copies no smaller part) the old body is read and sent again; a s
 no ranges gets the old body streamed from a GET into the write. Conditions (If-Match, or
 If-None-Match for a new day) guard every write; a lost race (PreconditionFailed) re-reads and
 retries, a bounded number of times.
+
+Which path a write takes is ``append_plan.choose_plan``, a pure function of what was read of the
+document and of what the server honours; ``_apply`` reads, asks it, and carries the plan out.
 """
 
 from __future__ import annotations
@@ -25,14 +28,16 @@ from typing import Any
 import pytz
 
 from . import daily
+from .append_plan import SMALL_LIMIT, AppendPath, Body, DocumentState, Layout, WritePlan, choose_plan
 from .errors import CapabilityLost, PreconditionFailed, StoreUnavailable
 from .spool import Batch, BatchHeader, QuarantineItem, SpooledBatch
-from .store import MIN_PART_SIZE, Capabilities, Store
+from .store import Capabilities, Store
 
 __all__ = [
     "FIRST_SUFFIX",
     "MAX_ATTEMPTS",
     "SMALL_LIMIT",
+    "AppendPath",
     "AppendResult",
     "WriteCache",
     "append_batches",
@@ -43,27 +48,27 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Below this a document is rewritten whole: a multipart copy part must be at least 5 MiB.
-SMALL_LIMIT = MIN_PART_SIZE
 FIRST_SUFFIX = 64 * 1024
 MAX_ATTEMPTS = 8
 _STREAM_CHUNK = 1 << 20
+
+
+# -- appending and closing ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class AppendResult:
     """What one append (or close) did to one day's document.
 
-    ``path`` is "new" (created), "rewrite" (the old body sent again), "tail" (server-side
-    append) or "none" (nothing to write: every batch was already there, or the day already
-    closed). ``etag`` is None where the server did not say.
+    ``path`` says how it was written (``choose_plan``); ``etag`` is None where the server did
+    not say.
     """
 
     day: date
     key: str
     stored: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
-    path: str = "none"
+    path: AppendPath = AppendPath.NONE
     etag: str | None = None
     attempts: int = 1
     bytes_sent: int = 0
@@ -202,77 +207,78 @@ class _Counted:
             yield piece
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """The day's document, which exists, as one attempt read it: what the write needs of it."""
+
+    etag: str
+    whole: bytes | None = None  # the whole body, where it is in memory
+    found: tuple[int, bytes] | None = None  # our layout: (bytes before the tail, the tail)
+    received: int = 0  # bytes this attempt's reads took
+
+    @property
+    def keep(self) -> int:
+        """Bytes before the tail, which the new document keeps (none without our layout)."""
+        return self.found[0] if self.found is not None else 0
+
+
+@dataclass(frozen=True)
+class _Reencoded:
+    """An edit of a document in another layout: parsed whole and merged, to be written in ours."""
+
+    document: dict[str, Any]  # after the edit (the one parsed, where nothing changes)
+    changed: bool
+    stored: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = self.document["daily_metadata"]
+        return meta
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One try at writing a day's document, for its result and its log line."""
+
+    day: date
+    key: str
+    number: int
+    received: int  # over every attempt so far: each re-read costs bytes too
+    started: float
+
+
 def _apply(
     store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, edit: _Edit, cache: WriteCache | None
 ) -> AppendResult:
+    """Read the day's document, choose the path (``choose_plan``), write. A lost race (412)
+    re-reads and retries; so does a feature the server refused, now on its fallback path."""
     key = daily.day_key(prefix, day)
     received = 0
     lost: CapabilityLost | None = None
-    for attempt in range(1, MAX_ATTEMPTS + 1):
+    for number in range(1, MAX_ATTEMPTS + 1):
         started = time.monotonic()
         # Asked on every attempt: a refused feature (CapabilityLost below) changes the path.
         caps = store.capabilities()
-        use_cache = cache is not None and caps.conditional_put
-        known = cache.get(key) if cache is not None and use_cache else None
+        # Our own last write is trusted only where the write carrying its ETag is refused if stale.
+        mine = cache if caps.conditional_put else None
         try:
-            if known is None:
-                info = store.head(key)
-                if info is None:
-                    te = edit.on_tail(daily.new_tail(day, tz.zone))
-                    body = _Counted(itertools.chain([daily.HEAD], te.pieces(edit.fetch_data)))
-                    etag = store.compose(key, 0, body, daily.user_metadata(te.metadata), if_none_match=True)
-                    _remember(cache if use_cache else None, key, etag, body, 0)
-                    return _done(day, key, te, "new", etag, attempt, body.sent, received, started)
-                size, etag = info.size, info.etag
-            else:
-                size, etag = known.size, known.etag
-            whole = known.suffix if known is not None and len(known.suffix) >= size else None
-            found: tuple[int, bytes] | None = None
-            if whole is not None:
-                found = daily.split_tail(whole, size)
-            elif size < SMALL_LIMIT:
-                whole, got = store.get(key)
-                etag, received = got.etag, received + len(whole)
-                found = daily.split_tail(whole, len(whole))
-            else:
-                if known is not None:
-                    found = daily.split_tail(known.suffix, size)
-                if found is None:
-                    found, whole, etag, n = _read_tail(store, key, caps)
-                    received += n
-            if found is None:
-                if whole is None:
-                    whole, got = store.get(key)
-                    etag, received = got.etag, received + len(whole)
-                return _rewrite_parsed(store, key, day, edit, whole, etag, attempt, received, started)
-            keep, tail = found
-            te = edit.on_tail(tail)
-            if not te.changed:
-                return AppendResult(day, key, [], te.already, "none", etag, attempt, 0, received,
-                                    daily.user_metadata(te.metadata))
-            meta = daily.user_metadata(te.metadata)
-            if whole is not None:
-                head: Iterable[bytes] = [whole[:keep]]
-                path, server_keep = "rewrite", 0
-            elif keep >= SMALL_LIMIT and caps.server_side_append:
-                head, path, server_keep = [], "tail", keep
-            else:
-                # No range copies here: stream the old body from a GET into the new object.
-                head, path, server_keep = _old_body(store, key, keep, etag), "rewrite", 0
-            body = _Counted(itertools.chain(head, te.pieces(edit.fetch_data)))
-            new_etag = store.compose(key, server_keep, body, meta, if_match=etag)
-            _remember(cache if use_cache else None, key, new_etag, body, server_keep)
-            return _done(day, key, te, path, new_etag, attempt, body.sent, received, started)
+            seen = _read(store, key, caps, mine.get(key) if mine is not None else None)
+            received += seen.received if seen is not None else 0
+            change = _edit_document(edit, seen, day, tz)
+            plan = choose_plan(_state(seen, change), caps)
+            attempt = _Attempt(day, key, number, received, started)
+            return _carry_out(store, edit, plan, seen, change, mine, attempt)
         except PreconditionFailed:
             lost = None
             if cache is not None:
                 cache.drop(key)
-            log.info("publish.conflict key=%s attempt=%d; re-reading", key, attempt)
+            log.info("publish.conflict key=%s attempt=%d; re-reading", key, number)
         except CapabilityLost as exc:
             # Nothing was written; the store no longer uses the refused feature.
             if cache is not None:
                 cache.drop(key)
-            log.info("publish.fallback key=%s attempt=%d reason=%s", key, attempt, exc.message)
+            log.info("publish.fallback key=%s attempt=%d reason=%s", key, number, exc.message)
             lost = exc
     if lost is not None:
         raise lost  # the server kept refusing features, each time one more (never expected)
@@ -282,21 +288,94 @@ def _apply(
     )
 
 
-def _rewrite_parsed(
-    store: Store, key: str, day: date, edit: _Edit, whole: bytes, etag: str, attempt: int, received: int,
-    started: float,
-) -> AppendResult:
-    """A document not in our layout (e.g. the old logger's): merge parsed, write ours."""
-    parsed = daily.parse(whole)
+def _read(store: Store, key: str, caps: Capabilities, known: _Known | None) -> _Seen | None:
+    """What the write needs of the day's document (None: there is none), read as cheaply as it
+    can be: nothing when our own last write is known whole, one GET below 5 MiB, else only the
+    tail; and the whole body where it is not in our layout, to be parsed."""
+    if known is None:
+        info = store.head(key)
+        if info is None:
+            return None
+        size, etag = info.size, info.etag
+    else:
+        size, etag = known.size, known.etag
+    if known is not None and len(known.suffix) >= size:
+        return _Seen(etag, known.suffix, daily.split_tail(known.suffix, size))
+    if size < SMALL_LIMIT:
+        body, got = store.get(key)
+        return _Seen(got.etag, body, daily.split_tail(body, len(body)), len(body))
+    found = daily.split_tail(known.suffix, size) if known is not None else None
+    if found is not None:
+        return _Seen(etag, found=found)
+    found, whole, etag, received = _read_tail(store, key, caps)
+    if found is None and whole is None:  # not our layout: it is parsed whole
+        whole, got = store.get(key)
+        etag, received = got.etag, received + len(whole)
+    return _Seen(etag, whole, found, received)
+
+
+def _edit_document(
+    edit: _Edit, seen: _Seen | None, day: date, tz: pytz.BaseTzInfo
+) -> daily.TailEdit | _Reencoded:
+    """The edit applied to what was read: to the tail (of a new document, too), or to the parsed
+    whole of a document in another layout."""
+    if seen is None:
+        return edit.on_tail(daily.new_tail(day, tz.zone))
+    if seen.found is not None:
+        return edit.on_tail(seen.found[1])
+    assert seen.whole is not None  # _read gets the whole of a document it found no tail in
+    parsed = daily.parse(seen.whole)
     merged = edit.on_document(parsed)
-    if merged is None or (not merged.stored and merged.already):
-        already = merged.already if merged else []
-        return AppendResult(day, key, [], already, "none", etag, attempt, 0, received,
-                            daily.user_metadata(parsed["daily_metadata"]))
-    body = daily.serialize(merged.document)
-    meta = daily.user_metadata(merged.document["daily_metadata"])
-    new_etag = store.compose(key, 0, [body], meta, if_match=etag)
-    return _done(day, key, merged, "rewrite", new_etag, attempt, len(body), received, started)
+    if merged is None:  # closing a day closed already
+        return _Reencoded(parsed, changed=False)
+    # Batches it all lists already: nothing to write, and its layout is left as it is.
+    changed = bool(merged.stored) or not merged.already
+    return _Reencoded(merged.document if changed else parsed, changed, merged.stored, merged.already)
+
+
+def _state(seen: _Seen | None, change: daily.TailEdit | _Reencoded) -> DocumentState:
+    """The facts ``choose_plan`` decides on."""
+    if seen is None:
+        return DocumentState(Layout.ABSENT, changes=change.changed)
+    layout = Layout.FOREIGN if seen.found is None else Layout.OURS
+    return DocumentState(layout, seen.keep, held=seen.whole is not None, changes=change.changed)
+
+
+def _carry_out(
+    store: Store, edit: _Edit, plan: WritePlan, seen: _Seen | None, change: daily.TailEdit | _Reencoded,
+    cache: WriteCache | None, attempt: _Attempt,
+) -> AppendResult:
+    """Write as ``plan`` says, conditional on the ETag read (or, for a new day, on absence)."""
+    key = attempt.key
+    etag = seen.etag if seen is not None else None
+    meta = daily.user_metadata(change.metadata)
+    if plan.path is AppendPath.NONE:
+        return AppendResult(attempt.day, key, [], list(change.already), plan.path, etag, attempt.number, 0,
+                            attempt.received, meta)
+    if isinstance(change, _Reencoded):
+        whole = daily.serialize(change.document)
+        return _done(attempt, change, plan, store.compose(key, 0, [whole], meta, if_match=etag), len(whole))
+    keep = seen.keep if seen is not None else 0
+    server_keep = keep if plan.body is Body.COPIED else 0
+    kept = _kept_bytes(store, key, plan, seen, keep)
+    body = _Counted(itertools.chain(kept, change.pieces(edit.fetch_data)))
+    new = plan.path is AppendPath.NEW
+    new_etag = store.compose(key, server_keep, body, meta, if_match=None if new else etag, if_none_match=new)
+    _remember(cache, key, new_etag, body, server_keep)
+    return _done(attempt, change, plan, new_etag, body.sent)
+
+
+def _kept_bytes(store: Store, key: str, plan: WritePlan, seen: _Seen | None, keep: int) -> Iterable[bytes]:
+    """What the client sends before the new entries (the old body up to its tail), per ``plan.body``."""
+    if plan.body is Body.OPENING:
+        return [daily.HEAD]
+    if plan.body is Body.COPIED:
+        return []  # the server copies the first ``keep`` bytes itself
+    assert seen is not None  # only a new document keeps nothing
+    if plan.body is Body.HELD:
+        assert seen.whole is not None
+        return [seen.whole[:keep]]
+    return _old_body(store, key, keep, seen.etag)  # Body.STREAMED
 
 
 def _remember(cache: WriteCache | None, key: str, etag: str | None, body: _Counted, keep: int) -> None:
@@ -326,21 +405,12 @@ def _old_body(store: Store, key: str, keep: int, etag: str) -> Iterator[bytes]:
 
 
 def _done(
-    day: date,
-    key: str,
-    change: daily.MergeResult | daily.TailEdit,
-    path: str,
-    etag: str | None,
-    attempt: int,
-    sent: int,
-    received: int,
-    started: float,
+    attempt: _Attempt, change: daily.TailEdit | _Reencoded, plan: WritePlan, etag: str | None, sent: int
 ) -> AppendResult:
-    log.debug("publish.written key=%s path=%s bytes=%d ms=%d", key, path, sent,
-              int((time.monotonic() - started) * 1000))
-    meta = change.metadata if isinstance(change, daily.TailEdit) else change.document["daily_metadata"]
-    return AppendResult(day, key, list(change.stored), list(change.already), path, etag, attempt, sent, received,
-                        daily.user_metadata(meta))
+    log.debug("publish.written key=%s path=%s guard=%s bytes=%d ms=%d", attempt.key, plan.path, plan.guard, sent,
+              int((time.monotonic() - attempt.started) * 1000))
+    return AppendResult(attempt.day, attempt.key, list(change.stored), list(change.already), plan.path, etag,
+                        attempt.number, sent, attempt.received, daily.user_metadata(change.metadata))
 
 
 def _read_tail(
