@@ -9,24 +9,20 @@ need it are skipped with one loud banner at the end; under ``CI=true`` they fail
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
 from collections.abc import Callable, Iterator
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from s3servers import CephRGW, MotoServer, S3Server, ServerUnavailable, ceph_missing, client_env
-from uploader.spool import Batch
+from helpers import SERVERS, build_batch, make_s3_store
+from rig.s3servers import CephRGW, MotoServer, S3Server, ServerUnavailable, ceph_missing, client_env
 from uploader.store import Store
 from uploader.store.directory import DirectoryStore
-from uploader.store.s3 import S3Store
 
-SERVERS = ("moto", "ceph")
 # What was skipped for want of a system package -> why; said in one banner at the end of the run.
 _skipped: dict[str, str] = {}
 _SKIP_MEANS = {
@@ -115,15 +111,6 @@ def bucket(s3_server: S3Server) -> str:
     return s3_server.new_bucket()
 
 
-def make_s3_store(server: S3Server | str, bucket: str, **kw: Any) -> S3Store:
-    """The production S3 store on a test server (or any endpoint URL), as the tests configure it."""
-    endpoint = server.endpoint if isinstance(server, S3Server) else server
-    options: dict[str, Any] = {"region": "us-east-1", "addressing_style": "path", "max_attempts": 2,
-                               "prefix": "logs"}
-    options.update(kw)
-    return S3Store(bucket, endpoint_url=endpoint, **options)
-
-
 @pytest.fixture(params=["directory", *SERVERS])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
     """A function making fresh Store instances on one shared bucket, once per backend and server."""
@@ -138,34 +125,6 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[]
 def store(store_factory: Callable[[], Store]) -> Store:
     """A Store on an empty bucket, once per backend and server."""
     return store_factory()
-
-
-def build_batch(
-    seq: int,
-    day: date = date(2025, 7, 10),
-    fetches: int = 10,
-    matches_each: int = 5,
-    pad: int = 0,
-    batch_id: str | None = None,
-) -> Batch:
-    """A batch of ``fetches`` realistic fetches; ``pad`` bytes of filler per fetch make it big."""
-    fetch_list = [
-        {
-            "FETCH_HEADER": {"fetch_id": f"f-{seq}-{i}", "timestamp": "07/10/2025 04:15:00 PM EDT"},
-            "RAW_API_DATA": {"events": [{"id": i, "odds": 1.5}], "filler": "x" * pad},
-            "FETCH_FOOTER": {"total_matches": matches_each},
-        }
-        for i in range(fetches)
-    ]
-    return Batch.of(
-        batch_id=batch_id or hashlib.sha256(f"{day}-{seq}".encode()).hexdigest(),
-        seq=seq,
-        day=day,
-        cut_at="07/10/2025 04:15:00 PM EDT",
-        fetches=fetch_list,
-        matches=matches_each * fetches,
-        fetch_ids=[f"f-{seq}-{i}" for i in range(fetches)],
-    )
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,18 +11,23 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import pytz
 
 from uploader.fetchlog import encode_record
 from uploader.spool import Batch, Spool
+from uploader.store.s3 import S3Store
+
+if TYPE_CHECKING:  # the benchmarks import this module without the tests' folder on sys.path
+    from rig.s3servers import S3Server
 
 T = TypeVar("T")
 NY = pytz.timezone("America/New_York")
+SERVERS = ("moto", "ceph")  # the real S3 servers every S3 test runs on (conftest starts them)
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
@@ -146,3 +152,43 @@ def read_only(folder: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", folder], check=True)
+
+
+# -- S3 stores and batches as the tests make them ------------------------------------------------
+
+
+def make_s3_store(server: S3Server | str, bucket: str, **kw: Any) -> S3Store:
+    """The production S3 store on a test server (or any endpoint URL), as the tests configure it."""
+    endpoint = server if isinstance(server, str) else server.endpoint
+    options: dict[str, Any] = {"region": "us-east-1", "addressing_style": "path", "max_attempts": 2,
+                               "prefix": "logs"}
+    options.update(kw)
+    return S3Store(bucket, endpoint_url=endpoint, **options)
+
+
+def build_batch(
+    seq: int,
+    day: date = date(2025, 7, 10),
+    fetches: int = 10,
+    matches_each: int = 5,
+    pad: int = 0,
+    batch_id: str | None = None,
+) -> Batch:
+    """A batch of ``fetches`` realistic fetches; ``pad`` bytes of filler per fetch make it big."""
+    fetch_list = [
+        {
+            "FETCH_HEADER": {"fetch_id": f"f-{seq}-{i}", "timestamp": "07/10/2025 04:15:00 PM EDT"},
+            "RAW_API_DATA": {"events": [{"id": i, "odds": 1.5}], "filler": "x" * pad},
+            "FETCH_FOOTER": {"total_matches": matches_each},
+        }
+        for i in range(fetches)
+    ]
+    return Batch.of(
+        batch_id=batch_id or hashlib.sha256(f"{day}-{seq}".encode()).hexdigest(),
+        seq=seq,
+        day=day,
+        cut_at="07/10/2025 04:15:00 PM EDT",
+        fetches=fetch_list,
+        matches=matches_each * fetches,
+        fetch_ids=[f"f-{seq}-{i}" for i in range(fetches)],
+    )

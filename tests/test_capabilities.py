@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import pytz
 
-from conftest import make_s3_store
-from s3servers import S3Server
+from helpers import make_s3_store
+from rig.s3servers import S3Server
 from uploader.store.capabilities import (
     FULL_CAPABILITIES,
     MAX_AGE_S,
@@ -145,7 +145,7 @@ def test_passing_faults_never_make_a_wrong_finding(s3_server: S3Server, bucket: 
     """Probing through a proxy that faults 15% of requests (5xx, or a reset before or after the
     server acted): each probe raises StoreUnavailable, or is unsure, or finds exactly what the
     server honours; a conclusive probe is never wrong, an unsure one errs only towards "missing"."""
-    from faultproxy import FaultProxy
+    from rig.faultproxy import FaultProxy
     from test_store_contract import OBSERVED
     from uploader.errors import StoreUnavailable
 

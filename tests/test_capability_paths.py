@@ -1,6 +1,6 @@
 """Every outcome of every capability, end to end: the probe's finding, then appends that land.
 
-Each case puts ``tests/faultproxy.py`` between the production S3 store and a real server (moto
+Each case puts ``tests/rig/faultproxy.py`` between the production S3 store and a real server (moto
 and Ceph RGW) so the server seems to honour a feature, ignore it, or answer it with an error.
 Whatever the probe finds, a new day, a small-day rewrite, a day past 5 MiB and its close-out all
 land exactly once, on the path the findings allow.
@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 import pytz
 
-from conftest import build_batch, make_s3_store
-from faultproxy import FaultProxy, Request, Rule, blank_complete_etag
-from helpers import write_config
-from s3servers import S3Server
+from rig.faultproxy import FaultProxy, Request, Rule, blank_complete_etag
+from helpers import build_batch, make_s3_store, write_config
+from rig.s3servers import S3Server
 from uploader import daily
 from uploader.publish import SMALL_LIMIT, append_batches, close_day
 from uploader.spool import Spool

@@ -1,12 +1,12 @@
-"""A short chaos run (tests/chaos.py) on moto and on Ceph RGW: SIGKILLs and S3 faults lose and
+"""A short chaos run (tests/rig/chaos.py) on moto and on Ceph RGW: SIGKILLs and S3 faults lose and
 double nothing."""
 
 from __future__ import annotations
 
 import pytest
 
-import chaos
-from conftest import SERVERS
+from rig import chaos
+from helpers import SERVERS
 
 
 @pytest.mark.slow

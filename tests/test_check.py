@@ -15,7 +15,7 @@ import boto3
 import pytest
 import requests
 
-from s3servers import S3Server
+from rig.s3servers import S3Server
 from uploader.check import run_check
 from uploader.config import load_config
 from uploader.spool import Spool

@@ -16,7 +16,7 @@ from uploader.cut import Cutter
 from uploader.fetchlog import Fetch, scan
 from uploader.spool import Spool
 
-CHILD = Path(__file__).with_name("crash_child.py")
+CHILD = Path(__file__).parent / "rig" / "crash_child.py"
 T0 = pytz.utc.localize(datetime(2025, 7, 10, 20, 0))
 STEPS = ["after-first-stage", "after-journal", "mid-shift", "before-truncate", "after-truncate",
          "after-commit", "before-clear",

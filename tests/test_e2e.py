@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import pytz
 
-from conftest import make_s3_store
-from helpers import NY, spooled_ids, wait_for, write_config
+from helpers import NY, make_s3_store, spooled_ids, wait_for, write_config
 from uploader import daily
 from uploader.config import load_config
 from uploader.cut import Cutter

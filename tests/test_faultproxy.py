@@ -16,8 +16,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from faultproxy import FaultProxy, Request, Rule, blank_complete_etag
-from s3servers import ACCESS_KEY, SECRET_KEY, S3Server
+from rig.faultproxy import FaultProxy, Request, Rule, blank_complete_etag
+from rig.s3servers import ACCESS_KEY, SECRET_KEY, S3Server
 
 SOURCE_KEY = "dir/ä b+c.txt"  # needs URL-encoding in paths and in x-amz-copy-source
 STALE = '"0123456789abcdef0123456789abcdef"'

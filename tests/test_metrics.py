@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from faultproxy import FaultProxy
+from rig.faultproxy import FaultProxy
 from helpers import NY, FakeClock, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 import pytz
 
-from conftest import build_batch
-from helpers import NY, write_config
-from s3servers import S3Server
+from helpers import NY, build_batch, write_config
+from rig.s3servers import S3Server
 from uploader import daily
 from uploader.config import load_config
 from uploader.fetchlog import Fetch, scan

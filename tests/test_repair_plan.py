@@ -9,7 +9,7 @@ from typing import Any
 
 import pytz
 
-from conftest import build_batch
+from helpers import build_batch
 from uploader import daily
 from uploader.reading import Salvage, salvage
 from uploader.repair import RepairPlan, plan_repair

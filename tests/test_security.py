@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 import pytz
-from conftest import make_s3_store
-from helpers import record, wait_for, write_config
+from helpers import make_s3_store, record, wait_for, write_config
 
 from uploader import daily
 

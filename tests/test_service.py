@@ -12,9 +12,8 @@ from datetime import date, datetime, timedelta
 import pytest
 import pytz
 
-from conftest import SERVERS, make_s3_store
-from faultproxy import FaultProxy
-from helpers import NY, FakeClock, read_only, wait_for, write_config
+from rig.faultproxy import FaultProxy
+from helpers import NY, SERVERS, FakeClock, make_s3_store, read_only, wait_for, write_config
 from uploader import daily
 from uploader.config import load_config
 from uploader.errors import AlreadyRunning, UploaderError

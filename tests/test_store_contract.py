@@ -11,8 +11,8 @@ from uploader.errors import ObjectNotFound, PreconditionFailed, StoreRejected, S
 from uploader.store import MIN_PART_SIZE, PART_SIZE, Store, normalize_etag
 from uploader.store.s3 import S3Store
 
-from conftest import make_s3_store
-from s3servers import S3Server
+from helpers import make_s3_store
+from rig.s3servers import S3Server
 
 KEY = "logs/all_api_json_log_2025-07-10.json"
 

@@ -96,7 +96,7 @@ def test_writer_process_and_watcher_concurrently(watched):
     watcher, spool, _ = watched
     n = 600
     procs = [
-        subprocess.Popen([sys.executable, str(Path(__file__).with_name("writer_child.py")), str(watcher.path), str(n), p])
+        subprocess.Popen([sys.executable, str(Path(__file__).parent / "rig" / "writer_child.py"), str(watcher.path), str(n), p])
         for p in ("p", "q")
     ]
     for proc in procs:

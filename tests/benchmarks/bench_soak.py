@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from tests.s3servers import free_port
+from tests.rig.s3servers import free_port
 from uploader.fetchlog import FetchWriter
 
 from .harness import (

@@ -1,6 +1,6 @@
 """What every benchmark shares: the S3 servers, a counting proxy, fetches, configs, /proc.
 
-The servers come from ``tests/s3servers.py``, each started once per run: moto's server and a
+The servers come from ``tests/rig/s3servers.py``, each started once per run: moto's server and a
 private Ceph RGW cluster (the server Linode Object Storage runs), each in its own processes on
 127.0.0.1, so their work never competes with the measured code for the GIL; everything talks
 HTTP to them over loopback with the fake keys ``client_env`` gives.
@@ -32,7 +32,7 @@ import pytz
 from botocore.config import Config as BotoConfig
 
 from tests.helpers import ProcState, cpu_seconds, proc_state, status_kib
-from tests.s3servers import ACCESS_KEY, SECRET_KEY, CephRGW, MotoServer, S3Server, client_env
+from tests.rig.s3servers import ACCESS_KEY, SECRET_KEY, CephRGW, MotoServer, S3Server, client_env
 from uploader import daily
 from uploader.fetchlog import FetchWriter, encode_record
 
@@ -173,7 +173,7 @@ def record_size(size: int) -> int:
 
 @dataclass
 class BenchServer:
-    """One S3 server of a run (moto or Ceph RGW, from ``tests/s3servers.py``), started once."""
+    """One S3 server of a run (moto or Ceph RGW, from ``tests/rig/s3servers.py``), started once."""
 
     name: str  # "moto" or "ceph", as --server says
     title: str  # the report's column: "moto" or "Ceph RGW"

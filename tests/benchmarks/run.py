@@ -6,7 +6,7 @@
     .venv/bin/python tests/benchmarks/run.py --only backlog --backlog-mib 32,64 --output /tmp/bench.md  # a trial
     python -m tests.benchmarks.run --help                         # the same, from the repo root
 
-Each server is started once per run (``tests/s3servers.py``): moto, and a private Ceph RGW
+Each server is started once per run (``tests/rig/s3servers.py``): moto, and a private Ceph RGW
 cluster, the server Linode Object Storage runs. Every benchmark that talks to S3 runs on each
 (the idle one on moto only: an idle service sends nothing), and the report puts the figures
 side by side. Run it alone on the machine: the report records the load beside it. The soak
@@ -56,7 +56,7 @@ from tests.benchmarks.harness import (
     start_moto,
     vm_hwm_kib,
 )
-from tests.s3servers import ServerUnavailable, ceph_missing
+from tests.rig.s3servers import ServerUnavailable, ceph_missing
 
 log = logging.getLogger("bench")
 

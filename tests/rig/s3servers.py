@@ -10,7 +10,7 @@ fresh buckets. Every port is picked free at start, so a run never collides with 
 cluster on the machine. Ceph's data lives in RAM and is thrown away at stop; a cluster whose
 owner died without stopping it is reaped by the next start.
 
-    python tests/s3servers.py ceph      # start one by hand; prints the endpoint; Ctrl-C stops it
+    python tests/rig/s3servers.py ceph      # start one by hand; prints the endpoint; Ctrl-C stops it
 """
 
 from __future__ import annotations

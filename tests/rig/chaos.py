@@ -21,8 +21,8 @@ stops, faults stop, the service restarts cleanly and drains, and every
 daily document is checked against the ledger. One summary line; exit 1 if anything is lost,
 doubled, in the wrong day, miscounted, or a well-formed fetch is in quarantine.
 
-    .venv/bin/python tests/chaos.py --duration 1800 --seed 7 --kill-interval 4     # the long run
-    .venv/bin/python tests/chaos.py --duration 60 --server ceph                    # a quick look, on Ceph RGW
+    .venv/bin/python tests/rig/chaos.py --duration 1800 --seed 7 --kill-interval 4     # the long run
+    .venv/bin/python tests/rig/chaos.py --duration 60 --server ceph                    # a quick look, on Ceph RGW
 
 Importable: ``run(...)`` returns a ``Summary`` (the short test in tests/test_chaos.py uses it).
 """
@@ -46,15 +46,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-for _path in (str(REPO), str(HERE)):  # the package, and the test rigs beside this file
+TESTS = Path(__file__).resolve().parents[1]
+REPO = TESTS.parent
+for _path in (str(REPO), str(TESTS)):  # the package, and the tests' folder that holds this rig
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
 import pytz
-from faultproxy import FAULT_KINDS, FaultProxy
-from s3servers import CephRGW, MotoServer, S3Server, client_env
+from rig.faultproxy import FAULT_KINDS, FaultProxy
+from rig.s3servers import CephRGW, MotoServer, S3Server, client_env
 
 TZ = "America/New_York"
 PREFIX = "chaos"

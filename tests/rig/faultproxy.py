@@ -23,7 +23,7 @@ simply everything read until EOF. Requests must be path-style; re-signing assume
 (not aws-chunked) payload, which is what boto3 sends over http with
 ``request_checksum_calculation="when_required"``.
 
-Used by the test suite and by ``scripts/chaos.py`` (which puts ``tests/`` on ``sys.path``).
+Used by the test suite and by ``tests/rig/chaos.py``.
 """
 
 from __future__ import annotations
