@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -101,6 +102,18 @@ class FakeClock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 120.0) -> int | None:
+    """SIGTERM (unless it has exited) and wait; its exit code, or None if it had to be killed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
 
 
 # -- /proc: what a running process costs and holds (resource checks read these, never clocks) --

@@ -53,9 +53,9 @@ class _Tail:
 # Only what can mean new bytes or another file at the path. Opens and reads (the watcher's own
 # included) must never wake it, or every look at the file causes the next one: a busy loop.
 # Given to the observer, this also narrows the inotify mask, so the kernel does not even queue them.
-WAKE_EVENTS: list[type[FileSystemEvent]] = [
+WAKE_EVENTS: tuple[type[FileSystemEvent], ...] = (
     FileModifiedEvent, FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent,
-]
+)
 
 
 class _Wake(FileSystemEventHandler):
@@ -65,7 +65,7 @@ class _Wake(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         # Checked here too: observers other than inotify may not narrow what they emit.
-        if isinstance(event, tuple(WAKE_EVENTS)) and self.path in (event.src_path, event.dest_path):
+        if isinstance(event, WAKE_EVENTS) and self.path in (event.src_path, event.dest_path):
             self.wake()
 
 
@@ -99,7 +99,7 @@ class Watcher:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._observer.schedule(_Wake(self.path, self.poke), str(folder), recursive=False,
-                                    event_filter=WAKE_EVENTS)
+                                    event_filter=list(WAKE_EVENTS))
             self._observer.start()
         except OSError as exc:
             raise UploaderError(

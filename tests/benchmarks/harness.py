@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import boto3
 import pytz
 from botocore.config import Config as BotoConfig
 
-from tests.helpers import ProcState, cpu_seconds, proc_state, status_kib
+from tests.helpers import ProcState, cpu_seconds, proc_state, status_kib, terminate
 from tests.rig.s3servers import ACCESS_KEY, SECRET_KEY, CephRGW, MotoServer, S3Server, client_env
 from uploader import daily
 from uploader.fetchlog import FetchWriter, encode_record
@@ -481,14 +480,10 @@ class UploaderProcess:
             return [line for _, line in self.lines if re.search(r" (WARNING|ERROR|CRITICAL) ", line)]
 
     def stop(self, timeout: float = 120.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise BenchError("uploader run did not exit within the timeout after SIGTERM") from None
+        code = terminate(self.proc, timeout)
+        if code is None:
+            raise BenchError("uploader run did not exit within the timeout after SIGTERM")
+        return code
 
 
 # Spawns the command given in argv[2:] with stdout and stderr into the file argv[1], waits for it,

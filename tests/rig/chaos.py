@@ -53,6 +53,7 @@ for _path in (str(REPO), str(TESTS)):  # the package, and the tests' folder that
         sys.path.insert(0, _path)
 
 import pytz
+from helpers import terminate
 from rig.faultproxy import FAULT_KINDS, FaultProxy
 from rig.s3servers import CephRGW, MotoServer, S3Server, client_env
 
@@ -226,13 +227,8 @@ class _Service:
 
     def terminate(self, timeout: float = 120) -> int:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return -9
+        code = terminate(self.proc, timeout)
+        return -9 if code is None else code
 
 
 def _down_stretches(proxy: FaultProxy, rng: random.Random, every: float, stop: threading.Event) -> None:
