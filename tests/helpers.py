@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 import pytz
 
-from uploader.fetchlog import encode_record
-from uploader.spool import Batch, Spool
+from uploader.local.records import encode_record
+from uploader.local.spool import Batch, Spool
 from uploader.store.s3 import S3Store
 
 if TYPE_CHECKING:  # the benchmarks import this module without the tests' folder on sys.path

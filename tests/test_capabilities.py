@@ -107,9 +107,9 @@ def test_a_start_with_remembered_findings_sends_no_probe(tmp_path: Path, s3_serv
 def test_the_writer_tidies_only_old_leftovers(tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
     """Uploader.tidy aborts multipart uploads and removes probe objects only once they are an hour
     old; moto dates every upload 2010-11-10, so there even a fresh one counts as abandoned."""
-    from uploader.spool import Spool
-    from uploader.status import StatusFile
-    from uploader.upload import Uploader
+    from uploader.local.spool import Spool
+    from uploader.publish.status import StatusFile
+    from uploader.publish.uploader import Uploader
 
     admin = s3_server.admin
     upload = admin.create_multipart_upload(Bucket=bucket, Key="logs/all_api_json_log_2025-07-10.json")["UploadId"]
@@ -126,9 +126,9 @@ def test_a_starting_writer_aborts_dead_appends_at_once(tmp_path: Path, s3_server
     however young: it can only be a killed predecessor's, and on Ceph RGW each holds a copy of
     the day until aborted (a chaos run filled the OSD with them). A young probe upload may be a
     running `uploader check`'s: kept."""
-    from uploader.spool import Spool
-    from uploader.status import StatusFile
-    from uploader.upload import Uploader
+    from uploader.local.spool import Spool
+    from uploader.publish.status import StatusFile
+    from uploader.publish.uploader import Uploader
 
     admin = s3_server.admin
     dead = admin.create_multipart_upload(Bucket=bucket, Key="logs/all_api_json_log_2025-07-10.json")["UploadId"]

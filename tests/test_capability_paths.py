@@ -25,7 +25,7 @@ from helpers import build_batch, make_s3_store, write_config
 from rig.s3servers import S3Server
 from uploader import daily
 from uploader.publish import SMALL_LIMIT, append_batches, close_day
-from uploader.spool import Spool
+from uploader.local.spool import Spool
 from uploader.store.capabilities import CapabilityMemo, memo_path
 
 TZ = pytz.timezone("America/New_York")

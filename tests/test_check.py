@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from rig.s3servers import S3Server
-from uploader.check import run_check
+from uploader.commands.check import run_check
 from uploader.config import load_config
-from uploader.spool import Spool
+from uploader.local.spool import Spool
 from uploader.store.capabilities import CapabilityMemo, memo_path
 
 ROOT = Path(__file__).resolve().parent.parent

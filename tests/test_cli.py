@@ -23,9 +23,9 @@ from helpers import NY, read_only, wait_for, write_config
 from uploader import daily
 from uploader.cli import COMMANDS, build_parser, main
 from uploader.config import Config, load_config
-from uploader.cut import Cutter
+from uploader.local.cut import Cutter
 from uploader.fetchlog import FetchWriter, append_bytes
-from uploader.spool import Spool
+from uploader.local.spool import Spool
 from uploader.store.directory import DirectoryStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -248,7 +248,7 @@ def test_repair_while_the_service_holds_the_spool(config_path: Path) -> None:
 
 
 # Holds the spool lock until its stdin closes; its command line reads like `uploader close-day`.
-HOLDER = ("import sys, pathlib; from uploader.spool import Spool\n"
+HOLDER = ("import sys, pathlib; from uploader.local.spool import Spool\n"
           "with Spool(pathlib.Path(sys.argv[1])).locked():\n"
           "    print('held', flush=True); sys.stdin.read()")
 

@@ -12,9 +12,9 @@ import pytest
 import pytz
 
 from helpers import NY, record, spooled_ids
-from uploader.cut import Cutter
-from uploader.fetchlog import Fetch, scan
-from uploader.spool import Spool
+from uploader.local.cut import Cutter
+from uploader.local.records import Fetch, scan
+from uploader.local.spool import Spool
 
 CHILD = Path(__file__).parent / "rig" / "crash_child.py"
 T0 = pytz.utc.localize(datetime(2025, 7, 10, 20, 0))

@@ -10,9 +10,9 @@ from typing import Any
 import pytz
 
 from helpers import NY, record, spooled
-from uploader.cut import Cutter, cut_budget, plan_cut
-from uploader.fetchlog import scan
-from uploader.spool import Spool
+from uploader.local.cut import Cutter, cut_budget, plan_cut
+from uploader.local.records import scan
+from uploader.local.spool import Spool
 
 DAY1 = pytz.utc.localize(datetime(2025, 7, 10, 20, 0))
 DAY2 = DAY1 + timedelta(days=1)
@@ -288,7 +288,7 @@ def test_a_pretty_printed_record_is_spooled_on_one_line_with_its_values_intact(t
 def test_nan_and_infinity_are_quarantined_not_stored() -> None:
     """Python's json reads NaN and Infinity, JSON does not: such a record is malformed, so no
     strict reader of the day ever meets it."""
-    from uploader.fetchlog import Malformed
+    from uploader.local.records import Malformed
 
     stamp = "07/10/2025 04:00:00 PM EDT"
     rec = (f"=== FETCH START: n | {stamp} ===\n" '{"RAW_API_DATA": {"odds": NaN}, "FETCH_FOOTER": {"total_matches": 1}}\n'
@@ -300,7 +300,7 @@ def test_nan_and_infinity_are_quarantined_not_stored() -> None:
 def test_a_quarantine_file_whose_note_is_broken_still_goes_out(tmp_path: Path) -> None:
     """A .bin whose .json note is missing or corrupt (a crash, a hand edit) is shipped with a
     reason saying so, instead of stopping every pass of the upload worker."""
-    from uploader.spool import QuarantineItem, Spool
+    from uploader.local.spool import QuarantineItem, Spool
 
     spool = Spool(tmp_path / "spool")
     items = [QuarantineItem(f"00000000000{i}-0-abc", b"junk %d" % i, "garbage between records", 0,

@@ -87,8 +87,8 @@ def test_spool_write_failure_leaves_the_file_alone_and_the_cut_resumes(tmp_path:
 
 def test_recovery_removes_half_written_temp_files(tmp_path: Path) -> None:
     """Temp files a crash left mid-write in the spool are removed on the next start, like staged ones."""
-    from uploader.cut import Cutter
-    from uploader.spool import Spool
+    from uploader.local.cut import Cutter
+    from uploader.local.spool import Spool
 
     spool = Spool(tmp_path / "spool")
     debris = spool.batches_dir / ".000000000007-2025-07-10-abc.json.pending.tmp"

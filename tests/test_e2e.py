@@ -17,9 +17,9 @@ import pytz
 from helpers import NY, make_s3_store, spooled_ids, wait_for, write_config
 from uploader import daily
 from uploader.config import load_config
-from uploader.cut import Cutter
-from uploader.fetchlog import Fetch, scan
-from uploader.spool import Spool
+from uploader.local.cut import Cutter
+from uploader.local.records import Fetch, scan
+from uploader.local.spool import Spool
 from uploader.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent

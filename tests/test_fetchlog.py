@@ -9,7 +9,8 @@ import pytest
 import pytz
 
 from helpers import NY, record
-from uploader.fetchlog import Fetch, FetchWriter, Malformed, count_end_markers, scan
+from uploader.local.records import Fetch, Malformed, count_end_markers, scan
+from uploader.fetchlog import FetchWriter
 
 NOW = pytz.utc.localize(datetime(2025, 7, 10, 20, 15))
 

@@ -11,8 +11,8 @@ from helpers import NY, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uploader.cut import plan_cut
-from uploader.fetchlog import Fetch, Malformed, ScanResult, scan
+from uploader.local.cut import plan_cut
+from uploader.local.records import Fetch, Malformed, ScanResult, scan
 
 CORPUS = Path(__file__).parent / "corpus"
 SEEN_AT = datetime(2025, 7, 10, 16, 0, tzinfo=pytz.utc)

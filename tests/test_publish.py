@@ -13,7 +13,7 @@ import pytz
 
 from uploader import daily
 from uploader.publish import SMALL_LIMIT, WriteCache, append_batches, close_day, upload_quarantine
-from uploader.spool import QuarantineItem
+from uploader.local.spool import QuarantineItem
 from uploader.store import Store
 from uploader.store.s3 import S3Store
 

@@ -19,8 +19,8 @@ from helpers import NY, build_batch, write_config
 from rig.s3servers import S3Server
 from uploader import daily
 from uploader.config import load_config
-from uploader.fetchlog import Fetch, scan
-from uploader.spool import Spool
+from uploader.local.records import Fetch, scan
+from uploader.local.spool import Spool
 
 DAY = date(2025, 7, 10)
 KEY = daily.day_key("logs", DAY)

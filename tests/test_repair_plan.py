@@ -11,9 +11,9 @@ import pytz
 
 from helpers import build_batch
 from uploader import daily
-from uploader.reading import Salvage, salvage
-from uploader.repair import RepairPlan, plan_repair
-from uploader.spool import Batch
+from uploader.daily.reading import Salvage, salvage
+from uploader.daily.repair_plan import RepairPlan, plan_repair
+from uploader.local.spool import Batch
 from uploader.stamps import format_stamp
 
 TZ = pytz.timezone("America/New_York")

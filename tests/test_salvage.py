@@ -10,8 +10,8 @@ from typing import Any
 import pytz
 
 from uploader import daily
-from uploader.reading import salvage
-from uploader.spool import Batch
+from uploader.daily.reading import salvage
+from uploader.local.spool import Batch
 
 TZ = pytz.timezone("America/New_York")
 DAY = date(2026, 11, 1)

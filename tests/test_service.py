@@ -17,7 +17,7 @@ from helpers import NY, SERVERS, FakeClock, make_s3_store, read_only, wait_for, 
 from uploader import daily
 from uploader.config import load_config
 from uploader.errors import AlreadyRunning, UploaderError
-from uploader.spool import Spool
+from uploader.local.spool import Spool
 from uploader.fetchlog import FetchWriter
 from uploader.service import Service
 from uploader.store import Store, open_store

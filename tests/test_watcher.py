@@ -12,10 +12,11 @@ import pytest
 import pytz
 
 from helpers import NY, record, spooled_ids, wait_for
-from uploader.cut import Cutter
-from uploader.fetchlog import Fetch, FetchWriter, scan
-from uploader.spool import Spool
-from uploader.watcher import Watcher
+from uploader.local.cut import Cutter
+from uploader.local.records import Fetch, scan
+from uploader.fetchlog import FetchWriter
+from uploader.local.spool import Spool
+from uploader.local.watcher import Watcher
 
 T0 = pytz.utc.localize(datetime(2025, 7, 10, 20, 0))
 

@@ -21,9 +21,9 @@ from typing import Any, NoReturn, TextIO
 
 import pytz
 
-from . import __version__
-from .config import Config, default_config_path, load_config
-from .errors import ConfigError, ExitCode, ObjectNotFound, StoreError, UploaderError, UsageError
+from uploader import __version__
+from uploader.config import Config, default_config_path, load_config
+from uploader.errors import ConfigError, ExitCode, ObjectNotFound, StoreError, UploaderError, UsageError
 
 __all__ = ["main", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE"]
 
@@ -100,7 +100,7 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    from .service import Service
+    from uploader.service import Service
 
     stop = threading.Event()
     signals = {"count": 0}
@@ -126,10 +126,10 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from . import daily
-    from .spool import Spool
-    from .status import StatusFile
-    from .store import open_store
+    from uploader import daily
+    from uploader.local.spool import Spool
+    from uploader.publish.status import StatusFile
+    from uploader.store import open_store
 
     spool = Spool(config.spool.dir)
     pending = spool.pending_batches()
@@ -221,10 +221,10 @@ def _exclusive(config: Config, what: str, *, dry_run: bool = False) -> Iterator[
     A dry run writes nothing, so it takes no lock: the documented way is to look first, with
     the service running, and stop it only for the real thing.
     """
-    from .spool import Spool
-    from .status import StatusFile
-    from .store import open_store
-    from .upload import Uploader
+    from uploader.local.spool import Spool
+    from uploader.publish.status import StatusFile
+    from uploader.store import open_store
+    from uploader.publish.uploader import Uploader
 
     spool = Spool(config.spool.dir)
     with nullcontext() if dry_run else spool.locked(what):
@@ -240,7 +240,7 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> int:
                 print(f"would upload {n} batch(es) for {day}")
             print(f"dry run: {len(pending)} batch(es) pending, nothing uploaded")
             return EXIT_OK
-        from .progress import Progress
+        from uploader.commands.progress import Progress
 
         with Progress("replay", len(pending), "batches") as bar:
             report = uploader.drain(ignore_backoff=True, day=args.day,
@@ -254,7 +254,7 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_check(config: Config, args: argparse.Namespace) -> int:
-    from .check import run_check
+    from uploader.commands.check import run_check
 
     return run_check(config, out=sys.stdout)
 
@@ -273,8 +273,8 @@ def cmd_close_day(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
-    from .audit import audit, verify_day
-    from .store import open_store
+    from uploader.commands.verify import audit, verify_day
+    from uploader.store import open_store
 
     store = open_store(config.storage)
     prefix = config.storage.prefix
@@ -305,11 +305,11 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
-    from . import daily
-    from .export import export_day
-    from .progress import Progress
-    from .reading import DocumentError
-    from .store import open_store
+    from uploader import daily
+    from uploader.commands.export import export_day
+    from uploader.commands.progress import Progress
+    from uploader.daily.reading import DocumentError
+    from uploader.store import open_store
 
     key = daily.day_key(config.storage.prefix, args.day)
     where = str(args.output) if args.output else "stdout"
@@ -355,11 +355,11 @@ def _output(path: Path | None) -> Iterator[Any]:
 
 
 def cmd_repair(config: Config, args: argparse.Namespace) -> int:
-    from . import daily
-    from .audit import verify_day
-    from .errors import PreconditionFailed, SpoolError
-    from .reading import salvage
-    from .repair import plan_repair
+    from uploader import daily
+    from uploader.commands.verify import verify_day
+    from uploader.errors import PreconditionFailed, SpoolError
+    from uploader.daily.reading import salvage
+    from uploader.daily.repair_plan import plan_repair
 
     key = daily.day_key(config.storage.prefix, args.day)
     with _exclusive(config, "uploader repair", dry_run=args.dry_run) as uploader:
@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("day", type=_day, nargs="?", default=None, help="one day (YYYY-MM-DD)")
     which.add_argument("--all", action="store_true", help="every day under the prefix, gaps and stray objects")
     which.add_argument("--since", type=_day, default=None, help="every day from this one on (YYYY-MM-DD)")
-    from .export import FORMATS
+    from uploader.commands.export import FORMATS
 
     p = add("export", "stream a day's fetches out of the store")
     p.add_argument("day", type=_day, help=f"the day to export ({_DAY_HELP})")

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import pytz
 
-from .errors import ConfigError
-from .stamps import DEFAULT_TIMEZONE
+from uploader.errors import ConfigError
+from uploader.stamps import DEFAULT_TIMEZONE
 
 __all__ = [
     "Config",

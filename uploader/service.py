@@ -17,16 +17,16 @@ from datetime import date, datetime, timedelta
 import pytz
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from .config import Config
-from .cut import CutOutcome, Cutter
-from .errors import SpoolError
-from .metrics import NO_METRICS, Metrics, ServiceView, serve
-from .schedule import CloseOutTrigger
-from .spool import Spool
-from .status import StatusFile
-from .store import LEFTOVER_AGE_S, Store, open_store
-from .upload import Uploader
-from .watcher import Watcher
+from uploader.config import Config
+from uploader.local.cut import CutOutcome, Cutter
+from uploader.errors import SpoolError
+from uploader.metrics import NO_METRICS, Metrics, ServiceView, serve
+from uploader.schedule import CloseOutTrigger
+from uploader.local.spool import Spool
+from uploader.publish.status import StatusFile
+from uploader.store import LEFTOVER_AGE_S, Store, open_store
+from uploader.publish.uploader import Uploader
+from uploader.local.watcher import Watcher
 
 __all__ = ["Service"]
 

@@ -31,7 +31,7 @@ from typing import Any
 import pytz
 
 from uploader import daily
-from uploader.spool import Batch
+from uploader.local.spool import Batch
 
 from .harness import (
     ROOT,

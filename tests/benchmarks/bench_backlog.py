@@ -23,9 +23,9 @@ from pathlib import Path
 import pytz
 
 from uploader import daily
-from uploader.cut import Cutter
-from uploader.fetchlog import encode_record
-from uploader.spool import Spool
+from uploader.local.cut import Cutter
+from uploader.local.records import encode_record
+from uploader.local.spool import Spool
 
 from .harness import (
     TZ,

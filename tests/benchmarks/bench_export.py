@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from uploader import daily
-from uploader.export import FORMATS
+from uploader.commands.export import FORMATS
 
 from .bench_backlog import replay, spool_backlog
 from .harness import BenchError, BenchServer, Row, Section, run_measured, today, write_config

@@ -1,7 +1,7 @@
 """Benchmark 5: ``uploader replay`` of 1,000 spooled batches of one day, group commit vs per batch.
 
 The spool is built with the project's own Spool API (stage + commit, as a cut does). The
-per-batch run is the same ``uploader replay`` command with ``uploader.upload.GROUP_MAX_BATCHES``
+per-batch run is the same ``uploader replay`` command with ``uploader.publish.uploader.GROUP_MAX_BATCHES``
 set to 1 in-process (a bench-only override, not a product setting). Each run's document is read
 back and verified.
 """
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from uploader import daily
-from uploader.spool import Batch, Spool
+from uploader.local.spool import Batch, Spool
 
 from .harness import (
     ROOT,
@@ -37,7 +37,7 @@ __all__ = ["run"]
 log = logging.getLogger(__name__)
 
 _REPLAY = (
-    "import sys, uploader.upload as u\n"
+    "import sys, uploader.publish.uploader as u\n"
     "u.GROUP_MAX_BATCHES = int(sys.argv[1])\n"
     "from uploader.cli import main\n"
     "sys.exit(main(sys.argv[2:]))\n"

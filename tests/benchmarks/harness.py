@@ -33,7 +33,8 @@ from botocore.config import Config as BotoConfig
 from tests.helpers import ProcState, cpu_seconds, proc_state, status_kib, terminate
 from tests.rig.s3servers import ACCESS_KEY, SECRET_KEY, CephRGW, MotoServer, S3Server, client_env
 from uploader import daily
-from uploader.fetchlog import FetchWriter, encode_record
+from uploader.fetchlog import FetchWriter
+from uploader.local.records import encode_record
 
 __all__ = [
     "ROOT",

@@ -329,7 +329,7 @@ def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate:
 
 def _drained(work: Path, timeout: float) -> bool:
     """Wait until nothing is spooled or quarantined-unsent and fewer than a batch is in the file."""
-    from uploader.fetchlog import Fetch, scan
+    from uploader.local.records import Fetch, scan
 
     spool = work / "data" / "spool"
     tz = pytz.timezone(TZ)
@@ -354,7 +354,7 @@ def _check(work: Path, server: S3Server, bucket: str, ledger_path: Path, summary
     """Compare every daily document (read straight from the server) with the writer's ledger."""
 
     from uploader import daily
-    from uploader.fetchlog import Fetch, scan
+    from uploader.local.records import Fetch, scan
 
     tz = pytz.timezone(TZ)
     ledger: dict[str, dict[str, Any]] = {}

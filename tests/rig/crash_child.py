@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytz
 
-import uploader.cut as cut_mod
-from uploader.cut import Cutter
-from uploader.spool import Spool
+import uploader.local.cut as cut_mod
+from uploader.local.cut import Cutter
+from uploader.local.spool import Spool
 
 
 def die() -> None:

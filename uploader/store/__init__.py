@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from ..config import StorageConfig
-from .capabilities import FULL_CAPABILITIES, Capabilities
+from uploader.config import StorageConfig
+from uploader.store.capabilities import FULL_CAPABILITIES, Capabilities
 
 __all__ = [
     "FULL_CAPABILITIES",
@@ -166,11 +166,11 @@ def open_store(storage: StorageConfig, state_dir: Path | None = None) -> Store:
     ``state_dir`` (the spool folder) is where S3 capability findings are remembered between runs.
     """
     if storage.backend == "directory":
-        from .directory import DirectoryStore
+        from uploader.store.directory import DirectoryStore
 
         return DirectoryStore(storage.directory.path, prefix=storage.prefix)
-    from .capabilities import CapabilityMemo, memo_path
-    from .s3 import S3Store
+    from uploader.store.capabilities import CapabilityMemo, memo_path
+    from uploader.store.s3 import S3Store
 
     s3 = storage.s3
     request_checksum, response_checksum = s3.checksum_mode

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..files import DIR_MODE, atomic_write
+from uploader.files import DIR_MODE, atomic_write
 
 __all__ = [
     "FULL_CAPABILITIES",

@@ -27,9 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
-from ..files import fsync_dir
-from . import FULL_CAPABILITIES, MIN_PART_SIZE, Capabilities, ObjectInfo, normalize_etag, probe_prefix
+from uploader.errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
+from uploader.files import fsync_dir
+from uploader.store import FULL_CAPABILITIES, MIN_PART_SIZE, Capabilities, ObjectInfo, normalize_etag, probe_prefix
 
 __all__ = ["DirectoryStore"]
 

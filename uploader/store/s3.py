@@ -37,7 +37,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from ..errors import (
+from uploader.errors import (
     CapabilityLost,
     ObjectNotFound,
     PreconditionFailed,
@@ -45,10 +45,10 @@ from ..errors import (
     StoreRejected,
     StoreUnavailable,
 )
-from . import MIN_PART_SIZE, PART_SIZE, ObjectInfo, normalize_etag, probe_prefix
-from .capabilities import Capabilities, CapabilityMemo
-from .s3_codes import PRECONDITION, error_code
-from .s3_probe import Prober, part_entry
+from uploader.store import MIN_PART_SIZE, PART_SIZE, ObjectInfo, normalize_etag, probe_prefix
+from uploader.store.capabilities import Capabilities, CapabilityMemo
+from uploader.store.s3_codes import PRECONDITION, error_code
+from uploader.store.s3_probe import Prober, part_entry
 
 __all__ = ["S3Store"]
 

@@ -32,10 +32,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..errors import StoreUnavailable
-from . import normalize_etag
-from .capabilities import Capabilities
-from .s3_codes import PRECONDITION, error_code
+from uploader.errors import StoreUnavailable
+from uploader.store import normalize_etag
+from uploader.store.capabilities import Capabilities
+from uploader.store.s3_codes import PRECONDITION, error_code
 
 __all__ = ["Prober", "STALE_ETAG", "part_entry"]
 

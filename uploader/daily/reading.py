@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import ijson
 
-from .daily import HEAD, TAIL_MARKER
+from uploader.daily import HEAD, TAIL_MARKER
 
 __all__ = ["DocumentError", "Salvage", "read_document", "salvage"]
 

@@ -17,14 +17,14 @@ from datetime import date, datetime
 
 import pytz
 
-from . import publish
-from .config import Config
-from .errors import StoreError, StoreRejected, UnreadableBatch
-from .metrics import NO_METRICS, Recorder
-from .retry import compute_backoff
-from .spool import ArchivePolicy, BatchHeader, Spool, SpooledBatch
-from .status import RetryState, StatusFile
-from .store import LEFTOVER_AGE_S, PART_SIZE, Store
+from uploader import publish
+from uploader.config import Config
+from uploader.errors import StoreError, StoreRejected, UnreadableBatch
+from uploader.metrics import NO_METRICS, Recorder
+from uploader.retry import compute_backoff
+from uploader.local.spool import ArchivePolicy, BatchHeader, Spool, SpooledBatch
+from uploader.publish.status import RetryState, StatusFile
+from uploader.store import LEFTOVER_AGE_S, PART_SIZE, Store
 
 __all__ = ["Uploader", "DrainReport"]
 

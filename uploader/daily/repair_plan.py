@@ -17,10 +17,10 @@ from typing import Any
 
 import pytz
 
-from .daily import fetch_id_of, fetch_matches, new_document, upload_entry
-from .reading import Salvage
-from .spool import Batch
-from .stamps import format_stamp
+from uploader.daily import fetch_id_of, fetch_matches, new_document, upload_entry
+from uploader.daily.reading import Salvage
+from uploader.local.spool import Batch
+from uploader.stamps import format_stamp
 
 __all__ = ["RepairPlan", "plan_repair"]
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write
+from uploader.files import atomic_write
 
 __all__ = ["RetryState", "StatusFile"]
 

@@ -17,10 +17,10 @@ from typing import Any, BinaryIO
 
 import pytz
 
-from .daily import fetch_id_of
-from .fetchlog import encode_record
-from .reading import read_document
-from .stamps import parse_stamp
+from uploader.daily import fetch_id_of
+from uploader.local.records import encode_record
+from uploader.daily.reading import read_document
+from uploader.stamps import parse_stamp
 
 __all__ = ["FORMATS", "ExportReport", "export_day"]
 

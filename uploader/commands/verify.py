@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from .daily import KEY_TEMPLATE, Verifier, day_key
-from .errors import ObjectNotFound
-from .reading import DocumentError, read_document
-from .store import Store, probe_prefix
+from uploader.daily import KEY_TEMPLATE, Verifier, day_key
+from uploader.errors import ObjectNotFound
+from uploader.daily.reading import DocumentError, read_document
+from uploader.store import Store, probe_prefix
 
 __all__ = ["AuditReport", "DayReport", "audit", "verify_day"]
 

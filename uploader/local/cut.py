@@ -35,11 +35,11 @@ from typing import Any
 
 import pytz
 
-from .errors import SpoolError
-from .fetchlog import Fetch, Item, Malformed, scan
-from .metrics import NO_METRICS, Recorder
-from .spool import Batch, BatchHeader, CutJournal, QuarantineItem, Spool, fetch_data_of
-from .stamps import format_stamp
+from uploader.errors import SpoolError
+from uploader.local.records import Fetch, Item, Malformed, scan
+from uploader.metrics import NO_METRICS, Recorder
+from uploader.local.spool import Batch, BatchHeader, CutJournal, QuarantineItem, Spool, fetch_data_of
+from uploader.stamps import format_stamp
 
 __all__ = ["PlannedBatch", "CutPlan", "plan_cut", "cut_budget", "CutOutcome", "Cutter"]
 

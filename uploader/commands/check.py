@@ -6,10 +6,10 @@ import logging
 import uuid
 from typing import TextIO
 
-from .config import Config
-from .errors import ExitCode, StoreError
-from .spool import Spool
-from .store import LEFTOVER_AGE_S, Capabilities, Store, open_store, probe_prefix
+from uploader.config import Config
+from uploader.errors import ExitCode, StoreError
+from uploader.local.spool import Spool
+from uploader.store import LEFTOVER_AGE_S, Capabilities, Store, open_store, probe_prefix
 
 __all__ = ["run_check"]
 

@@ -20,8 +20,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .errors import AlreadyRunning, SpoolError, UnreadableBatch
-from .files import DIR_MODE, FILE_MODE, TMP, atomic_write, fsync_dir, write_all
+from uploader.errors import AlreadyRunning, SpoolError, UnreadableBatch
+from uploader.files import DIR_MODE, FILE_MODE, TMP, atomic_write, fsync_dir, write_all
 
 __all__ = ["ArchivePolicy", "ArchiveSummary", "QuarantineSummary", "BatchHeader", "encode_fetches", "fetch_data_of", "Batch", "CutJournal", "QuarantineItem", "Spool", "SpooledBatch"]
 

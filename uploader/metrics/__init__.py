@@ -38,15 +38,15 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from . import __version__
-from .config import MetricsConfig
-from .errors import ConfigError, PreconditionFailed, StoreError, StoreRejected
-from .schedule import wall_instant
-from .spool import BatchHeader, QuarantineItem, Spool
-from .store import Capabilities, Store
+from uploader import __version__
+from uploader.config import MetricsConfig
+from uploader.errors import ConfigError, PreconditionFailed, StoreError, StoreRejected
+from uploader.schedule import wall_instant
+from uploader.local.spool import BatchHeader, QuarantineItem, Spool
+from uploader.store import Capabilities, Store
 
 if TYPE_CHECKING:
-    from .publish import AppendResult
+    from uploader.publish import AppendResult
 
 __all__ = [
     "APPEND_PATHS",

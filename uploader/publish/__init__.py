@@ -27,11 +27,11 @@ from typing import Any
 
 import pytz
 
-from . import daily
-from .append_plan import SMALL_LIMIT, AppendPath, Body, DocumentState, Layout, WritePlan, choose_plan
-from .errors import CapabilityLost, PreconditionFailed, StoreUnavailable
-from .spool import Batch, BatchHeader, QuarantineItem, SpooledBatch
-from .store import Capabilities, Store
+from uploader import daily
+from uploader.publish.plan import SMALL_LIMIT, AppendPath, Body, DocumentState, Layout, WritePlan, choose_plan
+from uploader.errors import CapabilityLost, PreconditionFailed, StoreUnavailable
+from uploader.local.spool import Batch, BatchHeader, QuarantineItem, SpooledBatch
+from uploader.store import Capabilities, Store
 
 __all__ = [
     "FIRST_SUFFIX",

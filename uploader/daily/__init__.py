@@ -27,8 +27,8 @@ from typing import Any
 
 import pytz
 
-from .spool import Batch, BatchHeader
-from .stamps import format_stamp
+from uploader.local.spool import Batch, BatchHeader
+from uploader.stamps import format_stamp
 
 __all__ = [
     "KEY_TEMPLATE",

@@ -28,9 +28,9 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from .cut import CutOutcome, Cutter
-from .errors import UploaderError
-from .fetchlog import count_end_markers
+from uploader.local.cut import CutOutcome, Cutter
+from uploader.errors import UploaderError
+from uploader.local.records import count_end_markers
 
 __all__ = ["Watcher"]
 
