@@ -1,0 +1,1 @@
+"""The operator commands: each a function that returns a result for the CLI to print."""
