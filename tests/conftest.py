@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import SERVERS, build_batch, make_s3_store
 from rig.s3servers import CephRGW, MotoServer, S3Server, ServerUnavailable, ceph_missing, client_env
+
 from uploader.store import Store
 from uploader.store.directory import DirectoryStore
 

@@ -1,14 +1,17 @@
-"""Shared test helpers: waiting on conditions, reading spools, building records."""
+"""Shared test helpers: waiting on conditions, reading spools, building records, configs, day
+documents read back."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +22,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 import pytz
 
+from uploader import daily
+from uploader.local.batch import Batch
 from uploader.local.records import encode_record
-from uploader.local.spool import Batch, Spool
+from uploader.local.spool import Spool
 from uploader.store.s3 import S3Store
 
 if TYPE_CHECKING:  # the benchmarks import this module without the tests' folder on sys.path
@@ -68,27 +73,37 @@ def spooled_ids(spool_dir: Path) -> list[str]:
     return ids
 
 
-def write_config(tmp_path: Path, *, s3: tuple[str, str] | None = None, **sections: dict[str, Any]) -> Path:
-    """A config.toml under tmp_path; ``s3`` = (endpoint_url, bucket) selects the s3 backend."""
+def write_config(tmp_path: Path, *, s3: tuple[str, str] | None = None, quick: bool = True,
+                 **sections: dict[str, Any]) -> Path:
+    """A config.toml under tmp_path; ``s3`` = (endpoint_url, bucket) selects the s3 backend.
+
+    ``quick`` (the tests'): retries after 1-2 s, one S3 attempt with short timeouts, no metrics
+    port. ``quick=False`` leaves those at the product's defaults, as the benchmarks measure it.
+    ``sections`` add or override keys, ``storage__s3=`` for ``[storage.s3]``.
+    """
     body: dict[str, dict[str, Any]] = {
         "watch": {"file": "data/all_api.json"},
-        "spool": {"dir": "data/spool", "retry_interval_s": 1, "max_backoff_s": 2},
+        "spool": {"dir": "data/spool"},
         "storage": {"backend": "directory", "prefix": "logs"},
         "storage.directory": {"path": "data/bucket"},
-        # Off unless a test asks: a fixed port would collide between services and test runs.
-        "metrics": {"listen": ""},
     }
+    if quick:
+        body["spool"].update(retry_interval_s=1, max_backoff_s=2)
+        # Off unless a test asks: a fixed port would collide between services and test runs.
+        body["metrics"] = {"listen": ""}
     if s3:
         body["storage"]["backend"] = "s3"
         body["storage.s3"] = {"endpoint_url": s3[0], "bucket": s3[1], "region": "us-east-1",
-                              "addressing_style": "path", "max_attempts": 1,
-                              "connect_timeout_s": 1, "read_timeout_s": 5}
+                              "addressing_style": "path"}
+        if quick:
+            body["storage.s3"].update(max_attempts=1, connect_timeout_s=1, read_timeout_s=5)
     for name, values in sections.items():
         body.setdefault(name.replace("__", "."), {}).update(values)
     lines = []
     for name, values in body.items():
         lines.append(f"[{name}]")
         lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -205,3 +220,84 @@ def build_batch(
         matches=matches_each * fetches,
         fetch_ids=[f"f-{seq}-{i}" for i in range(fetches)],
     )
+
+
+# -- day documents as stored, re-counted as they stream back -------------------------------------
+
+# The day in a day document's key (whatever the prefix), as ``daily.day_key`` names it.
+_KEY_DAY = re.compile(re.escape(daily.KEY_TEMPLATE.split("{prefix}")[1]).replace(
+    re.escape("{day}"), r"(\d{4}-\d{2}-\d{2})") + "$")
+
+
+@dataclass
+class StoredDay:
+    """One stored day document, re-counted by ``read_day``."""
+
+    key: str
+    day: date | None  # the day its key names (None: not a day document's key)
+    size: int  # bytes
+    uploads: int
+    fetches: int
+    meta: dict[str, Any]  # its daily_metadata ({} if unreadable)
+    fetch_ids: Counter[str]  # how many times each fetch id is stored ("" for a fetch without one)
+    problems: list[str]  # ``daily.Verifier``'s and the layout's; [] means sound
+
+
+def read_day(client: Any, bucket: str, key: str) -> StoredDay:
+    """Read a day document back with a boto3 client and re-count it as it streams (bounded
+    memory: days reach GiBs).
+
+    The project writes one upload per line (``daily.serialize``), so each line is parsed on its
+    own (the C decoder, many times faster than the event-by-event ``daily.reading``) and fed to
+    ``daily.Verifier``; the lines around them must be the layout's. The metadata's date must be
+    the day the key names.
+    """
+    found = _KEY_DAY.search(key)
+    day = date.fromisoformat(found[1]) if found else None
+    r = client.get_object(Bucket=bucket, Key=key)
+    checker = daily.Verifier()
+    ids: Counter[str] = Counter()
+    problems: list[str] = []
+    trailer: list[bytes] = []
+    last_comma = True
+    try:
+        lines = r["Body"].iter_lines(chunk_size=1 << 20)
+        if next(lines, b"") != daily.HEAD:
+            problems.append("does not start with the layout's first line")
+            lines = iter(())
+        for number, line in enumerate(lines, start=2):
+            if trailer or line == b"],":
+                trailer.append(line)
+                continue
+            if not last_comma:
+                problems.append(f"no comma after upload {checker.uploads}")
+            last_comma = line.endswith(b",")
+            try:
+                upload = json.loads(line[:-1] if last_comma else line)
+            except ValueError:
+                problems.append(f"line {number} is not JSON ({len(line)} bytes)")
+                continue
+            checker.add(upload)
+            if isinstance(upload, dict) and isinstance(upload.get("fetch_data"), list):
+                ids.update(daily.fetch_id_of(f) or "" for f in upload["fetch_data"])
+    finally:
+        r["Body"].close()
+    if last_comma and checker.uploads:
+        problems.append("a comma after the last upload")
+    try:
+        meta = json.loads(b"{" + b"\n".join(trailer[1:]))["daily_metadata"]
+    except (ValueError, KeyError, TypeError) as exc:
+        problems.append(f"its daily_metadata does not parse: {exc!r}")
+        meta = None
+    problems += checker.finish(meta, r.get("Metadata", {}), day)
+    return StoredDay(key, day, int(r["ContentLength"]), checker.uploads, checker.fetches,
+                     meta if isinstance(meta, dict) else {}, ids, problems)
+
+
+def stored_days(client: Any, bucket: str, prefix: str) -> Iterator[StoredDay]:
+    """``read_day`` of each day document under ``prefix``, one at a time, in key order."""
+    folder = prefix.strip("/")
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder + "/"):
+        for obj in page.get("Contents", []):
+            if obj["Key"].rpartition("/")[0] == folder and _KEY_DAY.search(obj["Key"]):
+                yield read_day(client, bucket, obj["Key"])

@@ -10,17 +10,11 @@ from typing import Any
 
 import pytest
 import pytz
-
 from helpers import make_s3_store
 from rig.s3servers import S3Server
-from uploader.store.capabilities import (
-    FULL_CAPABILITIES,
-    MAX_AGE_S,
-    UNSURE_MAX_AGE_S,
-    Capabilities,
-    CapabilityMemo,
-    memo_path,
-)
+
+from uploader.store.capabilities import FULL_CAPABILITIES, MAX_AGE_S, UNSURE_MAX_AGE_S, Capabilities
+from uploader.store.memo import CapabilityMemo, memo_path
 
 T = 1_800_000_000.0
 FOUND = Capabilities(
@@ -147,6 +141,7 @@ def test_passing_faults_never_make_a_wrong_finding(s3_server: S3Server, bucket: 
     server honours; a conclusive probe is never wrong, an unsure one errs only towards "missing"."""
     from rig.faultproxy import FaultProxy
     from test_store_contract import OBSERVED
+
     from uploader.errors import StoreUnavailable
 
     truth = OBSERVED[s3_server.name]

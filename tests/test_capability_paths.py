@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 import pytz
-
-from rig.faultproxy import FaultProxy, Request, Rule, blank_complete_etag
 from helpers import build_batch, make_s3_store, write_config
+from rig.faultproxy import FaultProxy, Request, Rule, blank_complete_etag
 from rig.s3servers import S3Server
+
 from uploader import daily
-from uploader.publish import SMALL_LIMIT, append_batches, close_day
 from uploader.local.spool import Spool
-from uploader.store.capabilities import CapabilityMemo, memo_path
+from uploader.publish import SMALL_LIMIT, append_batches, close_day
+from uploader.store.memo import CapabilityMemo, memo_path
 
 TZ = pytz.timezone("America/New_York")
 DAY = date(2025, 7, 10)

@@ -4,9 +4,8 @@ double nothing."""
 from __future__ import annotations
 
 import pytest
-
-from rig import chaos
 from helpers import SERVERS
+from rig import chaos
 
 
 @pytest.mark.slow

@@ -14,12 +14,12 @@ from pathlib import Path
 import boto3
 import pytest
 import requests
-
 from rig.s3servers import S3Server
+
 from uploader.commands.check import run_check
 from uploader.config import load_config
 from uploader.local.spool import Spool
-from uploader.store.capabilities import CapabilityMemo, memo_path
+from uploader.store.memo import CapabilityMemo, memo_path
 
 ROOT = Path(__file__).resolve().parent.parent
 

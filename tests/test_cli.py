@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import NY, read_only, wait_for, write_config
+
 from uploader import daily
 from uploader.cli import COMMANDS, build_parser, main
 from uploader.config import Config, load_config
-from uploader.local.cut import Cutter
 from uploader.fetchlog import FetchWriter, append_bytes
+from uploader.local.cut import Cutter
 from uploader.local.spool import Spool
 from uploader.store.directory import DirectoryStore
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import pytz
-
 from helpers import NY, record, spooled_ids
+
 from uploader.local.cut import Cutter
+from uploader.local.journal import Journal
 from uploader.local.records import Fetch, scan
 from uploader.local.spool import Spool
 
@@ -56,5 +57,5 @@ def test_sigkill_at_each_step_loses_and_doubles_nothing(tmp_path, step):
     got = spooled_ids(spool_dir) + ids_in_file(path)
     assert sorted(got) == sorted(expected), f"lost {set(expected) - set(got)}, doubled {[i for i in got if got.count(i) > 1]}"
     assert path.stat().st_ino == inode
-    assert spool.read_journal() is None
+    assert Journal(spool.root).read() is None
     assert not list((spool_dir / "batches").glob("*.pending"))

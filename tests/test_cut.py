@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytz
-
 from helpers import NY, record, spooled
-from uploader.local.cut import Cutter, cut_budget, plan_cut
+
+from uploader.local.cut import Cutter
+from uploader.local.journal import Journal
+from uploader.local.plan import cut_budget, plan_cut
+from uploader.local.quarantine import Quarantine
 from uploader.local.records import scan
 from uploader.local.spool import Spool
 
@@ -43,7 +46,7 @@ def test_25_records_make_two_batches_and_leave_five(tmp_path):
     assert [b.fetch_ids for b in batches] == [[f"f{i:02d}" for i in range(k, k + 10)] for k in (0, 10)]
     assert [b.matches for b in batches] == [sum(range(10)), sum(range(10, 20))]
     assert batches[0].seq < batches[1].seq
-    assert spool.read_journal() is None
+    assert Journal(spool.root).read() is None
 
 
 def test_unfinished_tail_is_kept(tmp_path):
@@ -88,11 +91,11 @@ def test_malformed_records_are_quarantined_verbatim(tmp_path):
     outcome = cutter.cut()
     assert [b.fetch_ids for b in outcome.batches] == [["a", "b"]]
     assert sorted(q.raw for q in outcome.quarantined) == sorted([garbage, bad])
-    saved = {item.raw: item for item, _ in spool.pending_quarantine()}
+    saved = {item.raw: item for item, _ in Quarantine(spool).pending()}
     assert set(saved) == {garbage, bad}
     assert saved[garbage].offset == 0 and "garbage" in saved[garbage].reason
     assert cutter.path.read_bytes() == record("c", DAY1)
-    for _, path in spool.pending_quarantine():
+    for _, path in Quarantine(spool).pending():
         assert os.stat(path).st_mode & 0o777 == 0o600
 
 
@@ -208,15 +211,16 @@ def records(n: int, prefix: str = "r") -> bytes:
     return b"".join(record(f"{prefix}{i:02d}", DAY1 + timedelta(seconds=i)) for i in range(n))
 
 
-def _after_journal(spool: Spool, act: Any) -> None:
+def _after_journal(cutter: Cutter, act: Any) -> Cutter:
     """Run ``act`` (as another process would) between the cut's journal and its lock."""
-    real = spool.write_journal
+    real = cutter.journal.write
 
     def wrapper(journal: Any) -> None:
         real(journal)
         act()
 
-    spool.write_journal = wrapper  # type: ignore[method-assign]
+    cutter.journal.write = wrapper  # type: ignore[method-assign]
+    return cutter
 
 
 def test_a_file_replaced_before_the_lock_is_not_written_and_its_cut_records_are_kept(tmp_path: Path) -> None:
@@ -231,11 +235,10 @@ def test_a_file_replaced_before_the_lock_is_not_written_and_its_cut_records_are_
         (tmp_path / "next.json").write_bytes(fresh)
         os.replace(tmp_path / "next.json", path)
 
-    _after_journal(spool, replace)
-    Cutter(path, spool, NY, 10).cut()
+    _after_journal(Cutter(path, spool, NY, 10), replace).cut()
     assert path.read_bytes() == fresh
     assert [b.fetch_ids for b in spooled(spool)] == [[f"r{i:02d}" for i in range(10)]]
-    assert spool.read_journal() is None and not list(spool.batches_dir.glob("*.pending"))
+    assert Journal(spool.root).read() is None and not list(spool.batches_dir.glob("*.pending"))
 
 
 def test_a_burst_before_the_lock_is_journaled_again_and_loses_nothing(tmp_path: Path) -> None:
@@ -247,10 +250,9 @@ def test_a_burst_before_the_lock_is_journaled_again_and_loses_nothing(tmp_path: 
     spool = Spool(tmp_path / "spool")
     burst = records(15, "x")
     bursts = iter([burst])
-    _after_journal(spool, lambda: open(path, "ab").write(next(bursts, b"")))
-    outcome = Cutter(path, spool, NY, 10).cut()
+    outcome = _after_journal(Cutter(path, spool, NY, 10), lambda: open(path, "ab").write(next(bursts, b""))).cut()
     assert [b.fetch_ids for b in outcome.batches] == [[f"r{i:02d}" for i in range(10)]]
-    assert path.read_bytes() == burst and spool.read_journal() is None
+    assert path.read_bytes() == burst and Journal(spool.root).read() is None
 
 
 def test_a_writer_bursting_faster_than_the_journal_still_gets_its_cut(tmp_path: Path) -> None:
@@ -260,8 +262,7 @@ def test_a_writer_bursting_faster_than_the_journal_still_gets_its_cut(tmp_path: 
     path.write_bytes(records(10))
     spool = Spool(tmp_path / "spool")
     bursts = iter([records(15, f"{tag}") for tag in ("x", "y", "z")])
-    _after_journal(spool, lambda: open(path, "ab").write(next(bursts, b"")))
-    outcome = Cutter(path, spool, NY, 10).cut()
+    outcome = _after_journal(Cutter(path, spool, NY, 10), lambda: open(path, "ab").write(next(bursts, b""))).cut()
     assert [b.fetch_ids for b in outcome.batches] == [[f"r{i:02d}" for i in range(10)]]
     assert path.read_bytes() == records(15, "x") + records(15, "y") + records(15, "z")
 
@@ -300,7 +301,8 @@ def test_nan_and_infinity_are_quarantined_not_stored() -> None:
 def test_a_quarantine_file_whose_note_is_broken_still_goes_out(tmp_path: Path) -> None:
     """A .bin whose .json note is missing or corrupt (a crash, a hand edit) is shipped with a
     reason saying so, instead of stopping every pass of the upload worker."""
-    from uploader.local.spool import QuarantineItem, Spool
+    from uploader.local.batch import QuarantineItem
+    from uploader.local.spool import Spool
 
     spool = Spool(tmp_path / "spool")
     items = [QuarantineItem(f"00000000000{i}-0-abc", b"junk %d" % i, "garbage between records", 0,
@@ -308,10 +310,10 @@ def test_a_quarantine_file_whose_note_is_broken_still_goes_out(tmp_path: Path) -
     spool.commit(spool.stage([], items))
     (spool.quarantine_dir / f"{items[0].name}.json").write_bytes(b"{not json")
     (spool.quarantine_dir / f"{items[1].name}.json").unlink()
-    pending = spool.pending_quarantine()
+    pending = Quarantine(spool).pending()
     assert [i.raw for i, _ in pending] == [b"junk 1", b"junk 2"]
     assert all(i.reason.startswith("note unreadable") for i, _ in pending)
     for _, path in pending:
-        spool.mark_quarantine_sent(path)
-    assert spool.pending_quarantine() == []
+        Quarantine(spool).mark_sent(path)
+    assert Quarantine(spool).pending() == []
     assert sorted(p.name for p in spool.sent_dir.glob("*.bin")) == [f"{i.name}.bin" for i in items]

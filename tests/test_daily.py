@@ -10,7 +10,7 @@ import pytest
 import pytz
 
 from uploader import daily
-from uploader.local.spool import Batch
+from uploader.local.batch import Batch
 
 TZ = pytz.timezone("America/New_York")
 DAY = date(2025, 7, 10)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import pytz
-
 from helpers import NY, make_s3_store, spooled_ids, wait_for, write_config
+
 from uploader import daily
 from uploader.config import load_config
 from uploader.local.cut import Cutter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,8 +16,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
-
-from rig.faultproxy import FaultProxy, Request, Rule, blank_complete_etag
+from rig.faultproxy import FaultProxy, Request, Rule, Traffic, blank_complete_etag
 from rig.s3servers import ACCESS_KEY, SECRET_KEY, S3Server
 
 SOURCE_KEY = "dir/ä b+c.txt"  # needs URL-encoding in paths and in x-amz-copy-source
@@ -279,6 +279,38 @@ def test_down_refuses_connections_until_up(moto_proxy: FaultProxy, moto_server: 
     moto_proxy.come_up()
     s3.head_bucket(Bucket=bucket)
     assert (moto_proxy.port, moto_proxy.counts["down"], moto_proxy.counts["passed"]) == (port, 1, 1)
+
+
+def raw_request(proxy: FaultProxy, method: str, url: str, body: bytes = b"") -> tuple[bytes, bytes]:
+    """Send a (presigned) request through ``proxy`` on a plain socket, a body after a 100
+    Continue: (every byte sent, every byte received)."""
+    expect = "Expect: 100-continue\r\n" if body else ""
+    head = (f"{method} {url.removeprefix(proxy.url)} HTTP/1.1\r\nHost: {proxy.url.removeprefix('http://')}\r\n"
+            f"Content-Length: {len(body)}\r\n{expect}\r\n").encode()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(head)
+        got = sock.recv(25) if body else b""  # b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        got += b"".join(iter(lambda: sock.recv(65536), b""))
+    return head + body, got
+
+
+def test_traffic_counts_requests_and_bytes_by_method(moto_proxy: FaultProxy, moto_server: S3Server) -> None:
+    """``traffic`` counts each method's requests and the bytes exactly as the client sent and got
+    them (a 100 Continue included); ``reset_traffic`` starts it again."""
+    bucket = moto_server.new_bucket()
+    s3 = via(moto_proxy)
+    s3.list_objects_v2(Bucket=bucket)
+    assert moto_proxy.traffic().requests == 1
+    moto_proxy.reset_traffic()
+    assert moto_proxy.traffic() == Traffic()
+    params = {"Bucket": bucket, "Key": "k"}
+    put = raw_request(moto_proxy, "PUT", s3.generate_presigned_url("put_object", Params=params), b"x" * 100_000)
+    get = raw_request(moto_proxy, "GET", s3.generate_presigned_url("get_object", Params=params))
+    assert put[1].startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200") and get[1].endswith(b"x" * 100_000)
+    assert moto_proxy.traffic("PUT") == Traffic(1, len(put[0]), len(put[1]))
+    assert moto_proxy.traffic("GET") == Traffic(1, len(get[0]), len(get[1]))
+    assert moto_proxy.traffic() == Traffic(2, len(put[0]) + len(get[0]), len(put[1]) + len(get[1]))
 
 
 def test_rule_takes_exactly_one_action() -> None:

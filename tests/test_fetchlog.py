@@ -7,10 +7,10 @@ from datetime import date, datetime
 
 import pytest
 import pytz
-
 from helpers import NY, record
-from uploader.local.records import Fetch, Malformed, count_end_markers, scan
+
 from uploader.fetchlog import FetchWriter
+from uploader.local.records import Fetch, Malformed, count_end_markers, scan
 
 NOW = pytz.utc.localize(datetime(2025, 7, 10, 20, 15))
 

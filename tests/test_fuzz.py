@@ -11,7 +11,7 @@ from helpers import NY, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uploader.local.cut import plan_cut
+from uploader.local.plan import plan_cut
 from uploader.local.records import Fetch, Malformed, ScanResult, scan
 
 CORPUS = Path(__file__).parent / "corpus"

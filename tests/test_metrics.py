@@ -15,9 +15,9 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from rig.faultproxy import FaultProxy
 from helpers import NY, FakeClock, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
+from rig.faultproxy import FaultProxy
 
 from uploader.config import load_config
 from uploader.errors import ConfigError

@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from uploader.publish.plan import SMALL_LIMIT, AppendPath, Body, DocumentState, Guard, Layout, WritePlan, choose_plan
+from uploader.publish.plan import (
+    SMALL_LIMIT,
+    AppendPath,
+    Body,
+    DocumentState,
+    Guard,
+    Layout,
+    WritePlan,
+    choose_plan,
+)
 from uploader.store.capabilities import FULL_CAPABILITIES, Capabilities
 
 NEW_DAY = DocumentState(Layout.ABSENT)

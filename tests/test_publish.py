@@ -12,8 +12,10 @@ import pytest
 import pytz
 
 from uploader import daily
-from uploader.publish import SMALL_LIMIT, WriteCache, append_batches, close_day, upload_quarantine
-from uploader.local.spool import QuarantineItem
+from uploader.local.batch import QuarantineItem
+from uploader.publish import SMALL_LIMIT, append_batches, close_day
+from uploader.publish.cache import WriteCache
+from uploader.publish.quarantine import upload_quarantine
 from uploader.store import Store
 from uploader.store.s3 import S3Store
 

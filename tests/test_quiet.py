@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import pytz
-
 from helpers import NY, cpu_seconds, proc_state, wait_for, write_config
+
 from uploader import daily
 from uploader.config import load_config
 from uploader.fetchlog import FetchWriter

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import pytz
-
 from helpers import NY, build_batch, write_config
 from rig.s3servers import S3Server
+
 from uploader import daily
 from uploader.config import load_config
+from uploader.local.archive import Archive, ArchivePolicy
+from uploader.local.quarantine import Quarantine
 from uploader.local.records import Fetch, scan
 from uploader.local.spool import Spool
 
@@ -77,9 +79,9 @@ def test_uploaded_batches_are_archived_privately_and_status_shows_them(day_uploa
     """After the upload the batches sit in the archive (0700 folder, 0600 files), none pending."""
     config, *_ = day_uploaded
     spool = Spool(load_config(config).spool.dir)
-    assert spool.pending_batches() == [] and len(spool.archived_batches(DAY)) == BATCHES
+    assert spool.pending_batches() == [] and len(Archive(spool).batches(DAY)) == BATCHES
     assert stat.S_IMODE(spool.archive_dir.stat().st_mode) == 0o700
-    assert {stat.S_IMODE(e.path.stat().st_mode) for e in spool.archived_batches()} == {0o600}
+    assert {stat.S_IMODE(e.path.stat().st_mode) for e in Archive(spool).batches()} == {0o600}
     status = json.loads(ok(cli("status", "--json", config=config)))
     assert status["archive"]["batches"] == BATCHES and status["archive"]["first_day"] == DAY.isoformat()
 
@@ -106,7 +108,7 @@ def test_a_damaged_day_keeps_what_the_bucket_has_and_fills_in_the_rest(day_uploa
     config, server, bucket, ids = day_uploaded
     assert ok(cli("close-day", DAY.isoformat(), config=config))
     spool = Spool(load_config(config).spool.dir)
-    for e in spool.archived_batches(DAY)[:2]:
+    for e in Archive(spool).batches(DAY)[:2]:
         e.path.unlink()  # pruned from the archive: these two can only come from the bucket
     body = server.admin.get_object(Bucket=bucket, Key=KEY)["Body"].read()
     lines = body.split(b"\n")
@@ -193,7 +195,7 @@ def test_bad_input_gets_one_line_and_changes_nothing(day_uploaded: Any, tmp_path
     assert "no document for 2025-07-09" in one_line_error(cli("export", "2025-07-09", config=config), 1)
     line = one_line_error(cli("repair", "2025-07-09", config=config), 1)
     assert "nothing to rebuild 2025-07-09 from" in line
-    archived = Spool(load_config(config).spool.dir).archived_batches(DAY)[0].path
+    archived = Archive(Spool(load_config(config).spool.dir)).batches(DAY)[0].path
     archived.write_bytes(b"{ this is not a batch")
     line = one_line_error(cli("repair", DAY.isoformat(), config=config), 1)
     assert archived.name in line and "nothing was changed in the bucket" in line and "move it aside" in line
@@ -218,7 +220,7 @@ def _spool_with(tmp_path: Path, archived: list[tuple[int, float]], pending: list
     for seq, at in archived:
         spool.commit([spool.stage_batch(build_batch(seq, day=DAY, pad=1000))])
         [entry] = [e for e in spool.pending_batches() if e.seq == seq]
-        spool.archive([entry], at)
+        Archive(spool).add([entry], at)
     for seq, at in pending:
         spool.commit([spool.stage_batch(build_batch(seq, day=DAY, pad=1000))])
         [entry] = [e for e in spool.pending_batches() if e.seq == seq]
@@ -236,8 +238,9 @@ def test_archive_pruning_by_age_never_touches_a_pending_batch(tmp_path: Path) ->
     for path, age in ((old_sent, 9 * 86400), (new_sent, 86400), (waiting, 30 * 86400)):
         path.write_bytes(b"junk")
         os.utime(path, (now - age, now - age))
-    kept = spool.prune_archive(now, max_age_s=7 * 86400, max_bytes=1 << 30)
-    assert [e.seq for e in spool.archived_batches()] == [3] and kept.batches == 1
+    kept = Archive(spool).prune(now, ArchivePolicy(max_age_s=7 * 86400, max_bytes=1 << 30))
+    Quarantine(spool).prune_sent(now, max_age_s=7 * 86400)  # the uploader prunes both together
+    assert [e.seq for e in Archive(spool).batches()] == [3] and kept.batches == 1
     assert [e.seq for e in spool.pending_batches()] == [4]
     assert (old_sent.exists(), new_sent.exists(), waiting.exists()) == (False, True, True)
 
@@ -246,9 +249,9 @@ def test_archive_pruning_by_size_drops_the_oldest_first(tmp_path: Path) -> None:
     """Past archive_max_mb, the earliest uploaded go first until the archive fits."""
     now = 1_800_000_000.0
     spool = _spool_with(tmp_path, [(1, now - 300), (2, now - 200), (3, now - 100)], pending=[(4, now - 400)])
-    size = spool.archive_summary().bytes // 3
-    kept = spool.prune_archive(now, max_age_s=7 * 86400, max_bytes=2 * size + size // 2)
-    assert [e.seq for e in spool.archived_batches()] == [2, 3] and kept.bytes <= 2 * size + size // 2
+    size = Archive(spool).summary().bytes // 3
+    kept = Archive(spool).prune(now, ArchivePolicy(max_age_s=7 * 86400, max_bytes=2 * size + size // 2))
+    assert [e.seq for e in Archive(spool).batches()] == [2, 3] and kept.bytes <= 2 * size + size // 2
     assert [e.seq for e in spool.pending_batches()] == [4]
 
 
@@ -259,4 +262,4 @@ def test_no_archive_when_archive_days_is_zero(tmp_path: Path) -> None:
     spool = Spool(cfg.spool.dir)
     spool.commit([spool.stage_batch(build_batch(1, day=DAY))])
     assert "uploaded 1 batch(es)" in ok(cli("replay", config=config))
-    assert spool.pending_batches() == [] and spool.archived_batches() == []
+    assert spool.pending_batches() == [] and Archive(spool).batches() == []

@@ -8,12 +8,12 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytz
-
 from helpers import build_batch
+
 from uploader import daily
 from uploader.daily.reading import Salvage, salvage
 from uploader.daily.repair_plan import RepairPlan, plan_repair
-from uploader.local.spool import Batch
+from uploader.local.batch import Batch
 from uploader.stamps import format_stamp
 
 TZ = pytz.timezone("America/New_York")

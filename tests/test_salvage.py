@@ -11,7 +11,7 @@ import pytz
 
 from uploader import daily
 from uploader.daily.reading import salvage
-from uploader.local.spool import Batch
+from uploader.local.batch import Batch
 
 TZ = pytz.timezone("America/New_York")
 DAY = date(2026, 11, 1)

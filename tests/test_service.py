@@ -11,14 +11,14 @@ from datetime import date, datetime, timedelta
 
 import pytest
 import pytz
-
-from rig.faultproxy import FaultProxy
 from helpers import NY, SERVERS, FakeClock, make_s3_store, read_only, wait_for, write_config
+from rig.faultproxy import FaultProxy
+
 from uploader import daily
 from uploader.config import load_config
 from uploader.errors import AlreadyRunning, UploaderError
-from uploader.local.spool import Spool
 from uploader.fetchlog import FetchWriter
+from uploader.local.spool import Spool
 from uploader.service import Service
 from uploader.store import Store, open_store
 

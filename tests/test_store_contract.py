@@ -6,13 +6,13 @@ import hashlib
 from typing import Any
 
 import pytest
-
-from uploader.errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
-from uploader.store import MIN_PART_SIZE, PART_SIZE, Store, normalize_etag
-from uploader.store.s3 import S3Store
-
 from helpers import make_s3_store
 from rig.s3servers import S3Server
+
+from uploader.errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
+from uploader.store import PART_SIZE, Store, normalize_etag
+from uploader.store.capabilities import MIN_PART_SIZE
+from uploader.store.s3 import S3Store
 
 KEY = "logs/all_api_json_log_2025-07-10.json"
 

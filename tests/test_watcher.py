@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import pytz
-
 from helpers import NY, record, spooled_ids, wait_for
+
+from uploader.fetchlog import FetchWriter
 from uploader.local.cut import Cutter
 from uploader.local.records import Fetch, scan
-from uploader.fetchlog import FetchWriter
 from uploader.local.spool import Spool
 from uploader.local.watcher import Watcher
 

@@ -1,4 +1,8 @@
-"""Command line: argument parsing, logging setup, signals, and error-to-exit-code mapping."""
+"""Command line: argument parsing, signals, printing, and error-to-exit-code mapping.
+
+Each command is parse, call, print: the work is in ``uploader.commands`` (and the service's in
+``uploader.service``); what it returns is printed here and mapped to an ``ExitCode``.
+"""
 
 from __future__ import annotations
 
@@ -6,94 +10,45 @@ import argparse
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import textwrap
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, TextIO
-
-import pytz
+from typing import NoReturn
 
 from uploader import __version__
+from uploader.commands.check import run_check
+from uploader.commands.export import FORMATS, ExportOutcome, export
+from uploader.commands.repair import Message, RepairOutcome, repair_day
+from uploader.commands.verify import audit, render_audit, render_day, verify_day
 from uploader.config import Config, default_config_path, load_config
-from uploader.errors import ConfigError, ExitCode, ObjectNotFound, StoreError, UploaderError, UsageError
+from uploader.errors import ConfigError, ExitCode, UploaderError, UsageError
+from uploader.logs import setup_logging
+from uploader.store import open_store
 
-__all__ = ["main", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE"]
+# Three imports stay inside the commands that use them; at the top, every command would pay
+# for them, `--help` (~100 ms) included. uploader.service (APScheduler, watchdog, the metrics
+# server): ~200 ms, in cmd_run. uploader.commands.replay (the uploader with its metrics, i.e.
+# prometheus_client, and tqdm): ~110 ms, in cmd_replay, cmd_close_day and cmd_repair.
+# uploader.commands.status (the uploader.publish package, for status.json): ~8 ms over 90 runs,
+# in cmd_status. The imports above cost no measurable time. (commands.export imports tqdm late.)
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = ExitCode.OK, ExitCode.PROBLEMS, ExitCode.USAGE
+__all__ = ["main"]
 
 log = logging.getLogger(__name__)
 
-# Whatever the log level, these never get to print request headers (which carry the key id).
-_QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "apscheduler", "watchdog")
-_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
-_FIELD = re.compile(r"(\w+)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)")
+
+def _print(lines: Iterable[str], err: bool = False) -> None:
+    for line in lines:
+        print(line, file=sys.stderr if err else sys.stdout)
 
 
-class _Redact(logging.Filter):
-    """Last line of defence: blank out credential values if any record ever carries one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets = [v for k in _SECRET_ENV if len(v := os.environ.get(k, "")) >= 8]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            text = record.getMessage()
-            if any(s in text for s in self.secrets):
-                for s in self.secrets:
-                    text = text.replace(s, "[redacted]")
-                record.msg, record.args = text, None
-        return True
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, event and its key=value fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        event, _, rest = message.partition(" ")
-        out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, pytz.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": event,
-        }
-        out.update({k: v.strip("'\"") for k, v in _FIELD.findall(rest)})
-        out["message"] = message
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
-
-
-class _DropWatchdogShutdownNoise(logging.Filter):
-    """watchdog logs an ERROR when its inotify emitter is stopped mid-read (by design, see
-    watchdog PR #963); at shutdown that is expected, not an operator's problem."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "called when the thread is inactive" not in record.getMessage()
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_Redact())
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("watchdog.observers.inotify").addFilter(_DropWatchdogShutdownNoise())
+def _exit_code(ok: bool) -> ExitCode:
+    return ExitCode.OK if ok else ExitCode.PROBLEMS
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -109,7 +64,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         signals["count"] += 1
         if signals["count"] > 1:
             # Second signal: leave now. Everything is in the spool or the file; the next start resumes.
-            os._exit(EXIT_PROBLEMS)
+            os._exit(ExitCode.PROBLEMS)
         log.info("signal_received signal=%s action=drain-and-exit", signal.Signals(signum).name)
         stop.set()
 
@@ -122,288 +77,73 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         service.stop()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from uploader import daily
-    from uploader.local.spool import Spool
-    from uploader.publish.status import StatusFile
-    from uploader.store import open_store
+    from uploader.commands.status import build_status, render_status
 
-    spool = Spool(config.spool.dir)
-    pending = spool.pending_batches()
-    snap = StatusFile(config.spool.dir / "status.json").snapshot()
-    today = datetime.now(config.day.tz).date()
-    running = spool.is_locked()
-    report: dict[str, Any] = {
-        "service_running": running,
-        "spool": str(config.spool.dir),
-        "spool_depth": len(pending),
-        "pending_per_day": dict(sorted(Counter(e.day.isoformat() for e in pending).items())),
-        "quarantine_not_sent": len(list(spool.quarantine_dir.glob("*.bin"))),
-        "quarantine": _quarantine_status(spool),
-        "archive": _archive_status(spool),
-        "retrying": {k: v for k, v in snap["retries"].items() if any(e.batch_id == k for e in pending)},
-        "last_success": snap["last_success"],
-        "last_error": snap["last_error"],
-        "today": {"date": today.isoformat()},
-    }
-    problems = bool(report["retrying"])
-    try:
-        info = open_store(config.storage).head(daily.day_key(config.storage.prefix, today))
-        # The same fields whether or not the document exists yet (a day starts at zero).
-        counters = daily.counters_from_user_metadata(info.metadata if info else {})
-        counters.pop("date")  # the key's day; a document without our metadata would say null
-        report["today"].update(counters)
-    except StoreError as exc:
-        report["today"]["error"] = str(exc)
-        problems = True
+    report = build_status(config)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
     else:
-        _print_status(report, sys.stdout)
-    return EXIT_PROBLEMS if problems else EXIT_OK
-
-
-def _archive_status(spool: Any) -> dict[str, Any]:
-    a = spool.archive_summary()
-    return {"batches": a.batches, "bytes": a.bytes, "first_day": a.first_day.isoformat() if a.first_day else None,
-            "last_day": a.last_day.isoformat() if a.last_day else None}
-
-
-def _quarantine_status(spool: Any) -> dict[str, Any]:
-    q = spool.quarantine_summary()
-    return {"spans": q.not_sent_spans + q.sent_spans, "bytes": q.not_sent_bytes + q.sent_bytes,
-            "not_sent": {"spans": q.not_sent_spans, "bytes": q.not_sent_bytes},
-            "sent": {"spans": q.sent_spans, "bytes": q.sent_bytes}}
-
-
-def _size(n: float) -> str:
-    if n < 1024:
-        return f"{int(n)} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        n /= 1024
-        if n < 1024 or unit == "GiB":
-            break
-    return f"{n:.1f} {unit}"
-
-
-def _print_status(r: dict[str, Any], out: TextIO) -> None:
-    w = out.write
-    w(f"service        {'running' if r['service_running'] else 'not running'}\n")
-    per_day = ", ".join(f"{d}: {n}" for d, n in r["pending_per_day"].items()) or "-"
-    w(f"spool          {r['spool_depth']} batch(es) pending ({per_day})\n")
-    q = r["quarantine"]
-    w(f"quarantine     {q['spans']} span(s), {_size(q['bytes'])} kept: {q['not_sent']['spans']} "
-      f"({_size(q['not_sent']['bytes'])}) not yet sent, {q['sent']['spans']} ({_size(q['sent']['bytes'])}) "
-      f"sent to the bucket\n")
-    a = r["archive"]
-    span = f"{a['first_day']} .. {a['last_day']}" if a["batches"] else "empty"
-    w(f"archive        {a['batches']} uploaded batch(es), {a['bytes'] / 2**20:.1f} MiB, days {span}\n")
-    t = r["today"]
-    if "error" in t:
-        w(f"today          {t['date']}: cannot read counters: {t['error']}\n")
-    else:
-        counters = " ".join(f"{k}={v}" for k, v in t.items() if k != "date")
-        w(f"today          {t['date']}: {counters}\n")
-    ls, le = r["last_success"], r["last_error"]
-    w(f"last success   {ls['at'] + ' day=' + ls['day'] + ' batches=' + str(ls['batches']) if ls else '-'}\n")
-    w(f"last error     {le['at'] + ' ' + le['message'] if le else '-'}\n")
-    for batch_id, st in r["retrying"].items():
-        w(f"retrying       batch {batch_id} attempts={st['attempts']} last error: {st['last_error']}\n")
-
-
-@contextmanager
-def _exclusive(config: Config, what: str, *, dry_run: bool = False) -> Iterator[Any]:
-    """An uploader for a one-shot command, refusing while `uploader run` holds the spool lock.
-
-    A dry run writes nothing, so it takes no lock: the documented way is to look first, with
-    the service running, and stop it only for the real thing.
-    """
-    from uploader.local.spool import Spool
-    from uploader.publish.status import StatusFile
-    from uploader.store import open_store
-    from uploader.publish.uploader import Uploader
-
-    spool = Spool(config.spool.dir)
-    with nullcontext() if dry_run else spool.locked(what):
-        status = StatusFile(config.spool.dir / "status.json")
-        yield Uploader.for_config(config, spool, open_store(config.storage, config.spool.dir), status)
+        sys.stdout.write(render_status(report))
+    return _exit_code(not report.problems)
 
 
 def cmd_replay(config: Config, args: argparse.Namespace) -> int:
-    with _exclusive(config, "uploader replay", dry_run=args.dry_run) as uploader:
-        pending = uploader.spool.pending_batches(args.day)
-        if args.dry_run:
-            for day, n in sorted(Counter(e.day for e in pending).items()):
-                print(f"would upload {n} batch(es) for {day}")
-            print(f"dry run: {len(pending)} batch(es) pending, nothing uploaded")
-            return EXIT_OK
-        from uploader.commands.progress import Progress
+    from uploader.commands.replay import exclusive_uploader, replay
 
-        with Progress("replay", len(pending), "batches") as bar:
-            report = uploader.drain(ignore_backoff=True, day=args.day,
-                                    progress=lambda handled: bar.update(max(0, handled - bar.done)))
-        uploader.upload_quarantine()
-        print(f"replay: uploaded {report.batches} batch(es), {report.fetches} fetches, {report.matches} matches; "
-              f"{report.left} left in the spool")
-        for err in dict.fromkeys(report.errors):
-            print(f"replay: error: {err}", file=sys.stderr)
-        return EXIT_OK if report.left == 0 and not report.errors else EXIT_PROBLEMS
+    with exclusive_uploader(config, "uploader replay", dry_run=args.dry_run) as uploader:
+        result = replay(uploader, args.day, dry_run=args.dry_run)
+        _print(result.lines)
+        _print(result.errors, err=True)
+        return _exit_code(result.ok)
 
 
 def cmd_check(config: Config, args: argparse.Namespace) -> int:
-    from uploader.commands.check import run_check
-
     return run_check(config, out=sys.stdout)
 
 
 def cmd_close_day(config: Config, args: argparse.Namespace) -> int:
-    with _exclusive(config, "uploader close-day") as uploader:
-        report = uploader.drain(ignore_backoff=True, day=args.day)
-        if report.left:
-            print(f"close-day: {report.left} batch(es) of {args.day} could not be uploaded; day left open", file=sys.stderr)
-            return EXIT_PROBLEMS
-        if not uploader.close_days([args.day]):
-            print(f"close-day: could not close {args.day}; see the log above", file=sys.stderr)
-            return EXIT_PROBLEMS
-        print(f"close-day: {args.day} is closed")
-        return EXIT_OK
+    from uploader.commands.replay import close_day, exclusive_uploader
+
+    with exclusive_uploader(config, "uploader close-day") as uploader:
+        result = close_day(uploader, args.day)
+        _print(result.lines)
+        _print(result.errors, err=True)
+        return _exit_code(result.ok)
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
-    from uploader.commands.verify import audit, verify_day
-    from uploader.store import open_store
-
     store = open_store(config.storage)
     prefix = config.storage.prefix
     if args.day is not None:
         one = verify_day(store, prefix, args.day)
-        if one.missing:
-            print(f"verify: no document for {args.day} ({one.key})", file=sys.stderr)
-            return EXIT_PROBLEMS
-        print(f"verify: {one.key}: {one.uploads} uploads, {one.fetches} fetches, {one.matches} matches, "
-              f"closed={one.closed}")
-        for problem in one.problems:
-            print(f"problem: {problem}")
-        print("verify: OK" if one.ok else f"verify: {len(one.problems)} problem(s)")
-        return EXIT_OK if one.ok else EXIT_PROBLEMS
+        _print(render_day(one), err=one.missing)
+        return _exit_code(one.ok)
     today = datetime.now(config.day.tz).date()
     report = audit(store, prefix, today, since=args.since, on_day=lambda day: print(day.line(), flush=True))
-    for key in report.stray:
-        print(f"stray       {key}  (not a daily document, quarantine or probe object)")
-    for day in report.left_open:
-        print(f"left open   {day}  is past and not closed; `uploader close-day {day}` closes it")
-    if not report.days:
-        print(f"verify: no daily documents under {prefix}/ (check storage.prefix and the bucket)")
-        return EXIT_PROBLEMS
-    bad = sum(not d.ok for d in report.days)
-    print(f"verify: {len(report.days)} day(s), {bad} with problems or missing, {len(report.stray)} stray object(s), "
-          f"{len(report.left_open)} left open")
-    return EXIT_OK if report.ok else EXIT_PROBLEMS
+    _print(render_audit(report, prefix))
+    return _exit_code(bool(report.days) and report.ok)  # no day at all: a wrong prefix or bucket
 
 
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
-    from uploader import daily
-    from uploader.commands.export import export_day
-    from uploader.commands.progress import Progress
-    from uploader.daily.reading import DocumentError
-    from uploader.store import open_store
-
-    key = daily.day_key(config.storage.prefix, args.day)
-    where = str(args.output) if args.output else "stdout"
-    try:
-        # --output first: a path that cannot be written is bad usage, whatever the bucket holds.
-        with _output(args.output) as out, open_store(config.storage).stream(key) as (stream, info), \
-                Progress("export", info.size, "bytes", scale=True) as bar:
-            report = export_day(stream, args.format, out, args.day, config.day.tz, on_read=bar.update)
-    except ObjectNotFound:
-        print(f"export: no document for {args.day} ({key})", file=sys.stderr)
-        return EXIT_PROBLEMS
-    except DocumentError as exc:
-        print(f"export: {key} is damaged ({exc}); nothing kept in {where}. Try: uploader repair {args.day}",
-              file=sys.stderr)
-        return EXIT_PROBLEMS
-    print(f"export: {report.fetches} fetches of {report.uploads} uploads of {args.day} written to {where} "
-          f"({args.format})", file=sys.stderr)
-    return EXIT_OK
-
-
-@contextmanager
-def _output(path: Path | None) -> Iterator[Any]:
-    """stdout, or ``path`` written under a temporary name and renamed once complete."""
-    if path is None:
-        yield sys.stdout.buffer
-        sys.stdout.flush()
-        return
-    if path.is_dir():
-        # Checked first: the export would be written in full beside it, then fail to take its place.
-        raise UsageError(f"--output {path} is a folder", f"give a file name, e.g. --output {path / 'export.jsonl'}")
-    partial = path.with_name(path.name + ".partial")
-    try:
-        out = open(partial, "wb")  # noqa: SIM115 - closed below, renamed only when whole
-    except OSError as exc:
-        raise UsageError(f"cannot write --output {path} ({exc.strerror})", "choose a writable path") from None
-    try:
-        with out:
-            yield out
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    result = export(config, args.day, args.format, args.output, sys.stdout.buffer)
+    print(result.message, file=sys.stderr)
+    return _exit_code(result.outcome is ExportOutcome.WRITTEN)
 
 
 def cmd_repair(config: Config, args: argparse.Namespace) -> int:
-    from uploader import daily
-    from uploader.commands.verify import verify_day
-    from uploader.errors import PreconditionFailed, SpoolError
-    from uploader.daily.reading import salvage
-    from uploader.daily.repair_plan import plan_repair
+    from uploader.commands.replay import exclusive_uploader
 
-    key = daily.day_key(config.storage.prefix, args.day)
-    with _exclusive(config, "uploader repair", dry_run=args.dry_run) as uploader:
-        store, spool = uploader.store, uploader.spool
-        try:
-            archived = [e.load() for e in spool.archived_batches(args.day)]
-        except SpoolError as exc:
-            print(f"repair: {exc.message}; nothing was changed in the bucket. Try: move it aside (or fix its "
-                  f"permissions) and run repair again", file=sys.stderr)
-            return EXIT_PROBLEMS
-        try:
-            with store.stream(key) as (stream, info):
-                found, etag = salvage(stream), info.etag
-        except ObjectNotFound:
-            found, etag = None, None
-        if found is None and not archived:
-            print(f"repair: nothing to rebuild {args.day} from: no document {key} in the bucket and no archived "
-                  f"batch of that day in {spool.archive_dir}", file=sys.stderr)
-            return EXIT_PROBLEMS
-        plan = plan_repair(args.day, config.day.timezone, found, archived, datetime.now(pytz.utc), config.day.tz)
-        for line in plan.report():
-            print(f"repair: {line}")
-        pending = spool.pending_batches(args.day)
-        if pending:
-            print(f"repair: {len(pending)} batch(es) of {args.day} still wait in the spool; `uploader replay` "
-                  f"uploads them (not part of this repair)")
-        if not plan.changed:
-            print(f"repair: {key} is sound; nothing to change")
-            return EXIT_OK
-        if args.dry_run:
-            print("repair: dry run; nothing written")
-            return EXIT_OK
-        body = daily.serialize(plan.document)
-        try:
-            # Conditional like an append: the store checks by HEAD where the server would not.
-            store.put(key, body, daily.user_metadata(plan.document["daily_metadata"]),
-                      if_match=etag, if_none_match=etag is None)
-        except PreconditionFailed:
-            print(f"repair: {key} changed while it was being repaired; nothing was overwritten. "
-                  f"Try: stop whatever else writes to this bucket prefix, then run repair again", file=sys.stderr)
-            return EXIT_PROBLEMS
-        check = verify_day(store, config.storage.prefix, args.day)
-        print(f"repair: wrote {key} ({len(body)} bytes); verify: {'OK' if check.ok else '; '.join(check.problems)}")
-        return EXIT_OK if check.ok else EXIT_PROBLEMS
+    def say(message: Message) -> None:
+        print(message.text, file=sys.stderr if message.error else sys.stdout)
+
+    with exclusive_uploader(config, "uploader repair", dry_run=args.dry_run) as uploader:
+        # Printed as it comes, so the plan is on the screen before the write begins.
+        result = repair_day(config, uploader.store, uploader.spool, args.day, dry_run=args.dry_run, on_message=say)
+        return _exit_code(result.outcome in (RepairOutcome.SOUND, RepairOutcome.DRY_RUN) or result.verified)
 
 
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
@@ -430,7 +170,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         # One prefix for every error line; the hint names the help of the command that failed.
-        self.exit(EXIT_USAGE, f"uploader: {message}. Try: {self.prog} --help\n")
+        self.exit(ExitCode.USAGE, f"uploader: {message}. Try: {self.prog} --help\n")
 
 
 _DAY_HELP = "YYYY-MM-DD, a day in the zone of [day] timezone"
@@ -458,7 +198,7 @@ def _epilog(command: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _global_options(for_command: bool) -> argparse.ArgumentParser:
+def _global_options(for_command: bool) -> _Parser:
     """--config, --log-level and --log-format, accepted before and after the command.
 
     The command's copy defaults to SUPPRESS: argparse copies a subparser's defaults over the
@@ -467,7 +207,7 @@ def _global_options(for_command: bool) -> argparse.ArgumentParser:
     def default(value: str | None) -> str | None:
         return argparse.SUPPRESS if for_command else value
 
-    p = argparse.ArgumentParser(add_help=False)
+    p = _Parser(add_help=False)  # of the subparsers' own type, as add_parser(parents=...) is typed
     p.add_argument("--config", type=Path, default=default(None), metavar="PATH",
                    help="config file (default: $UPLOADER_CONFIG, then ./config.toml)")
     p.add_argument("--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -502,8 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("day", type=_day, nargs="?", default=None, help="one day (YYYY-MM-DD)")
     which.add_argument("--all", action="store_true", help="every day under the prefix, gaps and stray objects")
     which.add_argument("--since", type=_day, default=None, help="every day from this one on (YYYY-MM-DD)")
-    from uploader.commands.export import FORMATS
-
     p = add("export", "stream a day's fetches out of the store")
     p.add_argument("day", type=_day, help=f"the day to export ({_DAY_HELP})")
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="jsonl (default) or bookended (the local file's)")
@@ -527,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # is lost: reports follow the work they report (repair's PUT follows its report, so it
         # is never begun), and export only reads.
         _stdout_to_devnull()
-        return EXIT_OK
+        return ExitCode.OK
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -538,12 +276,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return COMMANDS[args.command](config, args)
     except (ConfigError, UsageError) as exc:
         print(f"uploader: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except UploaderError as exc:
         print(f"uploader: {exc}", file=sys.stderr)
-        return EXIT_PROBLEMS
+        return ExitCode.PROBLEMS
     except KeyboardInterrupt:
-        return EXIT_PROBLEMS
+        return ExitCode.PROBLEMS
 
 
 def _stdout_to_devnull() -> None:

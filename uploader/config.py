@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from uploader.errors import ConfigError
 from uploader.stamps import DEFAULT_TIMEZONE
 
 __all__ = [
+    "DEFAULT_PREFIX",
     "Config",
     "WatchConfig",
     "DayConfig",
@@ -36,6 +38,7 @@ CREDENTIALS_HINT = (
 )
 # Any key whose name looks like one of these is a credential and is refused wherever it appears.
 _CREDENTIAL_WORDS = ("secret", "access_key", "accesskey", "session_token", "password", "key_id")
+DEFAULT_PREFIX = "all_api_rotating_logs"  # the seed's key prefix; the backends' default too
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     backend: str = "directory"
-    prefix: str = "all_api_rotating_logs"
+    prefix: str = DEFAULT_PREFIX
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     s3: S3Config = field(default_factory=S3Config)
 
@@ -196,7 +199,7 @@ def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None
     def resolve(p: str) -> Path:
         return (base / Path(p).expanduser()).resolve()
 
-    w, d, s, st = values["watch"], values["day"], values["spool"], values["storage"]
+    w, d = values["watch"], values["day"]
     if w["batch_size"] < 1:
         raise ConfigError("watch.batch_size", f"must be at least 1, got {w['batch_size']}")
     try:
@@ -206,6 +209,22 @@ def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None
             "day.timezone", f"unknown time zone {d['timezone']!r}", "use an IANA name like America/New_York"
         ) from None
     close_out_at = _parse_time("day.close_out_at", d["close_out_at"])
+    spool = _spool_config(values["spool"], resolve)
+    storage = _storage_config(values["storage"], resolve)
+    metrics = _metrics_config(values["metrics"])
+    watch_file = resolve(w["file"])
+    _check_watch_file(watch_file)
+    return Config(
+        watch=WatchConfig(file=watch_file, batch_size=w["batch_size"]),
+        day=DayConfig(timezone=d["timezone"], close_out_at=close_out_at),
+        spool=spool,
+        storage=storage,
+        source=source,
+        metrics=metrics,
+    )
+
+
+def _spool_config(s: dict[str, Any], resolve: Callable[[str], Path]) -> SpoolConfig:
     for key in ("retry_interval_s", "max_backoff_s"):
         if s[key] <= 0:
             raise ConfigError(f"spool.{key}", f"must be greater than 0, got {s[key]}")
@@ -214,34 +233,24 @@ def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None
             raise ConfigError(f"spool.{key}", f"must not be negative, got {s[key]}", "use 0 to keep no archive")
     if s["max_backoff_s"] < s["retry_interval_s"]:
         raise ConfigError("spool.max_backoff_s", "must not be smaller than spool.retry_interval_s")
+    return SpoolConfig(
+        dir=resolve(s["dir"]),
+        retry_interval_s=float(s["retry_interval_s"]),
+        max_backoff_s=float(s["max_backoff_s"]),
+        archive_days=float(s["archive_days"]),
+        archive_max_mb=float(s["archive_max_mb"]),
+    )
+
+
+def _storage_config(st: dict[str, Any], resolve: Callable[[str], Path]) -> StorageConfig:
     if st["backend"] not in ("directory", "s3"):
         raise ConfigError("storage.backend", f"unknown backend {st['backend']!r}", 'use "directory" or "s3"')
     prefix = st["prefix"].strip("/")
     if not prefix or ".." in prefix.split("/"):
         raise ConfigError("storage.prefix", f"invalid prefix {st['prefix']!r}", "use a plain path like all_api_rotating_logs")
     s3 = _s3_config(st["s3"], required=st["backend"] == "s3")
-    metrics = _metrics_config(values["metrics"])
-    watch_file = resolve(w["file"])
-    _check_watch_file(watch_file)
-    return Config(
-        watch=WatchConfig(file=watch_file, batch_size=w["batch_size"]),
-        day=DayConfig(timezone=d["timezone"], close_out_at=close_out_at),
-        spool=SpoolConfig(
-            dir=resolve(s["dir"]),
-            retry_interval_s=float(s["retry_interval_s"]),
-            max_backoff_s=float(s["max_backoff_s"]),
-            archive_days=float(s["archive_days"]),
-            archive_max_mb=float(s["archive_max_mb"]),
-        ),
-        storage=StorageConfig(
-            backend=st["backend"],
-            prefix=prefix,
-            directory=DirectoryConfig(path=resolve(st["directory"]["path"])),
-            s3=s3,
-        ),
-        source=source,
-        metrics=metrics,
-    )
+    return StorageConfig(backend=st["backend"], prefix=prefix,
+                         directory=DirectoryConfig(path=resolve(st["directory"]["path"])), s3=s3)
 
 
 def _check_watch_file(path: Path) -> None:

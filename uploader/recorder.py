@@ -9,14 +9,24 @@ tested without them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from enum import Enum
 from typing import Protocol
 
 from uploader.errors import PreconditionFailed, StoreError, StoreRejected
 
-__all__ = ["NO_METRICS", "AppendReport", "CutReport", "FailureKind", "Recorder", "Tally", "failure_kind"]
+__all__ = [
+    "NO_METRICS",
+    "AppendReport",
+    "CapabilitiesUsed",
+    "CloseReport",
+    "CutReport",
+    "FailureKind",
+    "Recorder",
+    "Tally",
+    "failure_kind",
+]
 
 
 class FailureKind(Enum):
@@ -68,6 +78,15 @@ class CutReport:
 
 
 @dataclass(frozen=True)
+class CapabilitiesUsed:
+    """What the server honours, as the store's findings said when an append or close was planned."""
+
+    honoured: Mapping[str, bool]  # capability name (a field of store.Capabilities) -> honoured
+    probed_at: float = 0.0  # POSIX time of the probe that found them; 0: never probed (directory)
+    conclusive: bool = True  # False: a passing fault left a finding unsure
+
+
+@dataclass(frozen=True)
 class AppendReport:
     """One append the store acknowledged (stored, or every batch already there)."""
 
@@ -77,7 +96,16 @@ class AppendReport:
     attempts: int = 1  # writes it took; more than one: a lost race re-read, a refused feature's fallback
     bytes_sent: int = 0
     bytes_received: int = 0
-    capabilities: Mapping[str, bool] = field(default_factory=dict)  # what the server honoured, as planned with
+    capabilities: CapabilitiesUsed | None = None  # what the append was planned with
+
+
+@dataclass(frozen=True)
+class CloseReport:
+    """One day closed (or found closed already)."""
+
+    day: date
+    user_metadata: Mapping[str, str]  # the document's counters now
+    capabilities: CapabilitiesUsed | None = None  # what the close was planned with
 
 
 class Recorder(Protocol):
@@ -97,6 +125,9 @@ class Recorder(Protocol):
     def day_document(self, day: date, user_metadata: Mapping[str, str]) -> None:
         """The day's document now carries these counters (its user metadata)."""
 
+    def day_closed(self, report: CloseReport) -> None:
+        """A day's document is closed."""
+
 
 class _NoMetrics:
     """The recorder where metrics are off: does nothing."""
@@ -113,6 +144,9 @@ class _NoMetrics:
         pass
 
     def day_document(self, day: date, user_metadata: Mapping[str, str]) -> None:
+        pass
+
+    def day_closed(self, report: CloseReport) -> None:
         pass
 
 

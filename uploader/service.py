@@ -18,15 +18,17 @@ import pytz
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from uploader.config import Config
-from uploader.local.cut import CutOutcome, Cutter
 from uploader.errors import SpoolError
-from uploader.metrics import NO_METRICS, Metrics, ServiceView, serve
-from uploader.schedule import CloseOutTrigger
+from uploader.local.cut import CutOutcome, Cutter
 from uploader.local.spool import Spool
-from uploader.publish.status import StatusFile
-from uploader.store import LEFTOVER_AGE_S, Store, open_store
-from uploader.publish.uploader import Uploader
 from uploader.local.watcher import Watcher
+from uploader.metrics import Metrics, ServiceView
+from uploader.metrics.http import serve
+from uploader.publish.status import StatusFile
+from uploader.publish.uploader import Uploader
+from uploader.recorder import NO_METRICS
+from uploader.schedule import CloseOutTrigger
+from uploader.store import LEFTOVER_AGE_S, Store, open_store
 
 __all__ = ["Service"]
 
@@ -51,8 +53,7 @@ class Service:
         # Metrics exist only where they are served ([metrics] listen = "" turns them off).
         self.metrics = Metrics() if config.metrics.enabled else None
         recorder = self.metrics or NO_METRICS
-        store = store or open_store(config.storage, config.spool.dir)
-        self.store = self.metrics.watch(store) if self.metrics else store
+        self.store = store or open_store(config.storage, config.spool.dir)
         self.status = StatusFile(config.spool.dir / "status.json")
         self.cutter = Cutter(config.watch.file, self.spool, self.tz, config.watch.batch_size, clock=clock,
                              metrics=recorder)

@@ -20,7 +20,7 @@ from datetime import date, datetime
 import pytz
 
 from uploader import publish
-from uploader.local.spool import Batch
+from uploader.local.batch import Batch
 from uploader.store.s3 import S3Store
 
 from .harness import TZ, make_raw, vm_hwm_kib

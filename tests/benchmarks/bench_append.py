@@ -1,8 +1,9 @@
 """Benchmark 3: the cost of ONE append when the day already holds 1, 16, 128, 512 MiB.
 
 For each size the bench builds one valid day document (``daily.serialize``, PUT once, not
-measured) and a copy of it for the seed. Both sides then append the same 10 fetches through a
-byte-counting proxy in front of the server (moto or Ceph RGW):
+measured) and a copy of it for the seed. Both sides then append the same 10 fetches through the
+suite's proxy (``tests/rig/faultproxy.py``, no faults: it counts the bytes) in front of the
+server (moto or Ceph RGW):
 
 - project: ``publish.append_batches`` through ``S3Store`` in a child process (its capabilities
   probed before the measurement starts, as a running service has);
@@ -30,8 +31,9 @@ from typing import Any
 
 import pytz
 
+from tests.rig.faultproxy import FaultProxy, Traffic
 from uploader import daily
-from uploader.local.spool import Batch
+from uploader.local.batch import Batch
 
 from .harness import (
     ROOT,
@@ -39,7 +41,6 @@ from .harness import (
     TZ,
     BenchError,
     BenchServer,
-    CountingProxy,
     Row,
     Section,
     bench_env,
@@ -98,7 +99,7 @@ _SPAWN = (
 )
 
 
-def _seed_append(seed: Any, proxy: CountingProxy, bucket: str, work: Path, fetch_size: int) -> dict[str, Any]:
+def _seed_append(seed: Any, proxy: FaultProxy, bucket: str, work: Path, fetch_size: int) -> dict[str, Any]:
     """The seed's 10th call: 9 fetches already in its file, the 10th triggers GET + PUT of the day."""
     local = work / "seed_all_api.json"
     local.write_text("")
@@ -110,42 +111,39 @@ def _seed_append(seed: Any, proxy: CountingProxy, bucket: str, work: Path, fetch
     env = seed_env(proxy.url, bucket, local)
     launcher = subprocess.Popen([sys.executable, "-c", _SPAWN, sys.executable, str(SEED), json.dumps(log_data[9])],
                                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert launcher.stdin is not None and launcher.stdout is not None
-    if launcher.stdout.readline().strip() != "ready":
-        raise BenchError("the seed's launcher did not get ready")
-    proxy.reset()
-    launcher.stdin.write("go\n")
-    launcher.stdin.flush()
-    line = launcher.stdout.readline()
-    sent, received = proxy.counts()
-    if launcher.wait(60) != 0 or not line:
-        raise BenchError("the seed's launcher failed")
-    result: dict[str, Any] = json.loads(line)
+    result, wire = _go(launcher, proxy, "the seed's launcher")
     if result["code"] != 0:
         raise BenchError(f"seed_logger.py exited {result['code']}")
-    return {"seconds": result["seconds"], "sent": sent, "received": received, "hwm_kib": result["hwm_kib"]}
+    return {"seconds": result["seconds"], "sent": wire.sent, "received": wire.received, "hwm_kib": result["hwm_kib"]}
 
 
-def _project_append(proxy: CountingProxy, bucket: str, fetch_size: int) -> dict[str, Any]:
+def _project_append(proxy: FaultProxy, bucket: str, fetch_size: int) -> dict[str, Any]:
     """One project append in a child process; bytes counted from its "go" to its answer."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.benchmarks.append_child", proxy.url, bucket, "proj",
          today().isoformat(), str(fetch_size)],
         env=bench_env(), cwd=str(ROOT), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
+    result, wire = _go(proc, proxy, "append_child")
+    result.update(wire_sent=wire.sent, wire_received=wire.received)
+    return result
+
+
+def _go(proc: subprocess.Popen[str], proxy: FaultProxy, name: str) -> tuple[dict[str, Any], Traffic]:
+    """Once ``proc`` says "ready", send it "go"; its one-line JSON answer, and the bytes on the
+    wire from the "go" until that answer."""
     assert proc.stdin is not None and proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
-        raise BenchError("append_child did not get ready")
-    proxy.reset()
+        raise BenchError(f"{name} did not get ready")
+    proxy.reset_traffic()
     proc.stdin.write("go\n")
     proc.stdin.flush()
     line = proc.stdout.readline()
-    sent, received = proxy.counts()
+    wire = proxy.traffic()
     if proc.wait(60) != 0 or not line:
-        raise BenchError("append_child failed")
+        raise BenchError(f"{name} failed")
     result: dict[str, Any] = json.loads(line)
-    result.update(wire_sent=sent, wire_received=received)
-    return result
+    return result, wire
 
 
 def _check_seed_doc(server: BenchServer, bucket: str, key: str, uploads: int) -> None:
@@ -169,7 +167,7 @@ def _size(n: float) -> str:
 def run(server: BenchServer, sizes_mib: tuple[int, ...] = DEFAULT_SIZES_MIB, fetch_size: int = 5 * 1024) -> Section:
     """Measure one append per day size, project beside seed, and verify both documents."""
     section = Section("3. Append cost vs day size (one batch of 10 fetches)")
-    proxy = CountingProxy(server.port)
+    proxy = FaultProxy((server.s3.host, server.port), log_limit=0)  # keeps no bodies: they reach 512 MiB
     seed = _load_seed()
     day = today()
     pkey, skey = daily.day_key("proj", day), daily.day_key("seed", day)

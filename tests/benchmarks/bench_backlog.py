@@ -6,13 +6,12 @@ the spool files are exactly those ``uploader run`` writes), with no service runn
 replay`` then drains it in a process of its own, started from a small launcher so that its peak
 RSS is its own. Its appends are counted from its ``upload`` log lines (one per append call, with
 the tries it took). The document is then re-counted as it streams back (``daily.Verifier``,
-bounded memory), never loaded whole.
+bounded memory: ``tests.helpers.read_day``), never loaded whole.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytz
 
+from tests.helpers import write_config
 from uploader import daily
 from uploader.local.cut import Cutter
 from uploader.local.records import encode_record
@@ -29,6 +29,7 @@ from uploader.local.spool import Spool
 
 from .harness import (
     TZ,
+    UPLOAD_LINE,
     BenchError,
     BenchServer,
     Measured,
@@ -37,8 +38,7 @@ from .harness import (
     make_raw,
     run_measured,
     today,
-    verify_day_streamed,
-    write_config,
+    verify_day,
 )
 
 __all__ = ["DEFAULT_SIZES_MIB", "Backlog", "Replayed", "backlog_chunks", "replay", "run", "spool_backlog"]
@@ -49,7 +49,6 @@ DEFAULT_SIZES_MIB = (256, 1024)
 _MIB = 1 << 20
 _STEP = 8 * _MIB  # bytes written to the local file between two cuts, as a busy writer leaves them
 _PLACEHOLDER = "@@FETCHID@@@"  # as long as the ids put in its place, so records stay valid
-_APPENDED = re.compile(r"uploader\.upload upload day=\S+ batches=(\d+) .* attempts=(\d+)")
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ def replay(config: Path, output: Path) -> Replayed:
     measured = run_measured(["-m", "uploader.cli", "replay", "--config", str(config), "--log-level", "INFO"], output)
     if measured.code != 0:
         raise BenchError(f"uploader replay exited {measured.code}: {measured.output[-500:]}")
-    appends = [(int(m[1]), int(m[2])) for m in _APPENDED.finditer(measured.output)]
+    appends = [(int(m["batches"]), int(m["attempts"])) for m in UPLOAD_LINE.finditer(measured.output)]
     return Replayed(measured, len(appends), sum(a for _, a in appends), sum(b for b, _ in appends))
 
 
@@ -140,7 +139,7 @@ def run(server: BenchServer, sizes_mib: tuple[int, ...] = DEFAULT_SIZES_MIB, fet
         bucket = server.new_bucket(f"backlog{size}")
         with tempfile.TemporaryDirectory(prefix="bench-backlog-") as tmp:
             folder = Path(tmp)
-            config = write_config(folder, server.url, bucket)
+            config = write_config(folder, s3=(server.url, bucket), quick=False)
             backlog = spool_backlog(folder / "data" / "all_api.json", folder / "data" / "spool", size,
                                     fetch_size, "bl")
             done = replay(config, folder / "replay.log")
@@ -150,7 +149,7 @@ def run(server: BenchServer, sizes_mib: tuple[int, ...] = DEFAULT_SIZES_MIB, fet
         if done.batches != backlog.batches:
             raise BenchError(f"replay logged {done.batches} batches stored, {backlog.batches} were spooled")
         started = time.monotonic()
-        doc_bytes = verify_day_streamed(server.admin, bucket, key, day, backlog.batches, backlog.fetches)
+        doc_bytes = verify_day(server.admin, bucket, key, backlog.batches, backlog.fetches)
         verify_s = time.monotonic() - started
         server.empty_bucket(bucket)
         server.collect_garbage()

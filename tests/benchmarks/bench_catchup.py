@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from tests.helpers import write_config
 from uploader import daily
 from uploader.fetchlog import FetchWriter
 
@@ -30,9 +31,8 @@ from .harness import (
     percentile,
     running_uploader,
     today,
-    verify_day_streamed,
+    verify_day,
     vm_hwm_kib,
-    write_config,
 )
 
 __all__ = ["DEFAULT_SIZES_MIB", "run"]
@@ -94,7 +94,7 @@ def _catch_up(server: BenchServer, size_mib: int, fetch_size: int, rate: float) 
     key = daily.day_key("logs", today())
     with tempfile.TemporaryDirectory(prefix="bench-catchup-") as tmp:
         folder = Path(tmp)
-        config = write_config(folder, server.url, bucket)
+        config = write_config(folder, s3=(server.url, bucket), quick=False)
         local = folder / "data" / "all_api.json"
         local.parent.mkdir(parents=True)
         backlog = 0
@@ -114,7 +114,7 @@ def _catch_up(server: BenchServer, size_mib: int, fetch_size: int, rate: float) 
             _wait_stored(server, bucket, key, backlog + len(writer.times), timeout=300)
             hwm = vm_hwm_kib(proc.pid)
     total = backlog + len(writer.times)
-    verify_day_streamed(server.admin, bucket, key, today(), total // 10, total)
+    verify_day(server.admin, bucket, key, total // 10, total)
     server.empty_bucket(bucket)
     server.collect_garbage()
     return {"seconds": seconds, "file_mib": file_bytes / _MIB, "written_mib": written / _MIB, "cpu": cpu,

@@ -13,11 +13,12 @@ import logging
 import tempfile
 from pathlib import Path
 
+from tests.helpers import write_config
 from uploader import daily
 from uploader.commands.export import FORMATS
 
 from .bench_backlog import replay, spool_backlog
-from .harness import BenchError, BenchServer, Row, Section, run_measured, today, write_config
+from .harness import BenchError, BenchServer, Row, Section, run_measured, today
 
 __all__ = ["DEFAULT_SIZE_MIB", "run"]
 
@@ -51,7 +52,7 @@ def run(server: BenchServer, size_mib: int = DEFAULT_SIZE_MIB, fetch_size: int =
     bucket = server.new_bucket("export")
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         folder = Path(tmp)
-        config = write_config(folder, server.url, bucket)
+        config = write_config(folder, s3=(server.url, bucket), quick=False)
         backlog = spool_backlog(folder / "data" / "all_api.json", folder / "data" / "spool", size_mib,
                                 fetch_size, "ex")
         built = replay(config, folder / "replay.log")

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.helpers import write_config
+
 from .harness import (
     BenchError,
     BenchServer,
@@ -22,7 +24,6 @@ from .harness import (
     prefill,
     running_uploader,
     vm_hwm_kib,
-    write_config,
 )
 
 __all__ = ["run"]
@@ -38,7 +39,7 @@ def run(server: BenchServer, seconds: float = 60.0, settle: float = 3.0, waiting
                       f"no writes for {seconds:.0f} s")
     bucket = server.new_bucket("idle")
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
-        config = write_config(Path(tmp), server.url, bucket)
+        config = write_config(Path(tmp), s3=(server.url, bucket), quick=False)
         local = Path(tmp) / "data" / "all_api.json"
         prefill(local, waiting, 5 * 1024, "idle")
         size = local.stat().st_size

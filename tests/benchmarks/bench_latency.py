@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from tests.helpers import write_config
 from uploader import daily
 from uploader.fetchlog import FetchWriter
 
@@ -30,7 +31,6 @@ from .harness import (
     running_uploader,
     today,
     verify_day,
-    write_config,
 )
 
 __all__ = ["run"]
@@ -48,7 +48,7 @@ def run(server: BenchServer, batches: int = 250, fetch_size: int = 5 * 1024) -> 
     by_path: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         folder = Path(tmp)
-        config = write_config(folder, server.url, bucket)
+        config = write_config(folder, s3=(server.url, bucket), quick=False)
         (folder / "data").mkdir(parents=True, exist_ok=True)
         writer = FetchWriter(folder / "data" / "all_api.json", "America/New_York")
         raws = [make_raw(fetch_size, i) for i in range(10)]
@@ -77,8 +77,7 @@ def run(server: BenchServer, batches: int = 250, fetch_size: int = 5 * 1024) -> 
                     raise BenchError(f"after batch {b + 1} the object says "
                                      f"{counters['total_uploads_today']} uploads")
             errors = proc.errors()
-        doc = verify_day(server.admin, bucket, key, batches + 1, (batches + 1) * 10)
-        size = len(daily.serialize(doc))
+        size = verify_day(server.admin, bucket, key, batches + 1, (batches + 1) * 10)
     server.empty_bucket(bucket)
     server.collect_garbage()
     if errors:

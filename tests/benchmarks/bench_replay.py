@@ -16,8 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.helpers import write_config
 from uploader import daily
-from uploader.local.spool import Batch, Spool
+from uploader.local.batch import Batch
+from uploader.local.spool import Spool
 
 from .harness import (
     ROOT,
@@ -29,7 +31,6 @@ from .harness import (
     make_raw,
     today,
     verify_day,
-    write_config,
 )
 
 __all__ = ["run"]
@@ -67,7 +68,7 @@ def _replay(server: BenchServer, batches: int, fetch_size: int, group: int) -> t
     bucket = server.new_bucket(f"replay{group}")
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         folder = Path(tmp)
-        config = write_config(folder, server.url, bucket)
+        config = write_config(folder, s3=(server.url, bucket), quick=False)
         fill_spool(folder / "data" / "spool", batches, fetch_size)
         started = time.perf_counter()
         done = subprocess.run(
@@ -81,8 +82,7 @@ def _replay(server: BenchServer, batches: int, fetch_size: int, group: int) -> t
         left = list((folder / "data" / "spool" / "batches").glob("*.json"))
         if left:
             raise BenchError(f"{len(left)} batches left in the spool after replay")
-    doc = verify_day(server.admin, bucket, daily.day_key("logs", today()), batches, batches * 10)
-    mib = len(daily.serialize(doc)) / 2**20
+    mib = verify_day(server.admin, bucket, daily.day_key("logs", today()), batches, batches * 10) / 2**20
     server.empty_bucket(bucket)
     server.collect_garbage()
     return seconds, mib

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from tests.helpers import write_config
 from tests.rig.s3servers import free_port
 from uploader.fetchlog import FetchWriter
 
@@ -59,7 +60,6 @@ from .harness import (
     seed_env,
     seed_stored,
     stored_fetch_ids,
-    write_config,
 )
 
 __all__ = ["run"]
@@ -70,7 +70,7 @@ PACES = ((1.0, 5), (10.0, 5), (1.0, 50), (10.0, 50))  # fetches/s, KiB per fetch
 SHARE_TARGETS = {(1.0, 5): 2.0, (10.0, 5): 10.0}  # % of one core for the service
 QUIET_TARGET = 0.5  # % of one core
 RSS_SLACK_MIB = 10
-BATCH = 10  # write_config's batch_size
+BATCH = 10  # the service's batch_size (the product's default)
 PREFILL = 15  # one batch shipped at start, 5 records left waiting
 _KIB = 1024
 
@@ -274,8 +274,8 @@ def _project(server: BenchServer, plan: Plan, retry_interval_s: int, scrape_s: f
     bucket = server.new_bucket("soak")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
-        config = write_config(Path(tmp), server.url, bucket, retry_interval_s=retry_interval_s,
-                              metrics_listen=f"127.0.0.1:{port}")
+        config = write_config(Path(tmp), s3=(server.url, bucket), quick=False,
+                              spool={"retry_interval_s": retry_interval_s}, metrics={"listen": f"127.0.0.1:{port}"})
         local = Path(tmp) / "data" / "all_api.json"
         prefill(local, PREFILL, 5 * _KIB, "pre")
         with running_uploader(config) as proc, _Scraper(port, scrape_s) as scraper:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import write_config
 from uploader import daily
 from uploader.fetchlog import FetchWriter
 
@@ -41,9 +42,8 @@ from .harness import (
     record_size,
     running_uploader,
     today,
-    verify_day_streamed,
+    verify_day,
     vm_hwm_kib,
-    write_config,
 )
 
 __all__ = ["DEFAULT_RATE", "run"]
@@ -150,7 +150,7 @@ def _window(server: BenchServer, raws: list[dict[str, Any]], duration: float, ra
 
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         folder = Path(tmp)
-        config = write_config(folder, server.url, bucket)
+        config = write_config(folder, s3=(server.url, bucket), quick=False)
         local = folder / "data" / "all_api.json"
         local.parent.mkdir(parents=True, exist_ok=True)
         writer = _Writer(local, raws, rate, backlog_mib * _MIB)
@@ -171,8 +171,7 @@ def _window(server: BenchServer, raws: list[dict[str, Any]], duration: float, ra
             drained = time.monotonic() - writer.started
             hwm = vm_hwm_kib(proc.pid)
             errors = proc.errors()
-        doc_mib = verify_day_streamed(server.admin, bucket, key, today(), writer.written // 10,
-                                      writer.written) / _MIB
+        doc_mib = verify_day(server.admin, bucket, key, writer.written // 10, writer.written) / _MIB
     server.empty_bucket(bucket)
     server.collect_garbage()
     if errors:

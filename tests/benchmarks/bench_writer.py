@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import write_config
 from uploader import daily
 from uploader.fetchlog import FetchWriter
 
@@ -36,7 +37,6 @@ from .harness import (
     seed_stored,
     today,
     verify_day,
-    write_config,
 )
 
 __all__ = ["run"]
@@ -87,7 +87,7 @@ def _project_calls(server: BenchServer, size: int, n: int, work: Path) -> list[f
     """Append ``n`` fetches with FetchWriter while ``uploader run`` uploads them; verify the day."""
     bucket = server.new_bucket("proj-writer")
     folder = work / f"proj-{size}"
-    config = write_config(folder, server.url, bucket)
+    config = write_config(folder, s3=(server.url, bucket), quick=False)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     writer = FetchWriter(folder / "data" / "all_api.json", "America/New_York")
     raws = [make_raw(size, i) for i in range(n)]

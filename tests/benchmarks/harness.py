@@ -1,9 +1,11 @@
-"""What every benchmark shares: the S3 servers, a counting proxy, fetches, configs, /proc.
+"""What every benchmark shares: the S3 servers, fetches, the service process, checks of the days.
 
 The servers come from ``tests/rig/s3servers.py``, each started once per run: moto's server and a
 private Ceph RGW cluster (the server Linode Object Storage runs), each in its own processes on
 127.0.0.1, so their work never competes with the measured code for the GIL; everything talks
-HTTP to them over loopback with the fake keys ``client_env`` gives.
+HTTP to them over loopback with the fake keys ``client_env`` gives. The rest comes from the test
+suite: configs, day documents read back and ``/proc`` from ``tests/helpers.py``, bytes on the
+wire from its fault proxy (``tests/rig/faultproxy.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import select
 import socket
 import subprocess
 import sys
@@ -30,7 +31,16 @@ import boto3
 import pytz
 from botocore.config import Config as BotoConfig
 
-from tests.helpers import ProcState, cpu_seconds, proc_state, status_kib, terminate
+from tests.helpers import (
+    ProcState,
+    StoredDay,
+    cpu_seconds,
+    proc_state,
+    read_day,
+    status_kib,
+    stored_days,
+    terminate,
+)
 from tests.rig.s3servers import ACCESS_KEY, SECRET_KEY, CephRGW, MotoServer, S3Server, client_env
 from uploader import daily
 from uploader.fetchlog import FetchWriter
@@ -43,7 +53,6 @@ __all__ = [
     "UPLOAD_LINE",
     "BenchError",
     "BenchServer",
-    "CountingProxy",
     "Measured",
     "OsdWatch",
     "ProcState",
@@ -66,9 +75,7 @@ __all__ = [
     "stored_fetch_ids",
     "today",
     "verify_day",
-    "verify_day_streamed",
     "vm_hwm_kib",
-    "write_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,7 +175,7 @@ def record_size(size: int) -> int:
     return len(encode_record("x" * 12, now, TZ, doc))
 
 
-# -- the S3 servers and a byte-counting proxy -----------------------------------------------------
+# -- the S3 servers --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -319,112 +326,13 @@ def client(url: str) -> Any:
                         aws_secret_access_key=SECRET_KEY, config=cfg)
 
 
-class CountingProxy:
-    """A TCP proxy on loopback that counts the bytes a client sends and receives."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.sent = 0
-        self.received = 0
-        self._lock = threading.Lock()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
-
-    def reset(self) -> None:
-        with self._lock:
-            self.sent = self.received = 0
-
-    def counts(self) -> tuple[int, int]:
-        with self._lock:
-            return self.sent, self.received
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                down, _ = self._listener.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.target_port))
-            for s in (down, up):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._pump, args=(down, up), daemon=True).start()
-
-    def _pump(self, down: socket.socket, up: socket.socket) -> None:
-        buf = bytearray(1 << 20)
-        view = memoryview(buf)
-        socks = [down, up]
-        try:
-            while True:
-                readable, _, _ = select.select(socks, [], [])
-                for s in readable:
-                    n = s.recv_into(buf)
-                    if n == 0:
-                        return
-                    (up if s is down else down).sendall(view[:n])
-                    with self._lock:
-                        if s is down:
-                            self.sent += n
-                        else:
-                            self.received += n
-        except OSError:
-            return
-        finally:
-            down.close()
-            up.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
+# -- the service process -----------------------------------------------------------------------
 
 
-# -- configs and the service process ------------------------------------------------------------
-
-
-def write_config(folder: Path, endpoint: str, bucket: str, prefix: str = "logs",
-                 retry_interval_s: int = 30, metrics_listen: str | None = None) -> Path:
-    """A config.toml for ``uploader`` with the s3 backend on the bench's server.
-
-    ``metrics_listen`` None keeps the default (127.0.0.1:9464); a benchmark that scrapes
-    ``/metrics`` gives a free port, so another service on the machine cannot take it.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    text = f"""[watch]
-file = "data/all_api.json"
-batch_size = 10
-
-[day]
-timezone = "America/New_York"
-
-[spool]
-dir = "data/spool"
-retry_interval_s = {retry_interval_s}
-max_backoff_s = 600
-
-[storage]
-backend = "s3"
-prefix = "{prefix}"
-
-[storage.s3]
-bucket = "{bucket}"
-endpoint_url = "{endpoint}"
-region = "us-east-1"
-addressing_style = "path"
-"""
-    if metrics_listen is not None:
-        text += f'\n[metrics]\nlisten = "{metrics_listen}"\n'
-    path = folder / "config.toml"
-    path.write_text(text)
-    return path
-
-
-# The service's log line for one append: the day, batches and fetches stored now, the path taken.
-UPLOAD_LINE = re.compile(r"uploader\.upload upload day=(?P<day>\S+) batches=(?P<batches>\d+) "
-                         r"fetches=(?P<fetches>\d+) .* path=(?P<path>\w+)")
+# The service's log line for one append: the day, batches and fetches stored now, the path taken,
+# the tries it took (whichever module logs it).
+UPLOAD_LINE = re.compile(r" upload day=(?P<day>\S+) batches=(?P<batches>\d+) fetches=(?P<fetches>\d+) "
+                         r".* path=(?P<path>\w+) .*attempts=(?P<attempts>\d+)")
 
 
 class UploaderProcess:
@@ -561,96 +469,35 @@ def vm_hwm_kib(pid: int) -> int:
 # -- verification -------------------------------------------------------------------------------
 
 
-def verify_day(admin: Any, bucket: str, key: str, uploads: int, fetches: int) -> dict[str, Any]:
-    """Read a day document back and check it: ``daily.verify`` clean, counts exactly as expected."""
-    r = admin.get_object(Bucket=bucket, Key=key)
-    doc: dict[str, Any] = json.loads(r["Body"].read())
-    problems = daily.verify(doc, r.get("Metadata", {}))
-    meta = doc["daily_metadata"]
-    if meta["total_uploads_today"] != uploads:
-        problems.append(f"{meta['total_uploads_today']} uploads, expected {uploads}")
-    if meta["total_fetches_today"] != fetches:
-        problems.append(f"{meta['total_fetches_today']} fetches, expected {fetches}")
+def verify_day(admin: Any, bucket: str, key: str, uploads: int, fetches: int) -> int:
+    """Read a day document back as it streams (``tests.helpers.read_day``) and check it: sound,
+    with exactly ``uploads`` uploads of ``fetches`` fetches. Returns its size in bytes."""
+    return _checked(read_day(admin, bucket, key), uploads, fetches).size
+
+
+def stored_fetch_ids(admin: Any, bucket: str, prefix: str) -> Counter[str]:
+    """How many times each fetch id is stored, over every day document under ``prefix``.
+
+    Each document must be sound; any day counts, so a run across midnight is checked whole.
+    """
+    ids: Counter[str] = Counter()
+    for day in stored_days(admin, bucket, prefix):
+        ids.update(_checked(day).fetch_ids)
+    return ids
+
+
+def _checked(day: StoredDay, uploads: int | None = None, fetches: int | None = None) -> StoredDay:
+    problems = list(day.problems)
+    if uploads is not None and day.uploads != uploads:
+        problems.append(f"{day.uploads} uploads, expected {uploads}")
+    if fetches is not None and day.fetches != fetches:
+        problems.append(f"{day.fetches} fetches, expected {fetches}")
     if problems:
-        raise BenchError(f"{key} failed verification: " + "; ".join(problems[:5]))
-    return doc
+        raise BenchError(f"{day.key} failed verification: " + "; ".join(problems[:5]))
+    return day
 
 
 def seed_stored(admin: Any, bucket: str) -> tuple[int, int]:
     """Uploads and fetches in the seed's day document (prefix ``seed``, as ``seed_env`` sets)."""
     doc = json.loads(admin.get_object(Bucket=bucket, Key=daily.day_key("seed", today()))["Body"].read())
     return len(doc["uploads"]), sum(len(u["fetch_data"]) for u in doc["uploads"])
-
-
-def stored_fetch_ids(admin: Any, bucket: str, prefix: str) -> Counter[str]:
-    """How many times each fetch id is stored, over every day document under ``prefix``.
-
-    Each document must pass ``daily.verify``; any day counts, so a run across midnight is
-    checked whole.
-    """
-    ids: Counter[str] = Counter()
-    pages = admin.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/all_api_json_log_")
-    for page in pages:
-        for obj in page.get("Contents", []):
-            r = admin.get_object(Bucket=bucket, Key=obj["Key"])
-            doc = json.loads(r["Body"].read())
-            if problems := daily.verify(doc, r.get("Metadata", {})):
-                raise BenchError(f"{obj['Key']} failed verification: " + "; ".join(problems[:5]))
-            ids.update(daily.fetch_id_of(f) or "" for up in doc["uploads"] for f in up["fetch_data"])
-    return ids
-
-
-def _lines(read: Callable[[int], bytes], chunk: int = 1 << 20) -> Iterator[bytes]:
-    """The lines of a stream, without their newlines."""
-    buf = b""
-    while data := read(chunk):
-        buf += data
-        start = 0
-        while (nl := buf.find(b"\n", start)) >= 0:
-            yield buf[start:nl]
-            start = nl + 1
-        buf = buf[start:]
-    if buf:
-        yield buf
-
-
-def verify_day_streamed(admin: Any, bucket: str, key: str, day: date, uploads: int, fetches: int) -> int:
-    """``verify_day`` for documents too big to load: checked line by line as they stream.
-
-    The project writes one upload per line (``daily.serialize``), so each line is parsed on its
-    own (the C decoder, many times faster than an event-by-event parse) and fed to
-    ``daily.Verifier``; the lines around them must be the layout's. Returns the size in bytes.
-    """
-    r = admin.get_object(Bucket=bucket, Key=key)
-    checker = daily.Verifier()
-    problems: list[str] = []
-    trailer: list[bytes] = []
-    try:
-        lines = _lines(r["Body"].read)
-        if next(lines, b"") != daily.HEAD:
-            raise BenchError(f"{key} does not start with the layout's first line")
-        last_comma = True
-        for line in lines:
-            if trailer or line == b"],":
-                trailer.append(line)
-                continue
-            if not last_comma:
-                problems.append(f"no comma after upload {checker.uploads}")
-            last_comma = line.endswith(b",")
-            checker.add(json.loads(line[:-1] if last_comma else line))
-    finally:
-        r["Body"].close()
-    if last_comma and checker.uploads:
-        problems.append("a comma after the last upload")
-    try:
-        meta = json.loads(b"{" + b"\n".join(trailer[1:]))["daily_metadata"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BenchError(f"{key}: its daily_metadata does not parse: {exc}") from None
-    problems += checker.finish(meta, r.get("Metadata", {}), day)
-    if checker.uploads != uploads:
-        problems.append(f"{checker.uploads} uploads, expected {uploads}")
-    if checker.fetches != fetches:
-        problems.append(f"{checker.fetches} fetches, expected {fetches}")
-    if problems:
-        raise BenchError(f"{key} failed verification: " + "; ".join(problems[:5]))
-    return int(r["ContentLength"])

@@ -53,14 +53,14 @@ for _path in (str(REPO), str(TESTS)):  # the package, and the tests' folder that
         sys.path.insert(0, _path)
 
 import pytz
-from helpers import terminate
+from helpers import stored_days, terminate, write_config
+
 from rig.faultproxy import FAULT_KINDS, FaultProxy
 from rig.s3servers import CephRGW, MotoServer, S3Server, client_env
 
 TZ = "America/New_York"
 PREFIX = "chaos"
 BATCH_SIZE = 10
-_DAY_KEY = re.compile(rf"^{PREFIX}/all_api_json_log_(\d{{4}}-\d{{2}}-\d{{2}})\.json$")
 
 
 @dataclass
@@ -152,41 +152,6 @@ def _start_server(kind: str, work: Path) -> tuple[CephRGW | MotoServer, S3Server
     return launcher, launcher.start()
 
 
-def _write_config(work: Path, endpoint: str, bucket: str) -> Path:
-    path = work / "config.toml"
-    path.write_text(f"""\
-[watch]
-file = "data/all_api.json"
-batch_size = {BATCH_SIZE}
-
-[day]
-timezone = "{TZ}"
-
-[spool]
-dir = "data/spool"
-retry_interval_s = 0.5
-max_backoff_s = 2
-
-[metrics]
-listen = ""
-
-[storage]
-backend = "s3"
-prefix = "{PREFIX}"
-
-[storage.s3]
-bucket = "{bucket}"
-endpoint_url = "{endpoint}"
-region = "us-east-1"
-addressing_style = "path"
-max_attempts = 1
-connect_timeout_s = 1
-read_timeout_s = 2
-""")
-    (work / "data").mkdir(exist_ok=True)
-    return path
-
-
 class _Service:
     """`uploader run` as a subprocess, its output appended to one log file."""
 
@@ -265,7 +230,9 @@ def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate:
     stop_down = threading.Event()
     downs = threading.Thread(target=_down_stretches, args=(proxy, random.Random(seed + 1), down_every, stop_down),
                              daemon=True)
-    config = _write_config(work, proxy.url, bucket)
+    config = write_config(work, s3=(proxy.url, bucket), watch={"batch_size": BATCH_SIZE}, day={"timezone": TZ},
+                          spool={"retry_interval_s": 0.5}, storage={"prefix": PREFIX}, storage__s3={"read_timeout_s": 2})
+    (work / "data").mkdir(exist_ok=True)
     ledger = work / "ledger.jsonl"
     service = _Service(config, work / "service.log")
     writer = subprocess.Popen(
@@ -351,9 +318,9 @@ def _drained(work: Path, timeout: float) -> bool:
 
 
 def _check(work: Path, server: S3Server, bucket: str, ledger_path: Path, summary: Summary) -> None:
-    """Compare every daily document (read straight from the server) with the writer's ledger."""
+    """Compare every daily document (read straight from the server, re-counted as it streams)
+    with the writer's ledger."""
 
-    from uploader import daily
     from uploader.local.records import Fetch, scan
 
     tz = pytz.timezone(TZ)
@@ -367,31 +334,19 @@ def _check(work: Path, server: S3Server, bucket: str, ledger_path: Path, summary
             ledger[entry["id"]] = entry
     summary.fetches, summary.junk = len(ledger), len(junk)
     s3 = server.client()
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PREFIX + "/")
-            for o in page.get("Contents", [])]
     seen: dict[str, list[str]] = defaultdict(list)
-    quarantine_blobs: list[bytes] = []
-    for key in keys:
-        obj = s3.get_object(Bucket=bucket, Key=key)
-        body = obj["Body"].read()
-        m = _DAY_KEY.match(key)
-        if not m:
-            if key.startswith(f"{PREFIX}/quarantine/"):
-                quarantine_blobs.append(body)
-            continue
-        day = m.group(1)
-        document = json.loads(body)
-        for p in daily.verify(document, obj.get("Metadata", {})):
-            summary.problems.append(f"{day}: verify: {p}")
-        ids = [f["FETCH_HEADER"]["fetch_id"] for u in document["uploads"] for f in u["fetch_data"]]
-        meta = document["daily_metadata"]
-        want_matches = sum(ledger[i]["matches"] for i in ids if i in ledger)
-        if meta["total_matches_today"] != want_matches:
-            summary.problems.append(f"{day}: total_matches_today={meta['total_matches_today']}, ledger says {want_matches}")
-        if meta["total_fetches_today"] != len(ids):
-            summary.problems.append(f"{day}: total_fetches_today={meta['total_fetches_today']}, document holds {len(ids)}")
-        for i in ids:
-            seen[i].append(day)
+    for stored in stored_days(s3, bucket, PREFIX):
+        assert stored.day is not None  # stored_days reads day documents only
+        day = stored.day.isoformat()
+        summary.problems.extend(f"{day}: verify: {p}" for p in stored.problems)
+        want_matches = sum(ledger[i]["matches"] * n for i, n in stored.fetch_ids.items() if i in ledger)
+        if stored.meta.get("total_matches_today") != want_matches:
+            summary.problems.append(f"{day}: total_matches_today={stored.meta.get('total_matches_today')}, "
+                                    f"ledger says {want_matches}")
+        for i, n in stored.fetch_ids.items():
+            seen[i] += [day] * n
+    quarantine_blobs = [s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                        for key in server.keys(bucket, f"{PREFIX}/quarantine/")]
     summary.uploaded = sum(len(v) for v in seen.values())
     left = scan((work / "data" / "all_api.json").read_bytes(), tz, datetime.now(pytz.utc)).items
     for item in left:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytz
 
-import uploader.local.cut as cut_mod
+import uploader.local.surgery as surgery
 from uploader.local.cut import Cutter
+from uploader.local.journal import Journal
 from uploader.local.spool import Spool
 
 
@@ -37,9 +38,9 @@ def after(obj: object, name: str, nth: int = 1) -> None:
     setattr(obj, name, wrapper)
 
 
-def append_after_journal(spool: Spool, path: Path) -> None:
+def append_after_journal(journal: Journal, path: Path) -> None:
     """A writer appends a record after the journal is written and before the cut takes the lock."""
-    real = spool.write_journal
+    real = journal.write
 
     def wrapper(journal: object) -> None:
         real(journal)  # type: ignore[arg-type]
@@ -50,34 +51,34 @@ def append_after_journal(spool: Spool, path: Path) -> None:
                     b'{"FETCH_HEADER": {"fetch_id": "window"}, "FETCH_FOOTER": {"total_matches": 2}}\n'
                     b"=== FETCH END: window | 07/10/2025 04:00:00 PM EDT ===\n")
 
-    spool.write_journal = wrapper  # type: ignore[method-assign]
+    journal.write = wrapper  # type: ignore[method-assign]
 
 
 def main() -> None:
     path, spool_dir, step = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     batch_size = int(sys.argv[4]) if len(sys.argv) > 4 else 10
     spool = Spool(spool_dir)
+    cutter = Cutter(path, spool, pytz.timezone("America/New_York"), batch_size)
     if step.startswith("append-then-"):
-        append_after_journal(spool, path)
+        append_after_journal(cutter.journal, path)
         step = step.removeprefix("append-then-")
     if step == "after-first-stage":
         after(spool, "_write_pending")
     elif step == "after-journal":
-        after(spool, "write_journal")
+        after(cutter.journal, "write")
     elif step == "after-commit":
         after(spool, "commit")
     elif step == "mid-shift":
-        cut_mod._CHUNK = 97  # many small copies, so the kill lands inside the shift
-        after(cut_mod.os, "pwrite", nth=5)
+        surgery.CHUNK = 97  # many small copies, so the kill lands inside the shift
+        after(surgery.os, "pwrite", nth=5)
     elif step == "before-truncate":
-        cut_mod.os.ftruncate = lambda fd, n: die()  # type: ignore[assignment]
+        surgery.os.ftruncate = lambda fd, n: die()  # type: ignore[assignment]
     elif step == "after-truncate":
-        after(cut_mod.os, "ftruncate")
+        after(surgery.os, "ftruncate")
     elif step == "before-clear":
-        spool.clear_journal = die  # type: ignore[method-assign]
+        cutter.journal.clear = die  # type: ignore[method-assign]
     elif step != "none":
         raise SystemExit(f"unknown step {step}")
-    cutter = Cutter(path, spool, pytz.timezone("America/New_York"), batch_size)
     cutter.recover()
     cutter.cut()
 

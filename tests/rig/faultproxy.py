@@ -18,12 +18,14 @@ Each request is read whole, logged (``requests``) and then goes through two stag
    check signatures still accept the request: how a test makes a server ignore If-Match or
    Range), rewrite the upstream's answer, or honour an If-Match the upstream ignores.
 
-Every request goes upstream on its own connection with ``Connection: close``, so an answer is
-simply everything read until EOF. Requests must be path-style; re-signing assumes a plain
-(not aws-chunked) payload, which is what boto3 sends over http with
-``request_checksum_calculation="when_required"``.
+Every request goes upstream on its own connection with ``Connection: close``; an answer ends
+where its Content-Length says, else (chunked) at EOF: waiting for the close would cost ~10 ms a
+request on moto's server. Requests must be path-style; re-signing assumes a plain (not
+aws-chunked) payload, which is what boto3 sends over http with
+``request_checksum_calculation="when_required"``. ``traffic`` counts requests and the bytes the
+clients sent and received, by HTTP method (the benchmarks measure bytes on the wire with it).
 
-Used by the test suite and by ``tests/rig/chaos.py``.
+Used by the test suite, by ``tests/rig/chaos.py`` and by the benchmarks.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-__all__ = ["FAULT_KINDS", "MODES", "FaultProxy", "Request", "Response", "Rule", "blank_complete_etag"]
+__all__ = ["FAULT_KINDS", "MODES", "FaultProxy", "Request", "Response", "Rule", "Traffic", "blank_complete_etag"]
 
 FAULT_KINDS = ("http500", "http503", "reset", "stall", "down")
 MODES = ("pass", "reset", "stall", "http500", "http503")
@@ -59,6 +61,7 @@ _MESSAGES = {
 # Not forwarded as sent: the proxy speaks one request per connection and answers Expect itself.
 _HOP_HEADERS = frozenset({"connection", "keep-alive", "expect", "transfer-encoding"})
 _MAX_HEAD = 64 << 10
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STALL_MAX_S = 120.0
 
 
@@ -133,6 +136,15 @@ class Response:
 
 
 @dataclass
+class Traffic:
+    """Requests and bytes on the clients' side of the proxy, as they sent and received them."""
+
+    requests: int = 0
+    sent: int = 0  # request lines, headers and bodies (chunk framing included)
+    received: int = 0  # answers, 100 Continue included
+
+
+@dataclass
 class Rule:
     """Matches requests by ``op`` and/or ``when`` (both must hold; neither: every request) and
     takes exactly one action. ``hits`` counts the requests it acted on.
@@ -182,7 +194,8 @@ class FaultProxy:
     ``faults_on`` switches random faults (at ``fault_rate``, drawn from ``kinds``) on or off;
     ``mode`` forces one fault kind on every request; ``counts`` holds how many of each kind
     were injected (``down`` counts stretches) and how many requests ``passed``; ``requests``
-    the last ``log_limit`` requests seen. Rewritten requests are re-signed with the given keys.
+    the last ``log_limit`` requests seen (0: none kept, for big bodies); ``traffic`` the
+    requests and bytes by method. Rewritten requests are re-signed with the given keys.
     """
 
     def __init__(self, target: tuple[str, int], seed: int = 0, fault_rate: float = 0.0,
@@ -201,6 +214,7 @@ class FaultProxy:
         self._mode = "pass"
         # Bounded: a long chaos run must not keep every body it ever forwarded.
         self._log: deque[Request] = deque(maxlen=log_limit)
+        self._traffic: dict[str, Traffic] = {}
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -230,6 +244,17 @@ class FaultProxy:
         """A snapshot of the requests seen, oldest first (faulted ones included)."""
         with self._lock:
             return list(self._log)
+
+    def traffic(self, method: str | None = None) -> Traffic:
+        """Requests of ``method`` ("GET", "PUT", ...; None: all) and their bytes, since the start
+        or ``reset_traffic``. An answer is counted before the client gets it."""
+        with self._lock:
+            seen = [t for m, t in self._traffic.items() if method in (None, m)]
+        return Traffic(sum(t.requests for t in seen), sum(t.sent for t in seen), sum(t.received for t in seen))
+
+    def reset_traffic(self) -> None:
+        with self._lock:
+            self._traffic.clear()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -317,11 +342,17 @@ class FaultProxy:
         with self._lock:
             self._open.add(client)
         try:
-            request = _read_request(client)
-            if request is None:
+            _no_delay(client)
+            read = _read_request(client)
+            if read is None:
                 return
+            request, sent, received = read
             with self._lock:
                 self._log.append(request)
+                counted = self._traffic.setdefault(request.method, Traffic())
+                counted.requests += 1
+                counted.sent += sent
+                counted.received += received
             kind, upstream_first = self._draw()
             # A fault after the upstream loses the answer the rules produced: rules are the server.
             answer = self._respond(request) if kind == "pass" or upstream_first else None
@@ -329,7 +360,12 @@ class FaultProxy:
                 if answer is None:
                     _reset(client)  # upstream unreachable: what a dead server looks like
                     return
-                self._count("passed")  # before the answer, so a client that got it sees the count
+                self._count("passed", request.method, len(answer))  # before the answer, so a client
+                client.sendall(answer)  # that got it sees the counts
+                return
+            if kind in _FAULT_ERRORS:
+                answer = _error(*_FAULT_ERRORS[kind])
+                self._count(kind, request.method, len(answer))
                 client.sendall(answer)
                 return
             self._count(kind)
@@ -339,8 +375,6 @@ class FaultProxy:
                 client.settimeout(_STALL_MAX_S)
                 while not self._stop.is_set() and client.recv(65536):
                     pass  # hold the connection until the client gives up
-            else:
-                client.sendall(_error(*_FAULT_ERRORS[kind]))
         except OSError:
             pass
         finally:
@@ -348,9 +382,12 @@ class FaultProxy:
                 self._open.discard(client)
             _close(client)
 
-    def _count(self, kind: str) -> None:
+    def _count(self, kind: str, method: str | None = None, answer: int = 0) -> None:
+        """One more of ``kind``; ``answer`` bytes to the client of a ``method`` request."""
         with self._lock:
             self.counts[kind] += 1
+            if method is not None:
+                self._traffic.setdefault(method, Traffic()).received += answer
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -409,12 +446,10 @@ class FaultProxy:
         """Send one request upstream on its own connection; the whole answer, or None."""
         try:
             with socket.create_connection(self.target, timeout=60) as up:
+                _no_delay(up)
                 up.sendall(_wire(f"{req.method} {req.target} HTTP/1.1", req.headers, req.body,
                                  "content-length" in req.headers))
-                chunks = []
-                while data := up.recv(65536):
-                    chunks.append(data)
-                return b"".join(chunks)
+                return _read_answer(up, req.method == "HEAD")
         except OSError:
             return None
 
@@ -473,8 +508,9 @@ def _split_head(head: bytes) -> tuple[str, dict[str, str]]:
     return lines[0], headers
 
 
-def _read_request(client: socket.socket) -> Request | None:
-    """One whole request from the client; None if it went away or sent garbage."""
+def _read_request(client: socket.socket) -> tuple[Request, int, int] | None:
+    """One whole request from the client, the bytes it sent for it and those it got back before
+    the answer (a 100 Continue); None if it went away or sent garbage."""
     client.settimeout(60)
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -482,28 +518,61 @@ def _read_request(client: socket.socket) -> Request | None:
         if not data or len(buf) > _MAX_HEAD:
             return None
         buf += data
-    head, _, body = buf.partition(b"\r\n\r\n")
+    head, _, first_bytes = buf.partition(b"\r\n\r\n")
+    body = bytearray(first_bytes)  # grows in place: bodies can be hundreds of MiB
     first, headers = _split_head(head)
     method, _, rest = first.partition(" ")
     target = rest.rpartition(" ")[0]
+    continued = 0
     if "100-continue" in headers.get("expect", "").lower():
-        client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        client.sendall(_CONTINUE)
+        continued = len(_CONTINUE)
     if "chunked" in headers.get("transfer-encoding", "").lower():
         while not body.endswith(b"0\r\n\r\n"):
-            data = client.recv(65536)
+            data = client.recv(1 << 20)
             if not data:
                 return None
             body += data
-        body = _dechunk(body)
+        sent = len(head) + 4 + len(body)
+        whole = _dechunk(bytes(body))
     else:
         length = int(headers.get("content-length", "0"))
         while len(body) < length:
-            data = client.recv(min(65536, length - len(body)))
+            data = client.recv(min(1 << 20, length - len(body)))
             if not data:
                 return None
             body += data
+        sent = len(head) + 4 + len(body)
+        whole = bytes(body)
     headers = {k: v for k, v in headers.items() if k not in _HOP_HEADERS}
-    return Request(method, target, headers, body)
+    return Request(method, target, headers, whole), sent, continued
+
+
+def _read_answer(up: socket.socket, head_only: bool) -> bytes:
+    """One whole answer from the upstream, up to where its head says it ends, else up to EOF."""
+    answer = bytearray()  # grows in place: answers can be hundreds of MiB
+    end = 0  # where the answer ends, once its head is in; -1: at EOF
+    while data := up.recv(1 << 20):
+        answer += data
+        if not end and (cut := answer.find(b"\r\n\r\n")) >= 0:
+            length = _body_length(bytes(answer[:cut]), head_only)
+            end = -1 if length is None else cut + 4 + length
+        if 0 < end <= len(answer):
+            break
+    return bytes(answer)
+
+
+def _body_length(head: bytes, head_only: bool) -> int | None:
+    """The length of the body after an answer's ``head``; None when only EOF tells (chunked)."""
+    first, headers = _split_head(head)
+    if head_only or first.split(" ")[1:2] in (["204"], ["304"]):
+        return 0
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return None
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _parse_response(raw: bytes) -> Response:
@@ -538,6 +607,12 @@ def _error(status: int, code: str, message: str | None = None) -> bytes:
     ).encode()
     reason = next((s.phrase for s in HTTPStatus if s.value == status), "Error")
     return Response(status, reason, {"content-type": "application/xml"}, body).to_bytes()
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """No Nagle, as boto3's own sockets: the last part of a message must not wait for the
+    peer's delayed ACK (up to 40 ms on Linux)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _reset(sock: socket.socket) -> None:

@@ -9,7 +9,8 @@ from typing import TextIO
 from uploader.config import Config
 from uploader.errors import ExitCode, StoreError
 from uploader.local.spool import Spool
-from uploader.store import LEFTOVER_AGE_S, Capabilities, Store, open_store, probe_prefix
+from uploader.store import LEFTOVER_AGE_S, Store, open_store, probe_prefix
+from uploader.store.capabilities import Capabilities
 
 __all__ = ["run_check"]
 

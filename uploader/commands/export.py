@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time
+from enum import Enum
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytz
 
-from uploader.daily import fetch_id_of
+from uploader.config import Config
+from uploader.daily import day_key, fetch_id_of
+from uploader.daily.reading import DocumentError, read_document
+from uploader.errors import ObjectNotFound, UsageError
 from uploader.local.records import encode_record
-from uploader.daily.reading import read_document
 from uploader.stamps import parse_stamp
+from uploader.store import open_store
 
-__all__ = ["FORMATS", "ExportReport", "export_day"]
+__all__ = ["FORMATS", "ExportOutcome", "ExportReport", "ExportResult", "export", "export_day"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,72 @@ class ExportReport:
     fetches: int = 0
     guessed_times: int = 0  # bookended records whose header had no readable timestamp
     guessed_ids: int = 0  # ... or no fetch_id
+
+
+class ExportOutcome(Enum):
+    """How an export ended."""
+
+    WRITTEN = "written"
+    MISSING = "missing"  # no document for the day
+    DAMAGED = "damaged"  # the document stops being valid JSON; the output was not kept
+
+
+@dataclass
+class ExportResult:
+    """How an export ended, and the one line (for stderr) that says so."""
+
+    outcome: ExportOutcome
+    message: str
+    report: ExportReport | None = None
+
+
+def export(config: Config, day: date, fmt: str, output: Path | None, stdout: BinaryIO) -> ExportResult:
+    """Stream ``day``'s document out of the store into ``output`` (``stdout`` if None), with progress.
+
+    Raises UsageError for an ``output`` that cannot be written, before the store is asked.
+    """
+    # Imported here, not at the top: tqdm costs ~30 ms, and the CLI imports this module for
+    # every command (FORMATS is in `--help`).
+    from uploader.commands.progress import Progress
+
+    key = day_key(config.storage.prefix, day)
+    where = str(output) if output else "stdout"
+    try:
+        # --output first: a path that cannot be written is bad usage, whatever the bucket holds.
+        with _output(output, stdout) as out, open_store(config.storage).stream(key) as (stream, info), \
+                Progress("export", info.size, "bytes", scale=True) as bar:
+            report = export_day(stream, fmt, out, day, config.day.tz, on_read=bar.update)
+    except ObjectNotFound:
+        return ExportResult(ExportOutcome.MISSING, f"export: no document for {day} ({key})")
+    except DocumentError as exc:
+        return ExportResult(ExportOutcome.DAMAGED, f"export: {key} is damaged ({exc}); nothing kept in {where}. "
+                                                   f"Try: uploader repair {day}")
+    return ExportResult(ExportOutcome.WRITTEN, f"export: {report.fetches} fetches of {report.uploads} uploads of "
+                                               f"{day} written to {where} ({fmt})", report)
+
+
+@contextmanager
+def _output(path: Path | None, stdout: BinaryIO) -> Iterator[BinaryIO]:
+    """``stdout``, or ``path`` written under a temporary name and renamed once complete."""
+    if path is None:
+        yield stdout
+        stdout.flush()
+        return
+    if path.is_dir():
+        # Checked first: the export would be written in full beside it, then fail to take its place.
+        raise UsageError(f"--output {path} is a folder", f"give a file name, e.g. --output {path / 'export.jsonl'}")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        out = open(partial, "wb")  # noqa: SIM115 - closed below, renamed only when whole
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {path} ({exc.strerror})", "choose a writable path") from None
+    try:
+        with out:
+            yield out
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 class _Counting:

@@ -15,11 +15,11 @@ from datetime import date, timedelta
 from typing import Any
 
 from uploader.daily import KEY_TEMPLATE, Verifier, day_key
-from uploader.errors import ObjectNotFound
 from uploader.daily.reading import DocumentError, read_document
+from uploader.errors import ObjectNotFound
 from uploader.store import Store, probe_prefix
 
-__all__ = ["AuditReport", "DayReport", "audit", "verify_day"]
+__all__ = ["AuditReport", "DayReport", "audit", "render_audit", "render_day", "verify_day"]
 
 
 @dataclass
@@ -117,3 +117,27 @@ def audit(
             report.left_open.append(day)
         day += timedelta(days=1)
     return report
+
+
+def render_day(one: DayReport) -> list[str]:
+    """`uploader verify DAY`'s lines: the counts, each problem, the verdict (or that it is missing)."""
+    if one.missing:
+        return [f"verify: no document for {one.day} ({one.key})"]
+    return [(f"verify: {one.key}: {one.uploads} uploads, {one.fetches} fetches, {one.matches} matches, "
+             f"closed={one.closed}"),
+            *(f"problem: {problem}" for problem in one.problems),
+            "verify: OK" if one.ok else f"verify: {len(one.problems)} problem(s)"]
+
+
+def render_audit(report: AuditReport, prefix: str) -> list[str]:
+    """The lines after the days' own (``DayReport.line``): stray objects, days left open, the totals."""
+    lines = [f"stray       {key}  (not a daily document, quarantine or probe object)" for key in report.stray]
+    lines += [f"left open   {day}  is past and not closed; `uploader close-day {day}` closes it"
+              for day in report.left_open]
+    if not report.days:
+        lines.append(f"verify: no daily documents under {prefix}/ (check storage.prefix and the bucket)")
+        return lines
+    bad = sum(not d.ok for d in report.days)
+    lines.append(f"verify: {len(report.days)} day(s), {bad} with problems or missing, {len(report.stray)} stray "
+                 f"object(s), {len(report.left_open)} left open")
+    return lines

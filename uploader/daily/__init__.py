@@ -18,16 +18,15 @@ it (the "body") is never rewritten by an append; only the tail from the marker o
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytz
 
-from uploader.local.spool import Batch, BatchHeader
+from uploader.local.batch import Batch, BatchHeader
 from uploader.stamps import format_stamp
 
 __all__ = [
@@ -56,7 +55,6 @@ __all__ = [
     "verify",
 ]
 
-log = logging.getLogger(__name__)
 
 KEY_TEMPLATE = "{prefix}/all_api_json_log_{day}.json"
 HEAD = b'{"uploads": ['

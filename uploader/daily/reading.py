@@ -11,7 +11,6 @@ other layout is read with ijson up to the first damage.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -22,7 +21,6 @@ from uploader.daily import HEAD, TAIL_MARKER
 
 __all__ = ["DocumentError", "Salvage", "read_document", "salvage"]
 
-log = logging.getLogger(__name__)
 
 _META_LINE = TAIL_MARKER.split(b"\n")[-1]  # b'"daily_metadata": '
 

@@ -19,7 +19,7 @@ import pytz
 
 from uploader.daily import fetch_id_of, fetch_matches, new_document, upload_entry
 from uploader.daily.reading import Salvage
-from uploader.local.spool import Batch
+from uploader.local.batch import Batch
 from uploader.stamps import format_stamp
 
 __all__ = ["RepairPlan", "plan_repair"]

@@ -1,8 +1,6 @@
 """The cut: move complete records from the front of the local file into the spool, crash-safely.
 
-``plan_cut`` is pure: from scanned items it decides which front bytes to cut and how they
-group into batches (at most ``batch_size`` fetches, never two days in one batch) and what is
-quarantined. ``Cutter`` carries a plan out:
+``plan.plan_cut`` decides what to cut; ``Cutter`` carries the plan out:
 
 1. without the lock, scan and stage batches and quarantined bytes in the spool (pending names,
    invisible to uploads, fsynced): writers only append, so the front cannot change;
@@ -26,7 +24,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import Enum
@@ -36,25 +34,29 @@ from typing import Any
 import pytz
 
 from uploader.errors import SpoolError
-from uploader.local.records import Fetch, Item, Malformed, scan
-from uploader.metrics import NO_METRICS, Recorder
-from uploader.local.spool import Batch, BatchHeader, CutJournal, QuarantineItem, Spool, fetch_data_of
+from uploader.local.batch import BatchHeader, QuarantineItem
+from uploader.local.journal import SAMPLE, CutJournal, Journal
+from uploader.local.plan import (
+    MAX_CUT,
+    WINDOW,
+    CutPlan,
+    batches_of,
+    cut_budget,
+    plan_cut,
+    quarantined_of,
+)
+from uploader.local.records import scan
+from uploader.local.spool import Spool
+from uploader.local.surgery import Recovered, finish_rewrite, shift_tail
+from uploader.recorder import NO_METRICS, CutReport, Recorder, Tally
 from uploader.stamps import format_stamp
 
-__all__ = ["PlannedBatch", "CutPlan", "plan_cut", "cut_budget", "CutOutcome", "Cutter"]
+__all__ = ["CutOutcome", "Cutter", "Refusal"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
-# Plan and stage this much of the file at a time (more only if one record is bigger): memory
-# holds one window's bytes, however large the cut.
-_WINDOW = 8 << 20
-# Bytes one cut takes at most (see cut_budget): large, so that what a cut leaves behind, which
-# it copies to the journal and moves under the lock, stays small.
-_MAX_CUT = 4 << 30
-# ... and batches: each leaves its header in memory until the cut commits (about 2 KiB).
+# Batches one cut takes at most: each leaves its header in memory until the cut commits (~2 KiB).
 _MAX_CUT_BATCHES = 10_000
-_SAMPLE = 4096  # bytes compared to tell the file is still the one planned on, and its progress
 _JOURNAL_TRIES = 3
 
 
@@ -64,101 +66,6 @@ class Refusal(Enum):
     FILE_REPLACED = "file-replaced"  # another file is at the path: never write into it
     FILE_CHANGED = "file-changed-under-us"  # shrank, or its front is not what was planned on
     APPENDED_TOO_MUCH = "appended-too-much-meanwhile"  # journal again, then retry
-
-
-class Recovered(Enum):
-    """The state recovery found an interrupted cut's file in (for the log)."""
-
-    FILE_REPLACED = "file-replaced"
-    NOT_STARTED = "not-started"
-    SHIFTED = "shifted"  # kept bytes in front, the old tail still behind them
-    DONE = "done"
-    MID_SHIFT = "mid-shift"  # rebuilt from journal.kept
-
-
-@dataclass(frozen=True)
-class PlannedBatch:
-    fetches: list[Fetch]
-
-    @property
-    def day(self) -> date:
-        return self.fetches[0].day
-
-
-@dataclass(frozen=True)
-class CutPlan:
-    length: int  # bytes to remove from the front of the file
-    batches: list[PlannedBatch] = field(default_factory=list)
-    quarantined: list[Malformed] = field(default_factory=list)
-    records_left: int = 0  # well-formed records left after ``length`` in the scanned bytes
-
-
-def plan_cut(
-    items: Sequence[Item],
-    batch_size: int,
-    close_through: date | None = None,
-    max_bytes: int = _MAX_CUT,
-) -> CutPlan:
-    """Plan a cut of the front of the file.
-
-    A batch closes at ``batch_size`` fetches, when the next fetch belongs to another day, or
-    (for close-out) when its day is on or before ``close_through`` and no more fetches follow.
-    Malformed spans are cut with the batch they sit in, or at once when between batches.
-    """
-    batches: list[PlannedBatch] = []
-    quarantined: list[Malformed] = []
-    group: list[Fetch] = []
-    group_bad: list[Malformed] = []
-    length = 0
-    size = 0
-
-    def close() -> None:
-        nonlocal length, size, group, group_bad
-        batches.append(PlannedBatch(group))
-        quarantined.extend(group_bad)
-        length = max(group[-1].end, *(m.end for m in group_bad)) if group_bad else group[-1].end
-        size = length
-        group, group_bad = [], []
-
-    for item in items:
-        if size >= max_bytes and not group:
-            break
-        if isinstance(item, Malformed):
-            if group:
-                group_bad.append(item)
-            else:
-                quarantined.append(item)
-                length = size = item.end
-            continue
-        if group and item.day != group[0].day:
-            close()
-            if size >= max_bytes:
-                break
-        group.append(item)
-        if len(group) == batch_size:
-            close()
-    if group and close_through is not None and group[0].day <= close_through:
-        close()
-    left = sum(1 for i in items if isinstance(i, Fetch) and i.start >= length)
-    return CutPlan(length=length, batches=batches, quarantined=quarantined, records_left=left)
-
-
-def cut_budget(free_bytes: int, limit: int = _MAX_CUT, window: int = _WINDOW) -> int:
-    """How many bytes one cut may take, given the free space where the spool is.
-
-    Until a cut commits, its batches are on disk twice (staged in the spool, still in the
-    file), so it takes at most half the free space: a cut that cannot fit would fail and be
-    retried for ever, while a smaller one frees room for the next. At least a window, so a
-    nearly full disk still makes progress (or fails plainly on the spool write).
-    """
-    return min(limit, max(window, free_bytes // 2))
-
-
-def batch_digest(chunks: Sequence[bytes]) -> str:
-    h = hashlib.sha256()
-    for c in chunks:
-        h.update(c)
-    return h.hexdigest()[:32]
 
 
 @dataclass
@@ -201,22 +108,23 @@ class Cutter:
         tz: pytz.BaseTzInfo,
         batch_size: int,
         clock: Callable[[], datetime] = lambda: datetime.now(pytz.utc),
-        max_cut_bytes: int = _MAX_CUT,
+        max_cut_bytes: int = MAX_CUT,
         metrics: Recorder = NO_METRICS,
     ) -> None:
         self.path = path
         self.metrics = metrics
         self.spool = spool
+        self.journal = Journal(spool.root)
         self.tz = tz
         self.batch_size = batch_size
         self.clock = clock
         self.max_cut_bytes = max_cut_bytes
-        self.window_bytes = _WINDOW
+        self.window_bytes = WINDOW
         self.max_cut_batches = _MAX_CUT_BATCHES
 
     def recover(self) -> None:
         """Finish a cut interrupted by a crash, or discard one that never committed."""
-        journal = self.spool.read_journal()
+        journal = self.journal.read()
         if journal is None:
             n = self.spool.discard_staged()
             if n:
@@ -229,7 +137,7 @@ class Cutter:
         fd = self._open()
         if fd is None:
             log.error("cut_recovery_file_missing path=%s action=clear-journal", self.path)
-            self.spool.clear_journal()
+            self.journal.clear()
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -238,8 +146,8 @@ class Cutter:
                 # kept in the spool (promoted above); the old file is no longer read.
                 state = Recovered.FILE_REPLACED
             else:
-                state = _finish_rewrite(fd, journal, self.spool.kept_path)
-            self.spool.clear_journal()
+                state = finish_rewrite(fd, journal, self.journal.kept_path)
+            self.journal.clear()
             log.warning("cut_recovered path=%s state=%s removed=%d", self.path, state.value, journal.length)
         finally:
             os.close(fd)
@@ -338,30 +246,8 @@ class Cutter:
         base = staged.length
         stamp = format_stamp(now, self.tz)
         seqs = self.spool.allocate_seqs(len(plan.batches) + len(plan.quarantined))
-        batches = [
-            Batch(
-                batch_id=batch_digest([buf[f.start:f.end] for f in pb.fetches]),
-                seq=seq,
-                day=pb.day,
-                cut_at=stamp,
-                fetch_data=fetch_data_of([buf[f.body[0]:f.body[1]] for f in pb.fetches]),
-                matches=sum(f.matches for f in pb.fetches),
-                fetch_count=len(pb.fetches),
-                fetch_ids=[f.fetch_id for f in pb.fetches],
-            )
-            for pb, seq in zip(plan.batches, seqs)
-        ]
-        quarantined = [
-            QuarantineItem(
-                name=f"{seq:012d}-{base + m.start}-{batch_digest([buf[m.start:m.end]])[:12]}",
-                raw=buf[m.start:m.end],
-                reason=m.reason,
-                offset=base + m.start,
-                detected_at=stamp,
-                day=now.astimezone(self.tz).date(),
-            )
-            for m, seq in zip(plan.quarantined, seqs[len(batches):])
-        ]
+        batches = batches_of(buf, plan, seqs, stamp)
+        quarantined = quarantined_of(buf, plan, seqs[len(batches):], base, stamp, now.astimezone(self.tz).date())
         try:
             staged.names += self.spool.stage(batches, quarantined)
         except OSError as exc:
@@ -372,7 +258,7 @@ class Cutter:
                              for pb in plan.batches for f in pb.fetches if f.time_source != "marker"]
         staged.quarantined += quarantined
         staged.digest.update(memoryview(buf)[:plan.length])
-        n = min(_SAMPLE, plan.length)
+        n = min(SAMPLE, plan.length)
         head = staged.samples[0] if base else buf[:n]
         staged.samples = (head, buf[plan.length - n:plan.length])
         staged.length += plan.length
@@ -380,9 +266,9 @@ class Cutter:
     def _write_journal(self, fd: int, staged: _Staged) -> CutJournal:
         """The commit point, made durable before the lock: recovery finishes the cut from here."""
         try:
-            journal = self._journal(fd, staged.length, os.fstat(fd).st_size, staged.digest.hexdigest(),
-                                    staged.names)
-            self.spool.write_journal(journal)
+            journal = self.journal.record(fd, staged.length, os.fstat(fd).st_size, staged.digest.hexdigest(),
+                                          staged.names)
+            self.journal.write(journal)
         except OSError as exc:
             raise self._spool_failed("write the cut journal in", exc) from exc
         return journal
@@ -411,7 +297,7 @@ class Cutter:
                 return Refusal.APPENDED_TOO_MUCH
             j = self._write_journal(fd, staged)
             st = os.fstat(fd)
-        _shift_tail(fd, 0, j.length, st.st_size, sync=False)
+        shift_tail(fd, 0, j.length, st.st_size, sync=False)
         return None
 
     def _finish(self, fd: int, staged: _Staged) -> CutOutcome:
@@ -421,7 +307,7 @@ class Cutter:
         os.fsync(fd)
         self.spool.commit(staged.names)
         self.spool.sync_names()
-        self.spool.clear_journal()
+        self.journal.clear()
         ms = (time.monotonic() - staged.started) * 1000
         for b, size in zip(outcome.batches, staged.sizes):
             log.info("cut day=%s batch=%s seq=%d fetches=%d matches=%d bytes=%d ms=%.1f",
@@ -433,7 +319,8 @@ class Cutter:
                 "quarantined file=%s offset=%d bytes=%d reason=%r saved=%s",
                 self.path, q.offset, len(q.raw), q.reason, q.name,
             )
-        self.metrics.cut(outcome.batches, outcome.quarantined)
+        self.metrics.cut(CutReport(Tally.of(outcome.batches), len(outcome.quarantined),
+                                   sum(len(q.raw) for q in outcome.quarantined)))
         return outcome
 
     def _abandon(self, staged: _Staged, journal: CutJournal, why: Refusal) -> None:
@@ -442,11 +329,11 @@ class Cutter:
             # The records cut are no longer in the file at the path: keep them, cut once.
             self.spool.commit(staged.names)
             self.spool.sync_names()
-            self.spool.clear_journal()
+            self.journal.clear()
             log.warning("cut_file_replaced path=%s batches=%d (kept in the spool)", self.path, len(staged.names))
             return
         # The journal goes first: staged files without a journal are discarded on recovery.
-        self.spool.clear_journal()
+        self.journal.clear()
         self.spool.discard_staged()
         log.warning("cut_abandoned path=%s reason=%s", self.path, why.value)
 
@@ -457,85 +344,3 @@ class Cutter:
             f"cannot {what} {self.spool.root}: {exc.strerror or exc}; the local file was left untouched",
             "free disk space (or fix permissions) under spool.dir; the cut is retried on the next write",
         )
-
-    def _journal(self, fd: int, length: int, size: int, digest: str, names: list[str]) -> CutJournal:
-        kept_len = size - length
-        kept = hashlib.sha256()
-        if kept_len:
-            # The sidecar lets recovery rebuild the kept bytes if the shift itself is cut short.
-            tmp = self.spool.kept_path
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                for off in range(length, size, _CHUNK):
-                    chunk = os.pread(fd, min(_CHUNK, size - off), off)
-                    kept.update(chunk)
-                    os.write(out, chunk)
-                os.fsync(out)
-            finally:
-                os.close(out)
-        tail_len = min(_SAMPLE, max(1, length // 4))
-        return CutJournal(
-            length=length,
-            digest=digest,
-            size=size,
-            kept_len=kept_len,
-            kept_digest=kept.hexdigest(),
-            tail_len=tail_len,
-            tail_digest=_digest_range(fd, size - tail_len, size),
-            inode=os.fstat(fd).st_ino,
-            pending=names,
-        )
-
-
-def _digest_range(fd: int, start: int, end: int) -> str:
-    h = hashlib.sha256()
-    for off in range(start, end, _CHUNK):
-        h.update(os.pread(fd, min(_CHUNK, end - off), off))
-    return h.hexdigest()
-
-
-def _finish_rewrite(fd: int, j: CutJournal, kept_path: Path) -> Recovered:
-    """Bring the file to ``kept + whatever was appended after the journal``; safe to repeat.
-
-    Returns which state the file was found in, for the log.
-    """
-    size = os.fstat(fd).st_size
-    if size >= j.size and _digest_range(fd, 0, j.length) == j.digest:
-        _shift(fd, j.length, size)  # not started (or nothing visible yet): do it all
-        return Recovered.NOT_STARTED
-    tail_intact = size >= j.size and _digest_range(fd, j.size - j.tail_len, j.size) == j.tail_digest
-    if _digest_range(fd, 0, j.kept_len) == j.kept_digest:
-        if tail_intact:
-            _shift_tail(fd, j.kept_len, j.size, size)  # shifted, not yet truncated
-            return Recovered.SHIFTED
-        return Recovered.DONE
-    # Cut short mid-shift: the front is a mix; the sidecar holds the kept bytes.
-    if not tail_intact:
-        raise SpoolError(
-            f"the local file changed during an interrupted cut (now {size} bytes, expected >= {j.size})",
-            "something else rewrote it; inspect the file and the spool journal before restarting",
-        )
-    with open(kept_path, "rb") as f:
-        off = 0
-        while chunk := f.read(_CHUNK):
-            os.pwrite(fd, chunk, off)
-            off += len(chunk)
-    _shift_tail(fd, j.kept_len, j.size, size)
-    return Recovered.MID_SHIFT
-
-
-def _shift(fd: int, start: int, size: int) -> None:
-    """Move bytes [start:size] to offset 0 and truncate, in place (same inode)."""
-    _shift_tail(fd, 0, start, size)
-
-
-def _shift_tail(fd: int, dest: int, src: int, size: int, sync: bool = True) -> None:
-    """Move bytes [src:size] to ``dest`` and truncate there; forward copy is safe as dest < src."""
-    off = 0
-    while src + off < size:
-        chunk = os.pread(fd, min(_CHUNK, size - src - off), src + off)
-        os.pwrite(fd, chunk, dest + off)
-        off += len(chunk)
-    os.ftruncate(fd, dest + off)
-    if sync:
-        os.fsync(fd)

@@ -170,15 +170,7 @@ def _read_record(
     matches = footer.get("total_matches")
     if type(matches) is not int or matches < 0:
         return bad(f"FETCH_FOOTER.total_matches is not a non-negative integer: {_show(matches)}")
-    instant = parse_stamp(marker_time, tz)
-    source = "marker"
-    if instant is None:
-        header = document.get("FETCH_HEADER")
-        header_time = header.get("timestamp") if isinstance(header, dict) else None
-        instant = parse_stamp(header_time, tz) if isinstance(header_time, str) else None
-        source = "header"
-    if instant is None:
-        instant, source = seen_at, "first_seen"
+    instant, source = _when(marker_time, document, tz, seen_at)
     return Fetch(
         start=base + start,
         end=base + end,
@@ -190,6 +182,20 @@ def _read_record(
         time_source=source,
         body=(base + body_start, base + end_ls),
     )
+
+
+def _when(marker_time: str, document: dict[str, Any], tz: pytz.BaseTzInfo, seen_at: datetime) -> tuple[datetime, str]:
+    """The fetch's time and where it came from: its START marker, else its header's
+    ``timestamp``, else when the record was first seen."""
+    instant = parse_stamp(marker_time, tz)
+    if instant is not None:
+        return instant, "marker"
+    header = document.get("FETCH_HEADER")
+    header_time = header.get("timestamp") if isinstance(header, dict) else None
+    instant = parse_stamp(header_time, tz) if isinstance(header_time, str) else None
+    if instant is not None:
+        return instant, "header"
+    return seen_at, "first_seen"
 
 
 def _parse_body(body: bytes) -> Any:

@@ -28,8 +28,8 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from uploader.local.cut import CutOutcome, Cutter
 from uploader.errors import UploaderError
+from uploader.local.cut import CutOutcome, Cutter
 from uploader.local.records import count_end_markers
 
 __all__ = ["Watcher"]

@@ -1,4 +1,4 @@
-"""Appending batches to a day's document, closing days and uploading quarantine, on any Store.
+"""Appending batches to a day's document and closing days, on any Store.
 
 Every write is ``Store.compose``: the document's first bytes kept (server-side when the day is
 past 5 MiB and the server copies ranges) followed by streamed pieces. An append's pieces are the
@@ -10,13 +10,14 @@ no ranges gets the old body streamed from a GET into the write. Conditions (If-M
 If-None-Match for a new day) guard every write; a lost race (PreconditionFailed) re-reads and
 retries, a bounded number of times.
 
-Which path a write takes is ``append_plan.choose_plan``, a pure function of what was read of the
+Which path a write takes is ``plan.choose_plan``, a pure function of what was read of the
 document and of what the server honours; ``_apply`` reads, asks it, and carries the plan out.
+Our own last write per day is kept in a ``cache.WriteCache``; quarantined spans go to the bucket
+through ``publish.quarantine``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import time
@@ -28,10 +29,21 @@ from typing import Any
 import pytz
 
 from uploader import daily
-from uploader.publish.plan import SMALL_LIMIT, AppendPath, Body, DocumentState, Layout, WritePlan, choose_plan
 from uploader.errors import CapabilityLost, PreconditionFailed, StoreUnavailable
-from uploader.local.spool import Batch, BatchHeader, QuarantineItem, SpooledBatch
-from uploader.store import Capabilities, Store
+from uploader.local.batch import Batch, BatchHeader
+from uploader.local.spool import SpooledBatch
+from uploader.publish.cache import CachedWrite, CountedBody, WriteCache
+from uploader.publish.plan import (
+    SMALL_LIMIT,
+    AppendPath,
+    Body,
+    DocumentState,
+    Layout,
+    WritePlan,
+    choose_plan,
+)
+from uploader.store import Store
+from uploader.store.capabilities import Capabilities
 
 __all__ = [
     "FIRST_SUFFIX",
@@ -39,11 +51,8 @@ __all__ = [
     "SMALL_LIMIT",
     "AppendPath",
     "AppendResult",
-    "WriteCache",
     "append_batches",
     "close_day",
-    "quarantine_key",
-    "upload_quarantine",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,15 +62,12 @@ MAX_ATTEMPTS = 8
 _STREAM_CHUNK = 1 << 20
 
 
-# -- appending and closing ----------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class AppendResult:
     """What one append (or close) did to one day's document.
 
     ``path`` says how it was written (``choose_plan``); ``etag`` is None where the server did
-    not say.
+    not say; ``capabilities`` are the server's, as the write was planned with them.
     """
 
     day: date
@@ -74,6 +80,7 @@ class AppendResult:
     bytes_sent: int = 0
     bytes_received: int = 0
     counters: dict[str, str] = field(default_factory=dict)  # the document's user metadata now
+    capabilities: Capabilities | None = None
 
 
 @dataclass
@@ -153,61 +160,6 @@ def close_day(
 
 
 @dataclass(frozen=True)
-class _Known:
-    """The ETag, size and last bytes (the whole body when small) of an object we wrote."""
-
-    etag: str
-    size: int
-    suffix: bytes
-
-
-class WriteCache:
-    """What this process last wrote to each day's document, so the next append skips HEAD + GET.
-
-    Only used where the server honours conditional writes and said the ETag of our write: the
-    next write still carries that ETag, so a change by anyone else is refused, the entry dropped,
-    and the object re-read.
-    """
-
-    def __init__(self, max_entries: int = 4) -> None:
-        self._entries: dict[str, _Known] = {}
-        self._max = max_entries
-
-    def get(self, key: str) -> _Known | None:
-        return self._entries.get(key)
-
-    def put(self, key: str, known: _Known) -> None:
-        self._entries.pop(key, None)
-        self._entries[key] = known
-        while len(self._entries) > self._max:
-            self._entries.pop(next(iter(self._entries)))
-
-    def drop(self, key: str) -> None:
-        self._entries.pop(key, None)
-
-
-class _Counted:
-    """Pieces on their way to the store: counts them, and keeps the whole body while it is small
-    (else just the last piece, the tail) for the write cache."""
-
-    def __init__(self, pieces: Iterable[bytes]) -> None:
-        self._pieces = pieces
-        self.sent = 0
-        self.kept: list[bytes] | None = []
-        self.last = b""
-
-    def __iter__(self) -> Iterator[bytes]:
-        for piece in self._pieces:
-            self.sent += len(piece)
-            self.last = piece
-            if self.kept is not None:
-                self.kept.append(piece)
-                if self.sent >= SMALL_LIMIT:
-                    self.kept = None  # too big to hold: the tail (last piece) is what the cache needs
-            yield piece
-
-
-@dataclass(frozen=True)
 class _Seen:
     """The day's document, which exists, as one attempt read it: what the write needs of it."""
 
@@ -246,6 +198,7 @@ class _Attempt:
     number: int
     received: int  # over every attempt so far: each re-read costs bytes too
     started: float
+    caps: Capabilities  # what the server honours, as this attempt planned with
 
 
 def _apply(
@@ -267,7 +220,7 @@ def _apply(
             received += seen.received if seen is not None else 0
             change = _edit_document(edit, seen, day, tz)
             plan = choose_plan(_state(seen, change), caps)
-            attempt = _Attempt(day, key, number, received, started)
+            attempt = _Attempt(day, key, number, received, started, caps)
             return _carry_out(store, edit, plan, seen, change, mine, attempt)
         except PreconditionFailed:
             lost = None
@@ -288,7 +241,7 @@ def _apply(
     )
 
 
-def _read(store: Store, key: str, caps: Capabilities, known: _Known | None) -> _Seen | None:
+def _read(store: Store, key: str, caps: Capabilities, known: CachedWrite | None) -> _Seen | None:
     """What the write needs of the day's document (None: there is none), read as cheaply as it
     can be: nothing when our own last write is known whole, one GET below 5 MiB, else only the
     tail; and the whole body where it is not in our layout, to be parsed."""
@@ -351,17 +304,18 @@ def _carry_out(
     meta = daily.user_metadata(change.metadata)
     if plan.path is AppendPath.NONE:
         return AppendResult(attempt.day, key, [], list(change.already), plan.path, etag, attempt.number, 0,
-                            attempt.received, meta)
+                            attempt.received, meta, attempt.caps)
     if isinstance(change, _Reencoded):
         whole = daily.serialize(change.document)
         return _done(attempt, change, plan, store.compose(key, 0, [whole], meta, if_match=etag), len(whole))
     keep = seen.keep if seen is not None else 0
     server_keep = keep if plan.body is Body.COPIED else 0
     kept = _kept_bytes(store, key, plan, seen, keep)
-    body = _Counted(itertools.chain(kept, change.pieces(edit.fetch_data)))
+    body = CountedBody(itertools.chain(kept, change.pieces(edit.fetch_data)))
     new = plan.path is AppendPath.NEW
     new_etag = store.compose(key, server_keep, body, meta, if_match=None if new else etag, if_none_match=new)
-    _remember(cache, key, new_etag, body, server_keep)
+    if cache is not None:
+        cache.remember(key, new_etag, body, server_keep)
     return _done(attempt, change, plan, new_etag, body.sent)
 
 
@@ -376,18 +330,6 @@ def _kept_bytes(store: Store, key: str, plan: WritePlan, seen: _Seen | None, kee
         assert seen.whole is not None
         return [seen.whole[:keep]]
     return _old_body(store, key, keep, seen.etag)  # Body.STREAMED
-
-
-def _remember(cache: WriteCache | None, key: str, etag: str | None, body: _Counted, keep: int) -> None:
-    """Cache what we just wrote, if the server told us its ETag (else the next append re-reads)."""
-    if cache is None:
-        return
-    if etag is None:
-        cache.drop(key)
-        return
-    size = keep + body.sent
-    suffix = b"".join(body.kept) if body.kept is not None and not keep else body.last
-    cache.put(key, _Known(etag, size, suffix))
 
 
 def _old_body(store: Store, key: str, keep: int, etag: str) -> Iterator[bytes]:
@@ -410,7 +352,7 @@ def _done(
     log.debug("publish.written key=%s path=%s guard=%s bytes=%d ms=%d", attempt.key, plan.path, plan.guard, sent,
               int((time.monotonic() - attempt.started) * 1000))
     return AppendResult(attempt.day, attempt.key, list(change.stored), list(change.already), plan.path, etag,
-                        attempt.number, sent, attempt.received, daily.user_metadata(change.metadata))
+                        attempt.number, sent, attempt.received, daily.user_metadata(change.metadata), attempt.caps)
 
 
 def _read_tail(
@@ -448,43 +390,3 @@ def _scan_for_tail(store: Store, key: str) -> tuple[tuple[int, bytes] | None, by
             window = (window + chunk)[found_at:] if found_at >= 0 else (window + chunk)[-len(daily.TAIL_MARKER):]
     found = daily.split_tail(window, read)
     return found, None, info.etag, read
-
-
-def quarantine_key(prefix: str, name: str) -> str:
-    """Where a quarantined record lives in the bucket."""
-    return f"{prefix.strip('/')}/quarantine/{name}"
-
-
-def upload_quarantine(store: Store, prefix: str, item: QuarantineItem) -> str:
-    """Store the quarantined bytes verbatim; return the key. Uploading twice stores it once."""
-    key = quarantine_key(prefix, item.name)
-    meta = {
-        "reason": _header_safe(item.reason),
-        "offset": str(item.offset),
-        "detected-at": _header_safe(item.detected_at),
-        "day": item.day.isoformat() if item.day else "",
-    }
-    caps = store.capabilities()
-    existing = None if caps.conditional_put else store.head(key)
-    if existing is None:
-        try:
-            store.put(key, item.raw, meta, if_none_match=caps.conditional_put)
-            log.info("publish.quarantined key=%s bytes=%d offset=%d", key, len(item.raw), item.offset)
-            return key
-        except PreconditionFailed:
-            existing = store.head(key)
-    if existing is not None and existing.size == len(item.raw):
-        log.info("publish.quarantine_already key=%s", key)
-        return key
-    # Same name, different bytes: keep both rather than overwrite evidence.
-    digest = hashlib.sha256(item.raw).hexdigest()[:12]
-    other = f"{key}-{digest}"
-    store.put(other, item.raw, meta)
-    log.warning("publish.quarantine_renamed key=%s reason=name_taken", other)
-    return other
-
-
-def _header_safe(text: str, limit: int = 512) -> str:
-    # x-amz-meta-* values travel as HTTP headers: ASCII only, one line.
-    flat = " ".join(text.split())
-    return flat.encode("ascii", "backslashreplace").decode("ascii")[:limit]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-from uploader.store import MIN_PART_SIZE, Capabilities
+from uploader.store.capabilities import MIN_PART_SIZE, Capabilities
 
 __all__ = ["SMALL_LIMIT", "AppendPath", "Body", "DocumentState", "Guard", "Layout", "WritePlan", "choose_plan"]
 

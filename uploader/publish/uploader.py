@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 
 import pytz
@@ -20,11 +20,25 @@ import pytz
 from uploader import publish
 from uploader.config import Config
 from uploader.errors import StoreError, StoreRejected, UnreadableBatch
-from uploader.metrics import NO_METRICS, Recorder
-from uploader.retry import compute_backoff
-from uploader.local.spool import ArchivePolicy, BatchHeader, Spool, SpooledBatch
+from uploader.local.archive import Archive, ArchivePolicy
+from uploader.local.batch import BatchHeader
+from uploader.local.quarantine import Quarantine
+from uploader.local.spool import Spool, SpooledBatch
+from uploader.publish import quarantine
+from uploader.publish.cache import WriteCache
 from uploader.publish.status import RetryState, StatusFile
+from uploader.recorder import (
+    NO_METRICS,
+    AppendReport,
+    CapabilitiesUsed,
+    CloseReport,
+    Recorder,
+    Tally,
+    failure_kind,
+)
+from uploader.retry import compute_backoff
 from uploader.store import LEFTOVER_AGE_S, PART_SIZE, Store
+from uploader.store.capabilities import Capabilities
 
 __all__ = ["Uploader", "DrainReport"]
 
@@ -74,8 +88,10 @@ class Uploader:
         self.clock = clock
         self.rand = rand
         self._last_logged: dict[str, float] = {}
-        self._written = publish.WriteCache()
+        self._written = WriteCache()
         self.archive_policy = archive or ArchivePolicy()
+        self._archive = Archive(spool)
+        self._quarantined = Quarantine(spool)
         self._archive_bytes: int | None = None  # known after the first prune, then kept up to date
         self._next_prune = 0.0
         self.metrics = metrics
@@ -166,7 +182,8 @@ class Uploader:
             day, len(stored), sum(h.fetch_count for h in stored), sum(h.matches for h in stored),
             len(result.already), result.path, result.bytes_sent, ms, result.attempts,
         )
-        self.metrics.appended(result, headers, ms / 1000)
+        self.metrics.appended(AppendReport(Tally.of(headers), str(result.path), ms / 1000, result.attempts,
+                                           result.bytes_sent, result.bytes_received, _used(result.capabilities)))
         self.metrics.day_document(result.day, result.counters)
 
     def _unreadable(self, exc: UnreadableBatch, report: DrainReport) -> None:
@@ -183,13 +200,14 @@ class Uploader:
             self.spool.remove(uploaded)
             return
         now = self.clock().timestamp()
-        added = self.spool.archive(uploaded, now)
+        added = self._archive.add(uploaded, now)
         if self._archive_bytes is not None:
             self._archive_bytes += added
         over = self._archive_bytes is not None and self._archive_bytes > policy.max_bytes
         # Listing a week of batches costs milliseconds: not on every append, but at once when full.
         if over or time.monotonic() >= self._next_prune:
-            kept = self.spool.prune_archive(now, policy.max_age_s, policy.max_bytes)
+            kept = self._archive.prune(now, policy)
+            self._quarantined.prune_sent(now, policy.max_age_s)  # what is in the bucket: the same age rule
             self._archive_bytes = kept.bytes
             self._next_prune = time.monotonic() + PRUNE_EVERY_S
 
@@ -202,7 +220,7 @@ class Uploader:
             attempts = self._note_failure(entry.batch_id, message)
         self.status.update(error={"at": self.clock().isoformat(), "message": message,
                                   "permanent": isinstance(exc, StoreRejected)})
-        self.metrics.append_failed(exc)
+        self.metrics.append_failed(failure_kind(exc))
         level = logging.ERROR if isinstance(exc, StoreRejected) else logging.WARNING
         # An outage fails every attempt the same way: say it once a minute, not every time.
         now = time.monotonic()
@@ -223,13 +241,13 @@ class Uploader:
     def upload_quarantine(self) -> int:
         """Send quarantined bytes to ``<prefix>/quarantine/``; keep them locally as well."""
         sent = 0
-        for item, path in self.spool.pending_quarantine():
+        for item, path in self._quarantined.pending():
             try:
-                key = publish.upload_quarantine(self.store, self.prefix, item)
+                key = quarantine.upload_quarantine(self.store, self.prefix, item)
             except StoreError as exc:
                 log.debug("quarantine_upload_failed name=%s error=%s", item.name, exc)
                 break
-            self.spool.mark_quarantine_sent(path)
+            self._quarantined.mark_sent(path)
             log.info("quarantine_uploaded key=%s bytes=%d reason=%r", key, len(item.raw), item.reason)
             sent += 1
         return sent
@@ -263,10 +281,19 @@ class Uploader:
                 log.warning("close_failed day=%s error=%s (will retry)", day, exc)
                 break
             self.status.update(closed=[day.isoformat()])
-            self.metrics.day_document(day, closing.counters)
+            self.metrics.day_closed(CloseReport(day, closing.counters, _used(closing.capabilities)))
             log.info("day_closed day=%s", day)
             closed.append(day)
         return closed
+
+
+def _used(caps: Capabilities | None) -> CapabilitiesUsed | None:
+    """The server's findings an append or close was planned with, as the metrics take them."""
+    if caps is None:
+        return None
+    honoured = {f.name: value for f in fields(caps) if isinstance(value := getattr(caps, f.name), bool)}
+    honoured.pop("conclusive")  # the probe's own state, not a capability
+    return CapabilitiesUsed(honoured, caps.probed_at, caps.conclusive)
 
 
 def _groups(entries: list[SpooledBatch]) -> list[list[SpooledBatch]]:

@@ -7,7 +7,6 @@ quoted or not. User metadata is a small dict of ASCII strings (x-amz-meta-* on S
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from uploader.config import StorageConfig
-from uploader.store.capabilities import FULL_CAPABILITIES, Capabilities
+from uploader.store.capabilities import FULL_CAPABILITIES, MIN_PART_SIZE, PART_SIZE, Capabilities
 
 __all__ = [
     "FULL_CAPABILITIES",
@@ -30,11 +29,6 @@ __all__ = [
     "probe_prefix",
 ]
 
-# S3 refuses a multipart part below 5 MiB unless it is the last one.
-MIN_PART_SIZE = 5 * 1024 * 1024
-# What a streamed write buffers per part: bounds its memory, and keeps a large group commit
-# well inside S3's 10,000 parts (80 GiB).
-PART_SIZE = 8 * 1024 * 1024
 # Older than this, a probe object or a multipart upload under our prefix is no one's work in
 # flight: there is one writer per prefix, and no append or probe takes an hour.
 LEFTOVER_AGE_S = 3600.0
@@ -169,7 +163,7 @@ def open_store(storage: StorageConfig, state_dir: Path | None = None) -> Store:
         from uploader.store.directory import DirectoryStore
 
         return DirectoryStore(storage.directory.path, prefix=storage.prefix)
-    from uploader.store.capabilities import CapabilityMemo, memo_path
+    from uploader.store.memo import CapabilityMemo, memo_path
     from uploader.store.s3 import S3Store
 
     s3 = storage.s3

@@ -1,34 +1,24 @@
-"""What an S3 server honours, and the memory of it kept in the spool between runs.
+"""What an S3 server honours and accepts: the probe's findings, and S3's part sizes.
 
 S3-compatible servers honour different subsets of the API (Ceph RGW, which Linode runs, is not
 moto, and neither is AWS). ``Capabilities`` records what a probe found; every append path has
-a fallback for each capability that is missing, so a probe can only ever choose a path. The
-``CapabilityMemo`` keeps findings per endpoint and bucket in a small JSON file in the spool, so
-a process start costs no probe requests: a finding is trusted for a day, one that a passing
-fault left unsure (``conclusive=False``) for an hour.
+a fallback for each capability that is missing, so a probe can only ever choose a path. A
+finding is trusted for a day, one that a passing fault left unsure (``conclusive=False``) for
+an hour (``memo.CapabilityMemo`` keeps them between runs).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
-from uploader.files import DIR_MODE, atomic_write
+__all__ = ["FULL_CAPABILITIES", "MAX_AGE_S", "MIN_PART_SIZE", "PART_SIZE", "UNSURE_MAX_AGE_S", "Capabilities"]
 
-__all__ = [
-    "FULL_CAPABILITIES",
-    "Capabilities",
-    "CapabilityMemo",
-    "MAX_AGE_S",
-    "UNSURE_MAX_AGE_S",
-    "memo_path",
-]
-
-log = logging.getLogger(__name__)
+# S3 refuses a multipart part below 5 MiB unless it is the last one.
+MIN_PART_SIZE = 5 * 1024 * 1024
+# What a streamed write buffers per part: bounds its memory, and keeps a large group commit
+# well inside S3's 10,000 parts (80 GiB).
+PART_SIZE = 8 * 1024 * 1024
 
 MAX_AGE_S = 24 * 3600.0
 UNSURE_MAX_AGE_S = 3600.0
@@ -139,51 +129,3 @@ FULL_CAPABILITIES = Capabilities(
     suffix_range=True,
     complete_etag=True,
 )
-
-
-class CapabilityMemo:
-    """Probe findings per server ("<endpoint> <bucket>"), in one JSON file (0600) in the spool.
-
-    Losing the file costs one probe; an unreadable one is ignored and rewritten.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self, where: str, now: float) -> Capabilities | None:
-        """The findings for ``where`` if recorded and still fresh at ``now``, else None."""
-        entry = self._read().get(where)
-        if not isinstance(entry, dict):
-            return None
-        try:
-            caps = Capabilities.from_json(entry)
-        except (TypeError, ValueError) as exc:
-            log.warning("capabilities_unreadable path=%s error=%s action=probe-again", self.path, exc)
-            return None
-        return caps if caps.fresh(now) else None
-
-    def save(self, where: str, caps: Capabilities) -> None:
-        """Record ``caps`` for ``where``; a failure only costs a probe next time, so it is logged."""
-        entries = self._read()
-        entries[where] = caps.to_json()
-        try:
-            self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            atomic_write(self.path, json.dumps(entries, indent=1, sort_keys=True).encode(), durable=False)
-        except OSError as exc:
-            log.warning("capabilities_not_saved path=%s error=%s", self.path, exc.strerror or exc)
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            raw = json.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("capabilities_unreadable path=%s error=%s action=probe-again", self.path,
-                        getattr(exc, "strerror", None) or exc)
-            return {}
-        return raw if isinstance(raw, dict) else {}
-
-
-def memo_path(state_dir: Path | str) -> Path:
-    """Where the memo lives inside a spool folder."""
-    return Path(os.fspath(state_dir)) / "capabilities.json"

@@ -27,9 +27,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from uploader.config import DEFAULT_PREFIX
 from uploader.errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
 from uploader.files import fsync_dir
-from uploader.store import FULL_CAPABILITIES, MIN_PART_SIZE, Capabilities, ObjectInfo, normalize_etag, probe_prefix
+from uploader.store import FULL_CAPABILITIES, ObjectInfo, normalize_etag, probe_prefix
+from uploader.store.capabilities import MIN_PART_SIZE, Capabilities
 
 __all__ = ["DirectoryStore"]
 
@@ -42,7 +44,7 @@ _CHUNK = 1024 * 1024
 class DirectoryStore:
     """A Store whose bucket is a local folder; honours every capability the S3 path uses."""
 
-    def __init__(self, root: Path | str, prefix: str = "all_api_rotating_logs") -> None:
+    def __init__(self, root: Path | str, prefix: str = DEFAULT_PREFIX) -> None:
         self.root = Path(root)
         self.probe_prefix = probe_prefix(prefix)
         self._meta = self.root / _INTERNAL / "meta"

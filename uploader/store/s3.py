@@ -1,8 +1,9 @@
-"""The S3 backend (AWS, Ceph RGW / Linode, MinIO) through boto3; the only place botocore errors exist.
+"""The S3 backend (AWS, Ceph RGW / Linode, MinIO) through boto3; botocore's errors end here.
 
-The client is built lazily from plain values; credentials come only from boto3's default chain.
-Which optional features the server honours is found by ``s3_probe`` on first use and remembered
-(in the spool's memo when given, for a day). A request that uses a feature and gets an answer
+Every botocore error becomes the uploader's own at one boundary (``_translate``, through
+``s3_errors``). The client is built lazily from plain values; credentials come only from boto3's
+default chain. Which optional features the server honours is found by ``s3_probe`` on first
+use and remembered (in the spool's memo when given, for a day). A request that uses a feature and gets an answer
 other than a yes, a precondition failure or a passing fault stops the store using that feature
 (``CapabilityLost``), so the caller retries on the fallback path instead of failing the upload.
 """
@@ -26,46 +27,26 @@ import boto3
 import botocore.loaders
 import botocore.session
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
-from uploader.errors import (
-    CapabilityLost,
-    ObjectNotFound,
-    PreconditionFailed,
-    StoreError,
-    StoreRejected,
-    StoreUnavailable,
+from uploader.config import DEFAULT_PREFIX
+from uploader.errors import CapabilityLost, ObjectNotFound, PreconditionFailed
+from uploader.store import ObjectInfo, normalize_etag, probe_prefix
+from uploader.store.capabilities import MIN_PART_SIZE, PART_SIZE, Capabilities
+from uploader.store.memo import CapabilityMemo
+from uploader.store.s3_errors import (
+    IDENTITY,
+    botocore_error,
+    client_error,
+    error_code,
+    refuses_feature,
 )
-from uploader.store import MIN_PART_SIZE, PART_SIZE, ObjectInfo, normalize_etag, probe_prefix
-from uploader.store.capabilities import Capabilities, CapabilityMemo
-from uploader.store.s3_codes import PRECONDITION, error_code
 from uploader.store.s3_probe import Prober, part_entry
 
 __all__ = ["S3Store"]
 
 log = logging.getLogger(__name__)
 
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
-_TRANSIENT = {
-    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "502", "503",
-    "504", "Throttling", "ThrottlingException",
-}
-# Answers about who is asking or where, not about a feature: they stop any upload alike.
-_IDENTITY = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "XAmzContentSHA256Mismatch",
-             "RequestTimeTooSkewed"}
-_CREDENTIALS_HINT = (
-    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, ~/.aws/credentials) "
-    "are the pair issued for this endpoint"
-)
 # Parsing botocore's service models costs ~0.2 s per session; share the loader (a read-only cache)
 # but give every store its own session, so credentials still come fresh from the default chain.
 _LOADER_LOCK = threading.Lock()
@@ -97,7 +78,7 @@ class S3Store:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
         max_attempts: int = 3,
-        prefix: str = "all_api_rotating_logs",
+        prefix: str = DEFAULT_PREFIX,
         memo: CapabilityMemo | None = None,
         spill_dir: Path | None = None,
     ) -> None:
@@ -305,8 +286,8 @@ class S3Store:
                 status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
             except ClientError as exc:
                 code, http = error_code(exc)
-                if code in _IDENTITY or http in (401, 403) and code != "AccessDenied":
-                    raise self._client_error(exc, where) from exc
+                if code in IDENTITY or http in (401, 403) and code != "AccessDenied":
+                    raise client_error(exc, where, self.bucket, self.endpoint_url) from exc
                 # A server that cannot say (not implemented, not allowed) is no reason to stop.
                 return f"unknown (the server answered {code}, HTTP {http})"
         return {"Enabled": "enabled", "Suspended": "suspended"}.get(str(status), "off")
@@ -417,56 +398,16 @@ class S3Store:
             yield
         except ClientError as exc:
             code, status = error_code(exc)
-            if feature is not None and _refuses_feature(code, status):
+            if feature is not None and refuses_feature(code, status):
                 answer = f"{code} (HTTP {status})"
                 self._lose(feature, answer)
                 raise CapabilityLost(
                     f"{where}: the server refused {feature.replace('_', ' ')} ({answer})",
                     "nothing to do: the upload is retried on the fallback path",
                 ) from exc
-            raise self._client_error(exc, where) from exc
-        except (NoCredentialsError, PartialCredentialsError) as exc:
-            raise StoreRejected(
-                f"no usable S3 credentials found for {where}",
-                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (~/.aws/credentials)",
-            ) from exc
-        except (BotoConnectionError, HTTPClientError) as exc:
-            raise StoreUnavailable(
-                f"cannot reach the S3 endpoint {self.endpoint_url or 'AWS'} ({type(exc).__name__})",
-                "check storage.s3.endpoint_url, that the server is up, and the network",
-            ) from exc
+            raise client_error(exc, where, self.bucket, self.endpoint_url) from exc
         except BotoCoreError as exc:
-            raise StoreRejected(f"{where} failed: {type(exc).__name__}", "see the log for details") from exc
-
-    def _client_error(self, exc: ClientError, where: str) -> StoreError:
-        code, status = error_code(exc)
-        if code in PRECONDITION or status == 412:
-            return PreconditionFailed(f"{where}: the object changed since it was read ({code})")
-        if code in _NOT_FOUND:
-            return ObjectNotFound(f"{where}: no such key")
-        if code in _TRANSIENT or (status >= 500 and status != 501):
-            return StoreUnavailable(f"{where}: server busy or failing ({code})", "retry later")
-        rejected: dict[str, tuple[str, str]] = {
-            "InvalidAccessKeyId": ("the access key id is not known to the server", _CREDENTIALS_HINT),
-            "SignatureDoesNotMatch": ("the secret key does not match the access key", _CREDENTIALS_HINT),
-            "AccessDenied": (
-                "access denied",
-                f"grant the key s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on bucket {self.bucket}",
-            ),
-            "NoSuchBucket": (
-                f"bucket {self.bucket!r} does not exist at {self.endpoint_url or 'AWS'}",
-                "create the bucket or fix storage.s3.bucket / storage.s3.endpoint_url",
-            ),
-            "XAmzContentSHA256Mismatch": (
-                "the server rejected boto3's request checksums",
-                'set storage.s3.request_checksum_calculation = "when_required"',
-            ),
-            "RequestTimeTooSkewed": ("this machine's clock is too far off the server's", "sync the clock (NTP)"),
-            "403": ("access denied (HTTP 403)", _CREDENTIALS_HINT + ", and that the key may use this bucket"),
-        }
-        reason, hint = rejected.get(code, (f"refused with {code} (HTTP {status})", "check the bucket settings and permissions"))
-        return StoreRejected(f"{where}: {reason} ({code})", hint)
-
+            raise botocore_error(exc, where, self.endpoint_url) from exc
 
 class _Reading(io.RawIOBase):
     """A GET's body as a file whose read errors are the store's own (StoreUnavailable)."""
@@ -504,16 +445,3 @@ def _in_parts(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
             buffer, held, yielded = [], 0, True
     if held or not yielded:
         yield b"".join(buffer)
-
-
-def _refuses_feature(code: str, status: int) -> bool:
-    """Whether an error answer to a request using an optional feature is a refusal of the feature.
-
-    Not: a precondition that failed (the feature working), a missing key, a passing fault, or
-    who-is-asking errors, which every request would get alike.
-    """
-    if code in PRECONDITION or status == 412 or code in _NOT_FOUND or code in _IDENTITY:
-        return False
-    if code in _TRANSIENT or (status >= 500 and status != 501):
-        return False
-    return status != 401

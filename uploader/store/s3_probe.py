@@ -35,7 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from uploader.errors import StoreUnavailable
 from uploader.store import normalize_etag
 from uploader.store.capabilities import Capabilities
-from uploader.store.s3_codes import PRECONDITION, error_code
+from uploader.store.s3_errors import PRECONDITION, error_code
 
 __all__ = ["Prober", "STALE_ETAG", "part_entry"]
 

@@ -1,0 +1,129 @@
+"""`uploader status`: the spool, the archive, the quarantine, today's counters, the last success and error.
+
+``build_status`` gathers the report (what ``--json`` prints, via ``StatusReport.to_dict``);
+``render_status`` is its text form. Neither takes the spool lock: status runs beside the service.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from uploader import daily
+from uploader.config import Config
+from uploader.errors import StoreError
+from uploader.local.archive import Archive
+from uploader.local.quarantine import Quarantine
+from uploader.local.spool import Spool
+from uploader.publish.status import StatusFile
+from uploader.store import open_store
+
+__all__ = ["StatusReport", "build_status", "render_status"]
+
+
+@dataclass
+class StatusReport:
+    """The status as ``--json`` prints it; the field order is the JSON's."""
+
+    service_running: bool
+    spool: str
+    spool_depth: int
+    pending_per_day: dict[str, int]
+    quarantine_not_sent: int
+    quarantine: dict[str, Any]
+    archive: dict[str, Any]
+    retrying: dict[str, Any]
+    last_success: dict[str, Any] | None
+    last_error: dict[str, Any] | None
+    today: dict[str, Any]
+
+    @property
+    def problems(self) -> bool:
+        """A batch is being retried, or today's counters could not be read (exit 1)."""
+        return bool(self.retrying) or "error" in self.today
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_status(config: Config) -> StatusReport:
+    """Read the spool, status.json and today's document's user metadata (one HEAD)."""
+    spool = Spool(config.spool.dir)
+    pending = spool.pending_batches()
+    snap = StatusFile(config.spool.dir / "status.json").snapshot()
+    today = datetime.now(config.day.tz).date()
+    report = StatusReport(
+        service_running=spool.is_locked(),
+        spool=str(config.spool.dir),
+        spool_depth=len(pending),
+        pending_per_day=dict(sorted(Counter(e.day.isoformat() for e in pending).items())),
+        quarantine_not_sent=len(list(spool.quarantine_dir.glob("*.bin"))),
+        quarantine=_quarantine_status(spool),
+        archive=_archive_status(spool),
+        retrying={k: v for k, v in snap["retries"].items() if any(e.batch_id == k for e in pending)},
+        last_success=snap["last_success"],
+        last_error=snap["last_error"],
+        today={"date": today.isoformat()},
+    )
+    try:
+        info = open_store(config.storage).head(daily.day_key(config.storage.prefix, today))
+        # The same fields whether or not the document exists yet (a day starts at zero).
+        counters = daily.counters_from_user_metadata(info.metadata if info else {})
+        counters.pop("date")  # the key's day; a document without our metadata would say null
+        report.today.update(counters)
+    except StoreError as exc:
+        report.today["error"] = str(exc)
+    return report
+
+
+def _archive_status(spool: Spool) -> dict[str, Any]:
+    a = Archive(spool).summary()
+    return {"batches": a.batches, "bytes": a.bytes, "first_day": a.first_day.isoformat() if a.first_day else None,
+            "last_day": a.last_day.isoformat() if a.last_day else None}
+
+
+def _quarantine_status(spool: Spool) -> dict[str, Any]:
+    q = Quarantine(spool).summary()
+    return {"spans": q.not_sent_spans + q.sent_spans, "bytes": q.not_sent_bytes + q.sent_bytes,
+            "not_sent": {"spans": q.not_sent_spans, "bytes": q.not_sent_bytes},
+            "sent": {"spans": q.sent_spans, "bytes": q.sent_bytes}}
+
+
+def render_status(report: StatusReport) -> str:
+    """The report as aligned text lines, each ending in a newline."""
+    r = report
+    per_day = ", ".join(f"{d}: {n}" for d, n in r.pending_per_day.items()) or "-"
+    q, a, t = r.quarantine, r.archive, r.today
+    span = f"{a['first_day']} .. {a['last_day']}" if a["batches"] else "empty"
+    if "error" in t:
+        today = f"{t['date']}: cannot read counters: {t['error']}"
+    else:
+        today = f"{t['date']}: " + " ".join(f"{k}={v}" for k, v in t.items() if k != "date")
+    ls, le = r.last_success, r.last_error
+    lines = [
+        f"service        {'running' if r.service_running else 'not running'}",
+        f"spool          {r.spool_depth} batch(es) pending ({per_day})",
+        (f"quarantine     {q['spans']} span(s), {_size(q['bytes'])} kept: {q['not_sent']['spans']} "
+         f"({_size(q['not_sent']['bytes'])}) not yet sent, {q['sent']['spans']} ({_size(q['sent']['bytes'])}) "
+         f"sent to the bucket"),
+        f"archive        {a['batches']} uploaded batch(es), {a['bytes'] / 2**20:.1f} MiB, days {span}",
+        f"today          {today}",
+        f"last success   {ls['at'] + ' day=' + ls['day'] + ' batches=' + str(ls['batches']) if ls else '-'}",
+        f"last error     {le['at'] + ' ' + le['message'] if le else '-'}",
+    ]
+    lines += [f"retrying       batch {batch_id} attempts={st['attempts']} last error: {st['last_error']}"
+              for batch_id, st in r.retrying.items()]
+    return "".join(line + "\n" for line in lines)
+
+
+def _size(n: float) -> str:
+    """Bytes for a person: 512 B, 3.4 KiB, 1.2 MiB, 7.0 GiB."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.1f} {unit}"

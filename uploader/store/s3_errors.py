@@ -1,0 +1,112 @@
+"""What an S3 server's error answers mean, as the uploader's own errors: the one translation.
+
+The store (``s3.py``) and its probe (``s3_probe.py``) read answers through these, so they cannot
+read a refusal differently: the code of a ClientError, the codes that say "condition not met",
+"no such key", "try again", "who is asking", and the error (with what to fix) each becomes.
+"""
+
+from __future__ import annotations
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+
+from uploader.errors import (
+    ObjectNotFound,
+    PreconditionFailed,
+    StoreError,
+    StoreRejected,
+    StoreUnavailable,
+)
+
+__all__ = ["IDENTITY", "PRECONDITION", "botocore_error", "client_error", "error_code", "refuses_feature"]
+
+# "412" stands for an answer with no code in its body (a HEAD, or a server that sends none).
+PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+
+
+def error_code(exc: ClientError) -> tuple[str, int]:
+    """(the error code, or the HTTP status as text when the answer has none; the HTTP status)."""
+    err = exc.response.get("Error", {})
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return str(err.get("Code", "") or status), status
+
+
+NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+TRANSIENT = {
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "502", "503",
+    "504", "Throttling", "ThrottlingException",
+}
+# Answers about who is asking or where, not about a feature: they stop any upload alike.
+IDENTITY = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "XAmzContentSHA256Mismatch",
+             "RequestTimeTooSkewed"}
+CREDENTIALS_HINT = (
+    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, ~/.aws/credentials) "
+    "are the pair issued for this endpoint"
+)
+
+
+def client_error(exc: ClientError, where: str, bucket: str, endpoint_url: str | None) -> StoreError:
+    """The uploader's error for an S3 error answer to the request ``where``, with what to fix."""
+    code, status = error_code(exc)
+    if code in PRECONDITION or status == 412:
+        return PreconditionFailed(f"{where}: the object changed since it was read ({code})")
+    if code in NOT_FOUND:
+        return ObjectNotFound(f"{where}: no such key")
+    if code in TRANSIENT or (status >= 500 and status != 501):
+        return StoreUnavailable(f"{where}: server busy or failing ({code})", "retry later")
+    rejected: dict[str, tuple[str, str]] = {
+        "InvalidAccessKeyId": ("the access key id is not known to the server", CREDENTIALS_HINT),
+        "SignatureDoesNotMatch": ("the secret key does not match the access key", CREDENTIALS_HINT),
+        "AccessDenied": (
+            "access denied",
+            f"grant the key s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on bucket {bucket}",
+        ),
+        "NoSuchBucket": (
+            f"bucket {bucket!r} does not exist at {endpoint_url or 'AWS'}",
+            "create the bucket or fix storage.s3.bucket / storage.s3.endpoint_url",
+        ),
+        "XAmzContentSHA256Mismatch": (
+            "the server rejected boto3's request checksums",
+            'set storage.s3.request_checksum_calculation = "when_required"',
+        ),
+        "RequestTimeTooSkewed": ("this machine's clock is too far off the server's", "sync the clock (NTP)"),
+        "403": ("access denied (HTTP 403)", CREDENTIALS_HINT + ", and that the key may use this bucket"),
+    }
+    reason, hint = rejected.get(code, (f"refused with {code} (HTTP {status})", "check the bucket settings and permissions"))
+    return StoreRejected(f"{where}: {reason} ({code})", hint)
+
+
+def botocore_error(exc: BotoCoreError, where: str, endpoint_url: str | None) -> StoreError:
+    """The uploader's error for a botocore failure that is not an answer from the server."""
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return StoreRejected(
+            f"no usable S3 credentials found for {where}",
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (~/.aws/credentials)",
+        )
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+        return StoreUnavailable(
+            f"cannot reach the S3 endpoint {endpoint_url or 'AWS'} ({type(exc).__name__})",
+            "check storage.s3.endpoint_url, that the server is up, and the network",
+        )
+    return StoreRejected(f"{where} failed: {type(exc).__name__}", "see the log for details")
+
+
+def refuses_feature(code: str, status: int) -> bool:
+    """Whether an error answer to a request using an optional feature is a refusal of the feature.
+
+    Not: a precondition that failed (the feature working), a missing key, a passing fault, or
+    who-is-asking errors, which every request would get alike.
+    """
+    if code in PRECONDITION or status == 412 or code in NOT_FOUND or code in IDENTITY:
+        return False
+    if code in TRANSIENT or (status >= 500 and status != 501):
+        return False
+    return status != 401
