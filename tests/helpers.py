@@ -23,6 +23,7 @@ import pytest
 import pytz
 
 from uploader import daily
+from uploader.daily.verifier import Verifier
 from uploader.local.batch import Batch
 from uploader.local.records import encode_record
 from uploader.local.spool import Spool
@@ -240,7 +241,7 @@ class StoredDay:
     fetches: int
     meta: dict[str, Any]  # its daily_metadata ({} if unreadable)
     fetch_ids: Counter[str]  # how many times each fetch id is stored ("" for a fetch without one)
-    problems: list[str]  # ``daily.Verifier``'s and the layout's; [] means sound
+    problems: list[str]  # ``daily.verifier.Verifier``'s and the layout's; [] means sound
 
 
 def read_day(client: Any, bucket: str, key: str) -> StoredDay:
@@ -249,13 +250,13 @@ def read_day(client: Any, bucket: str, key: str) -> StoredDay:
 
     The project writes one upload per line (``daily.serialize``), so each line is parsed on its
     own (the C decoder, many times faster than the event-by-event ``daily.reading``) and fed to
-    ``daily.Verifier``; the lines around them must be the layout's. The metadata's date must be
+    ``daily.verifier.Verifier``; the lines around them must be the layout's. The metadata's date must be
     the day the key names.
     """
     found = _KEY_DAY.search(key)
     day = date.fromisoformat(found[1]) if found else None
     r = client.get_object(Bucket=bucket, Key=key)
-    checker = daily.Verifier()
+    checker = Verifier()
     ids: Counter[str] = Counter()
     problems: list[str] = []
     trailer: list[bytes] = []

@@ -24,6 +24,7 @@ from rig.faultproxy import FaultProxy, Request, Rule, blank_complete_etag
 from rig.s3servers import S3Server
 
 from uploader import daily
+from uploader.daily.verifier import verify
 from uploader.local.spool import Spool
 from uploader.publish import SMALL_LIMIT, append_batches, close_day
 from uploader.store.memo import CapabilityMemo, memo_path
@@ -120,7 +121,7 @@ def _appends_land(store: Any, server: S3Server, bucket: str, server_side: bool) 
     doc = _document(server, bucket)
     assert [u["batch_id"] for u in doc["uploads"]] == [build_batch(i).batch_id for i in range(1, 14)]
     assert doc["daily_metadata"]["closed"] is True
-    assert daily.verify(doc) == []
+    assert verify(doc) == []
     assert server.keys(bucket) == [KEY]
     assert not server.admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
 
@@ -171,7 +172,7 @@ def test_a_feature_refused_after_the_probe_costs_a_request_not_the_upload(
     assert not getattr(caps, feature) and "NotImplemented" in caps.notes[feature] and not caps.conclusive
     assert memo.load(f"{proxy.url} {bucket}", caps.probed_at) == caps
     doc = _document(server, bucket)
-    assert len(doc["uploads"]) == 11 and daily.verify(doc) == []
+    assert len(doc["uploads"]) == 11 and verify(doc) == []
 
 
 def test_a_restarted_process_sends_no_probe_request(tmp_path: Path, proxied: tuple[FaultProxy, S3Server, str]) -> None:

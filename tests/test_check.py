@@ -168,6 +168,6 @@ def test_check_on_the_directory_backend_reports_ok(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[storage]\nbackend = "directory"\nprefix = "logs"\n', encoding="utf-8")
     out = io.StringIO()
-    assert run_check(load_config(config), out) == 0
+    assert run_check(load_config(config), lambda line: print(line, file=out)) == 0
     assert "OK: the store is usable" in out.getvalue()
     assert not (tmp_path / "data" / "bucket" / "logs").exists()

@@ -10,6 +10,7 @@ import pytest
 import pytz
 
 from uploader import daily
+from uploader.daily.verifier import verify
 from uploader.local.batch import Batch
 
 TZ = pytz.timezone("America/New_York")
@@ -180,7 +181,7 @@ def test_user_metadata_is_small_and_reads_back(make_batch: Any) -> None:
 def test_verify_accepts_a_sound_document(make_batch: Any) -> None:
     """A document written by these functions has no problems."""
     doc = _doc(make_batch, 1, 2, 3)
-    assert daily.verify(doc, daily.user_metadata(doc["daily_metadata"])) == []
+    assert verify(doc, daily.user_metadata(doc["daily_metadata"])) == []
 
 
 def test_verify_lists_duplicates_and_count_mismatches(make_batch: Any) -> None:
@@ -188,7 +189,7 @@ def test_verify_lists_duplicates_and_count_mismatches(make_batch: Any) -> None:
     doc = _doc(make_batch, 1, 2)
     doc["uploads"].append(dict(doc["uploads"][0], upload_sequence=3))
     doc["daily_metadata"]["total_matches_today"] = 7
-    problems = daily.verify(doc)
+    problems = verify(doc)
     text = "\n".join(problems)
     assert f"batch_id {make_batch(1).batch_id} is stored 2 times" in text
     assert "fetch_id f-1-0 is stored 2 times" in text

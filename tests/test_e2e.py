@@ -17,6 +17,7 @@ from helpers import NY, make_s3_store, spooled_ids, wait_for, write_config
 
 from uploader import daily
 from uploader.config import load_config
+from uploader.daily.verifier import verify
 from uploader.local.cut import Cutter
 from uploader.local.records import Fetch, scan
 from uploader.local.spool import Spool
@@ -88,7 +89,7 @@ def test_35_fetches_make_three_uploads_against_s3(tmp_path, s3_server, bucket):
     assert meta["total_fetches_today"] == 30
     assert meta["total_matches_today"] == sum(r["matches"] for r in ledger[:30])
     assert file_ids(load_config(config).watch.file) == [r["fetch_id"] for r in ledger[30:]]
-    assert daily.verify(document) == []
+    assert verify(document) == []
     assert "Traceback" not in err
 
 

@@ -28,7 +28,7 @@ PURE = {
     "uploader.stamps", "uploader.schedule", "uploader.retry", "uploader.recorder",
     "uploader.local.records", "uploader.local.batch", "uploader.local.plan",
     "uploader.store.capabilities",
-    "uploader.daily", "uploader.daily.reading", "uploader.daily.repair_plan",
+    "uploader.daily", "uploader.daily.reading", "uploader.daily.repair_plan", "uploader.daily.verifier",
     "uploader.publish.plan",
 }
 # What a pure module may not import: disk, network, processes, threads, clocks, logging, and

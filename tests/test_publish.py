@@ -12,6 +12,7 @@ import pytest
 import pytz
 
 from uploader import daily
+from uploader.daily.verifier import verify
 from uploader.local.batch import QuarantineItem
 from uploader.publish import SMALL_LIMIT, append_batches, close_day
 from uploader.publish.cache import WriteCache
@@ -47,7 +48,7 @@ def test_three_appends_make_one_document(store: Store, make_batch: Any) -> None:
     assert meta["first_upload_today"] == "07/10/2025 12:01:00 PM EDT"
     assert meta["last_upload"] == "07/10/2025 12:03:00 PM EDT"
     assert meta["matches_in_this_upload"] == 30
-    assert daily.verify(doc, store.head(KEY).metadata) == []  # type: ignore[union-attr]
+    assert verify(doc, store.head(KEY).metadata) == []  # type: ignore[union-attr]
 
 
 def test_same_batch_twice_is_stored_once(store: Store, make_batch: Any) -> None:
@@ -136,7 +137,7 @@ def test_large_day_append_moves_batch_bytes_not_day_bytes(store: Store, make_bat
     assert closed.path == "tail"
     doc = _load(store)
     assert len(doc["uploads"]) == 12 and doc["daily_metadata"]["closed"] is True
-    assert daily.verify(doc, store.head(KEY).metadata) == []  # type: ignore[union-attr]
+    assert verify(doc, store.head(KEY).metadata) == []  # type: ignore[union-attr]
 
 
 class _PausingStore:
@@ -209,7 +210,7 @@ def test_two_writers_racing_lose_no_upload(store_factory: Any, make_batch: Any) 
     doc = _load(store_factory())
     expected = {make_batch(s).batch_id for s in [*range(1, 5), *range(101, 105)]}
     assert {u["batch_id"] for u in doc["uploads"]} == expected
-    assert daily.verify(doc) == []
+    assert verify(doc) == []
 
 
 def test_quarantine_is_uploaded_verbatim_once(store: Store) -> None:
@@ -252,7 +253,7 @@ def test_write_cache_skips_rereading_our_own_last_write(store: Store, make_batch
         assert "HeadObject" not in counter.calls[:1] and "GetObject" not in counter.calls
     doc = _load(store)
     assert doc["daily_metadata"]["total_uploads_today"] == 12
-    assert daily.verify(doc) == []
+    assert verify(doc) == []
 
 
 @pytest.mark.parametrize("pad", [0, 60_000], ids=["small-day", "large-day"])
@@ -267,7 +268,7 @@ def test_write_cache_notices_another_writer(store_factory: Any, make_batch: Any,
     doc = _load(ours)
     ids = [u["batch_id"] for u in doc["uploads"]]
     assert make_batch(50).batch_id in ids and make_batch(60).batch_id in ids
-    assert daily.verify(doc) == []
+    assert verify(doc) == []
 
 
 def test_append_to_a_day_written_by_the_old_logger(store: Store, make_batch: Any) -> None:

@@ -19,6 +19,7 @@ from rig.s3servers import S3Server
 
 from uploader import daily
 from uploader.config import load_config
+from uploader.daily.verifier import verify
 from uploader.local.archive import Archive, ArchivePolicy
 from uploader.local.quarantine import Quarantine
 from uploader.local.records import Fetch, scan
@@ -130,7 +131,7 @@ def test_a_damaged_day_keeps_what_the_bucket_has_and_fills_in_the_rest(day_uploa
         assert "total_fetches_today: 60 -> 60" in out and "closed: True" in out
     after = document(server, bucket)
     assert fetch_ids(after) == ids
-    assert daily.verify(after) == []
+    assert verify(after) == []
     assert after["daily_metadata"]["closed"] is (damage == "garbage")
 
 

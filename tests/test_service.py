@@ -16,6 +16,7 @@ from rig.faultproxy import FaultProxy
 
 from uploader import daily
 from uploader.config import load_config
+from uploader.daily.verifier import verify
 from uploader.errors import AlreadyRunning, UploaderError
 from uploader.fetchlog import FetchWriter
 from uploader.local.spool import Spool
@@ -136,7 +137,7 @@ def test_s3_outage_piles_up_then_drains(tmp_path, s3_server, bucket):
             wait_for(lambda: not service.spool.pending_batches(), timeout=30, what="the spool drained")
             document = doc(store, today)
             assert sorted(fetch_ids(document)) == [f"o{i:02d}" for i in range(40)]
-            assert daily.verify(document) == []
+            assert verify(document) == []
         finally:
             service.stop()
 

@@ -102,7 +102,7 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_check(config: Config, args: argparse.Namespace) -> int:
-    return run_check(config, out=sys.stdout)
+    return run_check(config, say=print)
 
 
 def cmd_close_day(config: Config, args: argparse.Namespace) -> int:

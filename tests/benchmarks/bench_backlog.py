@@ -5,7 +5,7 @@ local file a few MiB at a time, each step cut into the spool by the project's ow
 the spool files are exactly those ``uploader run`` writes), with no service running. ``uploader
 replay`` then drains it in a process of its own, started from a small launcher so that its peak
 RSS is its own. Its appends are counted from its ``upload`` log lines (one per append call, with
-the tries it took). The document is then re-counted as it streams back (``daily.Verifier``,
+the tries it took). The document is then re-counted as it streams back (``daily.verifier.Verifier``,
 bounded memory: ``tests.helpers.read_day``), never loaded whole.
 """
 

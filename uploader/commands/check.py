@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TextIO
+from collections.abc import Callable
 
 from uploader.config import Config
 from uploader.errors import ExitCode, StoreError
@@ -17,50 +17,51 @@ __all__ = ["run_check"]
 log = logging.getLogger(__name__)
 
 
-def run_check(config: Config, out: TextIO) -> int:
-    """Exercise the configured store and print a short report; 0 if usable, 1 if not.
+def run_check(config: Config, say: Callable[[str], None]) -> ExitCode:
+    """Exercise the configured store, reporting each step to ``say`` as it happens (a line at a
+    time); OK if usable, PROBLEMS if not.
 
     The capability findings are saved in the spool, so the next `uploader run` starts without
     probing. Any store failure becomes ONE line saying what is wrong and what to do.
     """
     store = open_store(config.storage, config.spool.dir)
-    print(f"uploader check: {store.describe()} (prefix {config.storage.prefix})", file=out)
+    say(f"uploader check: {store.describe()} (prefix {config.storage.prefix})")
     # While `uploader run` works, its appends' multipart uploads and a young probe object may be
     # work in flight: leave those to it (it tidies them itself once a day).
     running = Spool(config.spool.dir).is_locked()
     try:
-        _round_trip(store, config.storage.prefix, out)
+        _round_trip(store, config.storage.prefix, say)
         leftovers = store.remove_leftovers(older_than_s=LEFTOVER_AGE_S if running else 0.0, uploads=not running)
         caps = store.capabilities(refresh=True)
         versioning = store.versioning()
     except StoreError as exc:
         log.info("check.failed error=%s", type(exc).__name__)
-        print(f"FAILED: {exc.message}. Try: {exc.hint or 'see the log'}", file=out)
+        say(f"FAILED: {exc.message}. Try: {exc.hint or 'see the log'}")
         return ExitCode.PROBLEMS
     if leftovers:
-        print(f"  removed {len(leftovers)} leftover(s) of interrupted probes and appends:", file=out)
+        say(f"  removed {len(leftovers)} leftover(s) of interrupted probes and appends:")
         for item in leftovers:
-            print(f"    {item}", file=out)
+            say(f"    {item}")
     rows = [*caps.rows(), ("appends to days past 5 MiB", _append_mode(caps))]
     width = max(len(name) for name, _ in rows)
-    print("server capabilities:", file=out)
+    say("server capabilities:")
     for name, finding in rows:
-        print(f"  {name:<{width}}  {finding}", file=out)
-    print(f"bucket versioning: {versioning}", file=out)
+        say(f"  {name:<{width}}  {finding}")
+    say(f"bucket versioning: {versioning}")
     if versioning in ("off", "suspended"):
-        print("  enabling it keeps every earlier version of the daily documents, so a stray overwrite or "
-              "delete can be undone (add a lifecycle rule expiring noncurrent versions to bound the cost)", file=out)
+        say("  enabling it keeps every earlier version of the daily documents, so a stray overwrite or "
+            "delete can be undone (add a lifecycle rule expiring noncurrent versions to bound the cost)")
     if not caps.conclusive:
-        print("  (some findings are unsure after passing faults; they are probed again within the hour)", file=out)
-    print("OK: the store is usable", file=out)
+        say("  (some findings are unsure after passing faults; they are probed again within the hour)")
+    say("OK: the store is usable")
     return ExitCode.OK
 
 
-def _round_trip(store: Store, prefix: str, out: TextIO) -> None:
+def _round_trip(store: Store, prefix: str, say: Callable[[str], None]) -> None:
     key = f"{probe_prefix(prefix)}/check-{uuid.uuid4().hex}"
     body = f"uploader check {key}\n".encode()
     store.put(key, body, {"purpose": "uploader-check"})
-    print("  put probe object     ok", file=out)
+    say("  put probe object     ok")
     try:
         data, info = store.get(key)
         if data != body or info.metadata.get("purpose") != "uploader-check":
@@ -68,12 +69,12 @@ def _round_trip(store: Store, prefix: str, out: TextIO) -> None:
                 "the probe object read back differs from what was written",
                 "check for a proxy or gateway that rewrites objects or drops x-amz-meta-* headers",
             )
-        print("  get probe object     ok (bytes and metadata match)", file=out)
+        say("  get probe object     ok (bytes and metadata match)")
     finally:
         store.delete(key)
     if store.head(key) is not None:
         raise StoreError("the probe object is still there after DELETE", "check the bucket's versioning/retention settings")
-    print("  delete probe object  ok", file=out)
+    say("  delete probe object  ok")
 
 
 def _append_mode(caps: Capabilities) -> str:

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from uploader.daily import KEY_TEMPLATE, Verifier, day_key
+from uploader.daily import KEY_TEMPLATE, day_key
 from uploader.daily.reading import DocumentError, read_document
+from uploader.daily.verifier import Verifier
 from uploader.errors import ObjectNotFound
 from uploader.store import Store, probe_prefix
 
