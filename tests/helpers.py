@@ -167,6 +167,20 @@ def proc_state(pid: int) -> ProcState:
                      len(os.listdir(f"/proc/{pid}/task")))
 
 
+def wakeups(pid: int) -> dict[int, int]:
+    """Voluntary context switches of each thread so far (/proc/PID/task/*/status): one each time
+    the thread went to sleep, so one that sleeps until there is work adds none while nothing
+    happens. Preemption (the other kind) depends on the machine's load, and is left out."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            lines = Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines()
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        out[int(tid)] = sum(int(line.split()[1]) for line in lines if line.startswith("voluntary_ctxt_switches:"))
+    return out
+
+
 @contextmanager
 def read_only(folder: Path) -> Iterator[Path]:
     """``folder`` on a read-only bind mount of itself, for as long as the block runs (skips the

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import pytz
-from helpers import NY, cpu_seconds, proc_state, wait_for, write_config
+from helpers import NY, cpu_seconds, proc_state, wait_for, wakeups, write_config
 
 from uploader import daily
 from uploader.config import load_config
@@ -24,23 +24,28 @@ from uploader.store import open_store
 
 QUIET_S = 10.0
 MAX_SHARE = 0.02  # of one core, over the quiet window
+# Per thread, over the quiet window: one retry tick (every 30 s) wakes a thread a few times; a
+# thread that polls (a loop with a timeout of a second or less) wakes ten times or more.
+MAX_WAKEUPS = 8
 # The shipped retry timing: the quiet window then holds what an operator's service does when idle.
 QUIET_SPOOL = {"retry_interval_s": 30, "max_backoff_s": 600}
 
 
 @pytest.fixture(params=["directory", "moto", "ceph"])
-def config(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """A config on the directory backend, moto or Ceph RGW."""
+def config(request: pytest.FixtureRequest, tmp_path: Path, unused_port: int) -> Path:
+    """A config on the directory backend, moto or Ceph RGW, with /metrics served (as shipped)."""
+    metrics = {"listen": f"127.0.0.1:{unused_port}"}
     if request.param == "directory":
-        return write_config(tmp_path, spool=QUIET_SPOOL)
+        return write_config(tmp_path, spool=QUIET_SPOOL, metrics=metrics)
     server = request.getfixturevalue(f"{request.param}_server")
-    return write_config(tmp_path, s3=(server.endpoint, server.new_bucket()), spool=QUIET_SPOOL)
+    return write_config(tmp_path, s3=(server.endpoint, server.new_bucket()), spool=QUIET_SPOOL, metrics=metrics)
 
 
 def test_a_quiet_service_on_an_existing_file_uses_no_cpu(config: Path, tmp_path: Path) -> None:
     """Five records already in the file at start, 20 written while it runs (two uploads, five left
-    waiting in the file), then ten seconds of quiet cost under 2% of a core and add no thread or
-    file descriptor; five more afterwards make the third upload."""
+    waiting in the file), then ten seconds of quiet cost under 2% of a core, wake no thread more
+    than a retry tick does, and add no thread or file descriptor; five more afterwards make the
+    third upload."""
     cfg = load_config(config)
     cfg.watch.file.parent.mkdir(parents=True)
     writer = FetchWriter(cfg.watch.file, "America/New_York")
@@ -67,13 +72,17 @@ def test_a_quiet_service_on_an_existing_file_uses_no_cpu(config: Path, tmp_path:
         wait_for(lambda: not list((cfg.spool.dir / "batches").glob("*.json")), what="the spool emptied")
 
         held = proc_state(proc.pid)
-        before = cpu_seconds(proc.pid)
+        before, woken = cpu_seconds(proc.pid), wakeups(proc.pid)
         time.sleep(QUIET_S)  # the measurement window itself: nothing is written meanwhile
         used = cpu_seconds(proc.pid) - before
+        busiest = max((n - woken.get(tid, 0), tid) for tid, n in wakeups(proc.pid).items())
         assert proc.poll() is None, "uploader run exited during the quiet window"
         assert used < MAX_SHARE * QUIET_S, (
             f"a quiet `uploader run` used {used:.2f} s of CPU in {QUIET_S:.0f} s "
             f"({100 * used / QUIET_S:.0f}% of a core); py-spy dump --pid shows where")
+        assert busiest[0] <= MAX_WAKEUPS, (
+            f"thread {busiest[1]} of a quiet `uploader run` woke {busiest[0]} times in {QUIET_S:.0f} s: "
+            "a polling loop (py-spy dump --pid shows which)")
         after = proc_state(proc.pid)
         assert (after.fds, after.threads) == (held.fds, held.threads)
         # Quiet, and still watching: the five records left in the file are cut with the next five.
