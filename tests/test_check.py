@@ -171,3 +171,18 @@ def test_check_on_the_directory_backend_reports_ok(tmp_path: Path) -> None:
     assert run_check(load_config(config), lambda line: print(line, file=out)) == 0
     assert "OK: the store is usable" in out.getvalue()
     assert not (tmp_path / "data" / "bucket" / "logs").exists()
+
+
+def test_check_fix_on_the_command_line_installs_the_lifecycle_rules(
+    tmp_path: Path, s3_server: S3Server, bucket: str
+) -> None:
+    """`uploader check --fix` installs our abort rule (no retention configured) and exits 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "uploader.cli", "check", "--fix", "--config",
+         str(_write_config(tmp_path, s3_server.endpoint, bucket))],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "bucket lifecycle: our rules installed" in proc.stdout
+    rules = s3_server.admin.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert [r["ID"] for r in rules] == ["all-api-uploader-abort-incomplete-multipart:logs"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from uploader.config import load_config
+from uploader.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_SECRET = "FAKEsecretFAKEsecretFAKEsecretFAKE0000000"
@@ -51,6 +52,9 @@ def test_checksum_mode_defaults_by_endpoint(tmp_path):
         (f'[storage.s3]\naws_secret_access_key = "{FAKE_SECRET}"\n', "credentials do not belong in the config file"),
         ('[storage.s3]\naws_access_key_id = "FAKEKEYID"\n', "credentials do not belong in the config file"),
         ('[bogus]\nx = 1\n', "bogus: unknown key"),
+        ('[storage.s3]\nca_bundle = "missing.pem"\n', "storage.s3.ca_bundle: cannot read"),
+        ('[storage.s3]\nca_bundle = "config.toml"\n', "storage.s3.ca_bundle: "),
+        ('[storage.s3]\nca_bundle = "."\n', "storage.s3.ca_bundle: "),
         ("[watch\n", "not valid TOML"),
     ],
 )
@@ -83,3 +87,39 @@ def test_missing_config_file_says_how_to_point_at_one(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "UPLOADER_CONFIG" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ca_bundle_resolves_beside_the_config_file(tmp_path):
+    """A relative storage.s3.ca_bundle resolves against the config file's folder, like every path."""
+    from botocore.httpsession import DEFAULT_CA_BUNDLE
+
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "ca.pem").write_bytes(Path(DEFAULT_CA_BUNDLE).read_bytes())
+    path = tmp_path / "c.toml"
+    path.write_text('[storage.s3]\nendpoint_url = "https://objects.example.com"\nca_bundle = "certs/ca.pem"\n')
+    assert load_config(path).storage.s3.ca_bundle == tmp_path / "certs" / "ca.pem"
+    path.write_text('[storage.s3]\nendpoint_url = "https://objects.example.com"\n')
+    assert load_config(path).storage.s3.ca_bundle is None
+
+
+def test_retention_days_is_unset_by_default_and_read_when_given(tmp_path):
+    """storage.retention_days defaults to unset (keep for ever) and is read as an integer."""
+    path = tmp_path / "c.toml"
+    path.write_text("[storage]\n")
+    assert load_config(path).storage.retention_days is None
+    path.write_text("[storage]\nretention_days = 30\n")
+    assert load_config(path).storage.retention_days == 30
+
+
+@pytest.mark.parametrize(
+    ("value", "expect"),
+    [("0", "must be at least 1"), ("-3", "must be at least 1"), ('"30"', "must be an integer"),
+     ("1.5", "must be an integer"), ("true", "must be an integer")],
+)
+def test_bad_retention_days_is_refused_naming_the_key(tmp_path, value, expect):
+    """A retention below one day, or not an integer, is refused with the key named."""
+    path = tmp_path / "c.toml"
+    path.write_text(f"[storage]\nretention_days = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"config storage.retention_days: {expect}")

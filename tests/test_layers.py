@@ -27,7 +27,7 @@ FORBIDDEN = {("service", "commands")}  # the service runs; the operator commands
 PURE = {
     "uploader.stamps", "uploader.schedule", "uploader.retry", "uploader.recorder",
     "uploader.local.records", "uploader.local.batch", "uploader.local.plan",
-    "uploader.store.capabilities",
+    "uploader.store.capabilities", "uploader.store.lifecycle",
     "uploader.daily", "uploader.daily.reading", "uploader.daily.repair_plan", "uploader.daily.verifier",
     "uploader.publish.plan",
 }

@@ -102,7 +102,7 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_check(config: Config, args: argparse.Namespace) -> int:
-    return run_check(config, say=print)
+    return run_check(config, say=print, fix=args.fix)
 
 
 def cmd_close_day(config: Config, args: argparse.Namespace) -> int:
@@ -179,7 +179,7 @@ _EXIT_1 = {
     "run": "the spool is in use, or start-up failed on the spool or the store",
     "status": "a batch is being retried, or today's counters cannot be read",
     "replay": "the service holds the spool, or a batch is left, or an error occurred",
-    "check": "the store failed one of the checks",
+    "check": "the store failed one of the checks, or --fix could not install the lifecycle rules",
     "close-day": "the service holds the spool, a batch of the day could not be uploaded, or the close failed",
     "verify": "no document, a problem, a missing day, a stray object or a past day left open",
     "export": "no document, or it stops being valid JSON",
@@ -234,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("replay", "upload the spool now, with progress")
     p.add_argument("--day", type=_day, default=None, help="only batches of this day (YYYY-MM-DD)")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
-    add("check", "put/get/delete a probe object and report what the server supports")
+    add("check", "put/get/delete a probe object, report what the server supports and the bucket's "
+        "lifecycle rules").add_argument(
+        "--fix", action="store_true",
+        help="install or update this uploader's lifecycle rules (other rules on the bucket are kept)")
     add("close-day", "upload a day's spooled batches and mark its document closed").add_argument(
         "day", type=_day, help=f"the day to close ({_DAY_HELP})")
     p = add("verify", "re-count daily documents and check them against their metadata")

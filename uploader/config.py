@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -86,6 +87,9 @@ class S3Config:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_attempts: int = 3
+    # A PEM file of the CA(s) that sign the endpoint's certificate (a private CA), else the
+    # system's trust store. Verification is never switched off.
+    ca_bundle: Path | None = None
 
     @property
     def is_aws(self) -> bool:
@@ -126,6 +130,9 @@ class StorageConfig:
     prefix: str = DEFAULT_PREFIX
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     s3: S3Config = field(default_factory=S3Config)
+    # Days a day document or quarantined span is kept in the bucket (a lifecycle rule `uploader
+    # check --fix` installs); None keeps them for ever.
+    retention_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -157,12 +164,12 @@ _SCHEMA: dict[str, Any] = {
     "spool": _table(SpoolConfig, dir=str, retry_interval_s=_NUMBER, max_backoff_s=_NUMBER, archive_days=_NUMBER,
                     archive_max_mb=_NUMBER),
     "storage": {
-        **_table(StorageConfig, backend=str, prefix=str),
+        **_table(StorageConfig, backend=str, prefix=str, retention_days=int),
         "directory": _table(DirectoryConfig, path=str),
         "s3": _table(S3Config, bucket=str, endpoint_url=str, region=str, addressing_style=str,
                      request_checksum_calculation=str, response_checksum_validation=str,
                      allow_insecure_http=bool, connect_timeout_s=_NUMBER, read_timeout_s=_NUMBER,
-                     max_attempts=int),
+                     max_attempts=int, ca_bundle=str),
     },
     "metrics": _table(MetricsConfig, listen=str, allow_remote=bool, healthz_max_pending_age_s=_NUMBER),
 }
@@ -248,9 +255,14 @@ def _storage_config(st: dict[str, Any], resolve: Callable[[str], Path]) -> Stora
     prefix = st["prefix"].strip("/")
     if not prefix or ".." in prefix.split("/"):
         raise ConfigError("storage.prefix", f"invalid prefix {st['prefix']!r}", "use a plain path like all_api_rotating_logs")
-    s3 = _s3_config(st["s3"], required=st["backend"] == "s3")
+    s3 = _s3_config(st["s3"], required=st["backend"] == "s3", resolve=resolve)
+    retention = st["retention_days"]
+    if retention is not None and retention < 1:
+        raise ConfigError("storage.retention_days", f"must be at least 1, got {retention}",
+                          "leave it out to keep day documents for ever")
     return StorageConfig(backend=st["backend"], prefix=prefix,
-                         directory=DirectoryConfig(path=resolve(st["directory"]["path"])), s3=s3)
+                         directory=DirectoryConfig(path=resolve(st["directory"]["path"])), s3=s3,
+                         retention_days=retention)
 
 
 def _check_watch_file(path: Path) -> None:
@@ -284,7 +296,7 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
-def _s3_config(v: dict[str, Any], required: bool) -> S3Config:
+def _s3_config(v: dict[str, Any], required: bool, resolve: Callable[[str], Path]) -> S3Config:
     if required and not v["bucket"]:
         raise ConfigError("storage.s3.bucket", "must not be empty when backend is s3")
     url = v["endpoint_url"]
@@ -321,7 +333,27 @@ def _s3_config(v: dict[str, Any], required: bool) -> S3Config:
         connect_timeout_s=float(v["connect_timeout_s"]),
         read_timeout_s=float(v["read_timeout_s"]),
         max_attempts=v["max_attempts"],
+        ca_bundle=_check_ca_bundle(resolve(v["ca_bundle"])) if v["ca_bundle"] is not None else None,
     )
+
+
+def _check_ca_bundle(path: Path) -> Path:
+    """Refuse a storage.s3.ca_bundle that TLS could not use: checked the way the connection will
+    load it (OpenSSL's ``load_verify_locations``), so a bad file names the key at start instead
+    of failing every upload later."""
+    key, hint = "storage.s3.ca_bundle", "give the PEM file of the CA that signs the endpoint's certificate"
+    if path.is_dir():
+        raise ConfigError(key, f"{path} is a folder, not a PEM file", hint)
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}", hint) from None
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError):
+        raise ConfigError(key, f"{path} holds no PEM certificate", hint + " (-----BEGIN CERTIFICATE-----)") from None
+    return path
 
 
 def _metrics_config(v: dict[str, Any]) -> MetricsConfig:

@@ -3,7 +3,9 @@
 - ``MotoServer``: moto's server mode in its own process (an imitation of AWS S3).
 - ``CephRGW``: a private single-host Ceph cluster (one mon, one memstore OSD) with radosgw,
   the server Linode Object Storage runs, from Debian's packages (``radosgw ceph-mon ceph-osd``;
-  ``scripts/test.sh`` installs them when missing).
+  ``scripts/test.sh`` installs them when missing). Its beast frontend listens on plain http and,
+  for the TLS tests, on https with a certificate for 127.0.0.1 signed by a CA the rig makes
+  with the ``openssl`` command line (``https_endpoint``, ``ca_path``).
 
 Both give an ``S3Server``: endpoint, the (obviously fake) keys it accepts, and a way to make
 fresh buckets. Every port is picked free at start, so a run never collides with another
@@ -21,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +101,10 @@ class S3Server:
     endpoint: str
     host: str
     port: int
+    https_endpoint: str | None = None  # the same server over TLS (Ceph only)
+    ca_path: Path | None = None  # PEM of the private CA that signed https_endpoint's certificate
+    # Runs `radosgw-admin ARGS...` on the cluster and returns its output (Ceph only): users, keys.
+    radosgw_admin: Callable[..., str] | None = field(default=None, repr=False)
     _admin: Any = field(default=None, repr=False)
 
     def client(self) -> Any:
@@ -137,6 +145,19 @@ def _wait(condition: Any, timeout: float, what: str, alive: Any = None) -> None:
         if time.monotonic() > deadline:
             raise ServerUnavailable(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.1)  # polling interval of a deadline wait
+
+
+def _answers_tls(url: str, ca_path: Path) -> bool:
+    """Whether ``url`` answers over TLS, its certificate verified against ``ca_path`` (any HTTP
+    status will do: an anonymous request is refused, but only once the handshake succeeded)."""
+    context = ssl.create_default_context(cafile=str(ca_path))
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 def _answers(url: str, expect: bytes) -> bool:
@@ -233,7 +254,7 @@ osd crush update on start = true
 ms mon client mode = crc
 
 [client.rgw]
-rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
+rgw frontends = beast endpoint=127.0.0.1:{rgw_port} ssl_endpoint=127.0.0.1:{rgw_ssl_port} ssl_certificate={base}/tls/server.pem ssl_private_key={base}/tls/server.key
 rgw data = {base}/rgw
 rgw thread pool size = 32
 rgw enable usage log = false
@@ -276,10 +297,11 @@ class CephRGW:
         assert self.base is not None
         base = self.base
         deadline = time.monotonic() + timeout
-        for sub in ("run", "log", "crash", "mon/ceph-a", "osd/ceph-0", "rgw"):
+        for sub in ("run", "log", "crash", "mon/ceph-a", "osd/ceph-0", "rgw", "tls"):
             (base / sub).mkdir(parents=True, exist_ok=True)
-        rgw_port = free_port()
-        ports = {"mon_v2": free_port(), "mon_v1": free_port(), "rgw_port": rgw_port}
+        ca_path = self._make_certificates(base / "tls")
+        rgw_port, rgw_ssl_port = free_port(), free_port()
+        ports = {"mon_v2": free_port(), "mon_v1": free_port(), "rgw_port": rgw_port, "rgw_ssl_port": rgw_ssl_port}
         fsid = str(uuid.uuid4())
         conf = base / "ceph.conf"
         conf.write_text(_CEPH_CONF.format(fsid=fsid, base=base, memstore_bytes=self.memstore_bytes, **ports))
@@ -304,7 +326,10 @@ class CephRGW:
                   "--display-name", "uploader tests", "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY,
                   timeout=max(1.0, deadline - time.monotonic()))
         endpoint = f"http://127.0.0.1:{rgw_port}"
-        server = S3Server("ceph", endpoint, "127.0.0.1", rgw_port)
+        server = S3Server("ceph", endpoint, "127.0.0.1", rgw_port,
+                          https_endpoint=f"https://127.0.0.1:{rgw_ssl_port}", ca_path=ca_path,
+                          radosgw_admin=lambda *args: self._run("radosgw-admin", "-c", str(conf), "-n",
+                                                                "client.admin", *args))
 
         def signed_list_works() -> bool:
             try:
@@ -313,8 +338,13 @@ class CephRGW:
             except Exception:  # noqa: BLE001 - not up yet, whatever the reason
                 return False
 
+        def alive() -> bool:
+            return all(p.poll() is None for p in self.procs.values())
+
         _wait(signed_list_works, max(1.0, deadline - time.monotonic()), "radosgw to answer signed requests",
-              alive=lambda: all(p.poll() is None for p in self.procs.values()))
+              alive=alive)
+        _wait(lambda: _answers_tls(f"https://127.0.0.1:{rgw_ssl_port}/", ca_path),
+              max(1.0, deadline - time.monotonic()), "radosgw's https endpoint", alive=alive)
         self.server = server
         return server
 
@@ -340,6 +370,24 @@ class CephRGW:
         self.stop()
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _make_certificates(self, folder: Path) -> Path:
+        """A private CA and a server certificate for 127.0.0.1 (an IP SAN) signed by it, made with
+        the openssl command line (EC P-256: quick to make); returns the CA's PEM path."""
+        ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr",
+                                                           "server.pem"))
+        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+        self._run("openssl", "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "7",
+                  "-subj", "/CN=uploader tests CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                  "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        self._run("openssl", "req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+        extensions = folder / "server.ext"
+        extensions.write_text("subjectAltName = IP:127.0.0.1\nbasicConstraints = critical,CA:FALSE\n"
+                              "keyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\n"
+                              "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid,issuer\n")
+        self._run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                  "-CAcreateserial", "-out", str(cert), "-days", "7", "-extfile", str(extensions))
+        return ca
 
     def _run(self, *cmd: str, timeout: float = 60.0) -> str:
         assert self.base is not None
@@ -409,6 +457,7 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     server = launcher.start()
     print(json.dumps({"server": server.name, "endpoint": server.endpoint, "access_key": ACCESS_KEY,
+                      "https_endpoint": server.https_endpoint, "ca_path": str(server.ca_path or ""),
                       "seconds": round(time.monotonic() - started, 1)}), flush=True)
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})

@@ -1,4 +1,5 @@
-"""`uploader check`: round-trip a probe object, remove probe leftovers, probe what the server honours."""
+"""`uploader check`: round-trip a probe object, remove probe leftovers, probe what the server honours,
+report (and with ``--fix`` install) the bucket lifecycle rules this uploader owns."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from uploader.config import Config
 from uploader.errors import ExitCode, StoreError
 from uploader.local.spool import Spool
-from uploader.store import LEFTOVER_AGE_S, Store, open_store, probe_prefix
+from uploader.store import LEFTOVER_AGE_S, Store, lifecycle, open_store, probe_prefix
 from uploader.store.capabilities import Capabilities
 
 __all__ = ["run_check"]
@@ -17,12 +18,14 @@ __all__ = ["run_check"]
 log = logging.getLogger(__name__)
 
 
-def run_check(config: Config, say: Callable[[str], None]) -> ExitCode:
+def run_check(config: Config, say: Callable[[str], None], fix: bool = False) -> ExitCode:
     """Exercise the configured store, reporting each step to ``say`` as it happens (a line at a
     time); OK if usable, PROBLEMS if not.
 
     The capability findings are saved in the spool, so the next `uploader run` starts without
-    probing. Any store failure becomes ONE line saying what is wrong and what to do.
+    probing. Any store failure becomes ONE line saying what is wrong and what to do. The bucket's
+    lifecycle rules are only read, unless ``fix``: then ours are installed or brought up to date
+    (the bucket's other rules kept) before the report.
     """
     store = open_store(config.storage, config.spool.dir)
     say(f"uploader check: {store.describe()} (prefix {config.storage.prefix})")
@@ -53,6 +56,19 @@ def run_check(config: Config, say: Callable[[str], None]) -> ExitCode:
             "delete can be undone (add a lifecycle rule expiring noncurrent versions to bound the cost)")
     if not caps.conclusive:
         say("  (some findings are unsure after passing faults; they are probed again within the hour)")
+    try:
+        rules_ok = _lifecycle(store, config, fix, say)
+    except StoreError as exc:
+        log.info("check.lifecycle_failed error=%s fix=%s", type(exc).__name__, fix)
+        if fix:
+            say(f"FAILED: {exc.message}. Try: {exc.hint or 'see the log'}")
+            return ExitCode.PROBLEMS
+        # Like versioning: a bucket that will not say is no reason to call the store unusable.
+        say(f"bucket lifecycle: unknown ({exc.message}). Try: {exc.hint or 'see the log'}")
+    else:
+        if not rules_ok:
+            say("PROBLEMS: the server did not keep our lifecycle rules as sent")
+            return ExitCode.PROBLEMS
     say("OK: the store is usable")
     return ExitCode.OK
 
@@ -83,3 +99,37 @@ def _append_mode(caps: Capabilities) -> str:
     if caps.conditional_append:
         return "server-side copy + new tail, refused if the object changed"
     return "server-side copy + new tail, guarded by a HEAD check and the single-writer lock"
+
+
+def _lifecycle(store: Store, config: Config, fix: bool, say: Callable[[str], None]) -> bool:
+    """Report which of our lifecycle rules the bucket holds; with ``fix``, install ours first.
+
+    False only when ``fix`` wrote our rules and the server then held them otherwise: rules
+    missing from a bucket nobody asked to fix are reported, not a failure of the store.
+    """
+    if config.storage.backend != "s3":
+        say("bucket lifecycle: does not apply to the directory backend (nothing expires there)")
+        return True
+    from uploader.store.s3 import S3Store  # boto3: only for an S3 check, not every command's start
+
+    assert isinstance(store, S3Store)
+    prefix, retention = config.storage.prefix, config.storage.retention_days
+    bucket = store.lifecycle()
+    if fix:
+        if lifecycle.compare(bucket, prefix, retention).changed:
+            store.set_lifecycle(lifecycle.merge(bucket, prefix, retention))
+            log.info("check.lifecycle_installed prefix=%s retention_days=%s", prefix, retention)
+            say("bucket lifecycle: our rules installed (the bucket's other rules kept as they were)")
+            bucket = store.lifecycle()  # report what the server now holds, not what was sent
+        else:
+            say("bucket lifecycle: our rules are already as configured; nothing written")
+    found = lifecycle.compare(bucket, prefix, retention)
+    kept = "kept for ever" if retention is None else f"expired after {retention} days"
+    say(f"bucket lifecycle (rules of this uploader; day documents {kept}):")
+    width = max(len(f.rule_id) for f in found.findings)
+    for finding in found.findings:
+        say(f"  {finding.rule_id:<{width}}  {finding.state.value:<10}  {finding.summary}")
+    say(f"  other rules on the bucket: {found.other_rules} (left as they are)")
+    if found.changed and not fix:
+        say("  `uploader check --fix` installs ours as configured")
+    return not (fix and found.changed)

@@ -181,4 +181,5 @@ def open_store(storage: StorageConfig, state_dir: Path | None = None) -> Store:
         prefix=storage.prefix,
         memo=CapabilityMemo(memo_path(state_dir)) if state_dir is not None else None,
         spill_dir=state_dir,
+        ca_bundle=str(s3.ca_bundle) if s3.ca_bundle is not None else None,
     )

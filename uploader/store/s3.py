@@ -27,14 +27,21 @@ import boto3
 import botocore.loaders
 import botocore.session
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 
 from uploader.config import DEFAULT_PREFIX
-from uploader.errors import CapabilityLost, ObjectNotFound, PreconditionFailed
+from uploader.errors import CapabilityLost, ObjectNotFound, PreconditionFailed, StoreRejected
 from uploader.store import ObjectInfo, normalize_etag, probe_prefix
 from uploader.store.capabilities import MIN_PART_SIZE, PART_SIZE, Capabilities
+from uploader.store.lifecycle import BucketLifecycle
 from uploader.store.memo import CapabilityMemo
 from uploader.store.s3_errors import (
+    CREDENTIALS_REFUSED,
     IDENTITY,
     botocore_error,
     client_error,
@@ -81,9 +88,11 @@ class S3Store:
         prefix: str = DEFAULT_PREFIX,
         memo: CapabilityMemo | None = None,
         spill_dir: Path | None = None,
+        ca_bundle: str | None = None,
     ) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
+        self.ca_bundle = ca_bundle  # a PEM file of trusted CAs; None: the system's (never unverified)
         self.prefix = prefix.strip("/")
         self.probe_prefix = probe_prefix(prefix)
         self.memo = memo
@@ -112,7 +121,8 @@ class S3Store:
         """The boto3 S3 client, built on first use (tests hook its events to count bytes)."""
         with self._lock:
             if self._client is None:
-                self._client = _new_session().client("s3", endpoint_url=self.endpoint_url, config=self._boto_config)
+                self._client = _new_session().client("s3", endpoint_url=self.endpoint_url, config=self._boto_config,
+                                                     verify=self.ca_bundle)
             return self._client
 
     # -- the Store protocol --------------------------------------------------------------------
@@ -337,7 +347,7 @@ class S3Store:
     def _probe(self) -> Capabilities:
         # The probe repeats a faulted request itself, on fresh objects (see s3_probe).
         once = self._boto_config.merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}))
-        client = _new_session().client("s3", endpoint_url=self.endpoint_url, config=once)
+        client = _new_session().client("s3", endpoint_url=self.endpoint_url, config=once, verify=self.ca_bundle)
         caps = Prober(client, self.client, self.bucket, self.probe_prefix, self._translate).run()
         self._remember(caps, save=True)
         log.info("store.probed where=%s conclusive=%s %s", self.describe(), caps.conclusive,
@@ -398,6 +408,8 @@ class S3Store:
             yield
         except ClientError as exc:
             code, status = error_code(exc)
+            if code in CREDENTIALS_REFUSED:
+                self._forget_credentials(code)
             if feature is not None and refuses_feature(code, status):
                 answer = f"{code} (HTTP {status})"
                 self._lose(feature, answer)
@@ -407,7 +419,64 @@ class S3Store:
                 ) from exc
             raise client_error(exc, where, self.bucket, self.endpoint_url) from exc
         except BotoCoreError as exc:
+            if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+                self._forget_credentials(type(exc).__name__)
             raise botocore_error(exc, where, self.endpoint_url) from exc
+
+    def _forget_credentials(self, answer: str) -> None:
+        """Drop the client, so that the next request resolves boto3's credential chain afresh:
+        keys replaced in the credentials file, a profile or its credential_process are picked up
+        without a restart (environment variables cannot change under a running process)."""
+        with self._lock:
+            self._client = None
+        log.info("store.credentials_refused where=%s answer=%s action=read-credentials-again-next-try",
+                 self.describe(), answer)
+
+    # -- lifecycle (S3 only: not part of the Store protocol) -------------------------------------
+
+    def lifecycle(self) -> BucketLifecycle:
+        """The bucket's lifecycle rules as the server gives them; none configured: no rules."""
+        op = "GetBucketLifecycleConfiguration"
+        with self._translate(op, ""):
+            try:
+                r = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+            except ClientError as exc:
+                if error_code(exc)[0] == "NoSuchLifecycleConfiguration":
+                    return BucketLifecycle()
+                denied = self._lifecycle_denied(exc, op, "s3:GetLifecycleConfiguration")
+                if denied is not None:
+                    raise denied from exc
+                raise
+        return BucketLifecycle(tuple(r.get("Rules", [])), r.get("TransitionDefaultMinimumObjectSize"))
+
+    def set_lifecycle(self, config: BucketLifecycle) -> None:
+        """Replace the bucket's whole lifecycle configuration (no rules: remove it)."""
+        op = "PutBucketLifecycleConfiguration" if config.rules else "DeleteBucketLifecycle"
+        with self._translate(op, ""):
+            try:
+                if not config.rules:
+                    self.client.delete_bucket_lifecycle(Bucket=self.bucket)
+                    return
+                args: dict[str, Any] = {"Bucket": self.bucket,
+                                        "LifecycleConfiguration": {"Rules": list(config.rules)}}
+                if config.transition_default_minimum_object_size:
+                    args["TransitionDefaultMinimumObjectSize"] = config.transition_default_minimum_object_size
+                self.client.put_bucket_lifecycle_configuration(**args)
+            except ClientError as exc:
+                # S3 has one permission for writing and removing the configuration.
+                denied = self._lifecycle_denied(exc, op, "s3:PutLifecycleConfiguration")
+                if denied is not None:
+                    raise denied from exc
+                raise
+
+    def _lifecycle_denied(self, exc: ClientError, op: str, permission: str) -> StoreRejected | None:
+        """AccessDenied to a lifecycle request, as one error naming the permission it needs;
+        None for any other answer (``_translate`` reads those)."""
+        code, _ = error_code(exc)
+        if code not in ("AccessDenied", "403"):
+            return None
+        return StoreRejected(f"{op} s3://{self.bucket}: access denied ({code})",
+                             f"grant the key {permission} on bucket {self.bucket}")
 
 class _Reading(io.RawIOBase):
     """A GET's body as a file whose read errors are the store's own (StoreUnavailable)."""

@@ -7,6 +7,8 @@ read a refusal differently: the code of a ClientError, the codes that say "condi
 
 from __future__ import annotations
 
+import ssl
+
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -26,7 +28,7 @@ from uploader.errors import (
     StoreUnavailable,
 )
 
-__all__ = ["IDENTITY", "PRECONDITION", "botocore_error", "client_error", "error_code", "refuses_feature"]
+__all__ = ["CREDENTIALS_REFUSED", "IDENTITY", "PRECONDITION", "botocore_error", "client_error", "error_code", "refuses_feature"]
 
 # "412" stands for an answer with no code in its body (a HEAD, or a server that sends none).
 PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
@@ -44,12 +46,15 @@ TRANSIENT = {
     "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "502", "503",
     "504", "Throttling", "ThrottlingException",
 }
+# The server refused the keys themselves: unknown, wrong secret, or an expired session token.
+CREDENTIALS_REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                       "TokenRefreshRequired"}
 # Answers about who is asking or where, not about a feature: they stop any upload alike.
-IDENTITY = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "XAmzContentSHA256Mismatch",
-             "RequestTimeTooSkewed"}
+IDENTITY = CREDENTIALS_REFUSED | {"NoSuchBucket", "XAmzContentSHA256Mismatch", "RequestTimeTooSkewed"}
 CREDENTIALS_HINT = (
     "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, ~/.aws/credentials) "
-    "are the pair issued for this endpoint"
+    "are the pair issued for this endpoint; keys replaced in ~/.aws/credentials or a profile are "
+    "read again at the next try, without a restart"
 )
 
 
@@ -65,6 +70,7 @@ def client_error(exc: ClientError, where: str, bucket: str, endpoint_url: str | 
     rejected: dict[str, tuple[str, str]] = {
         "InvalidAccessKeyId": ("the access key id is not known to the server", CREDENTIALS_HINT),
         "SignatureDoesNotMatch": ("the secret key does not match the access key", CREDENTIALS_HINT),
+        "ExpiredToken": ("the session token has expired", CREDENTIALS_HINT),
         "AccessDenied": (
             "access denied",
             f"grant the key s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on bucket {bucket}",
@@ -84,8 +90,25 @@ def client_error(exc: ClientError, where: str, bucket: str, endpoint_url: str | 
     return StoreRejected(f"{where}: {reason} ({code})", hint)
 
 
+CA_BUNDLE_HINT = (
+    "if the server's certificate comes from a private CA, set storage.s3.ca_bundle to that CA's PEM file; "
+    "otherwise fix the certificate on the server (expired, or not for this host)"
+)
+
+
 def botocore_error(exc: BotoCoreError, where: str, endpoint_url: str | None) -> StoreError:
-    """The uploader's error for a botocore failure that is not an answer from the server."""
+    """The uploader's error for a botocore failure that is not an answer from the server.
+
+    A certificate that fails verification is permanent (StoreRejected): retrying cannot make the
+    server trusted. botocore raises it as ``SSLError`` (a ConnectionError) around urllib3's error
+    around ``ssl.SSLCertVerificationError``.
+    """
+    untrusted = _certificate_failure(exc)
+    if untrusted is not None:
+        return StoreRejected(
+            f"{where}: the server's TLS certificate at {endpoint_url or 'AWS'} is not trusted ({untrusted})",
+            CA_BUNDLE_HINT,
+        )
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return StoreRejected(
             f"no usable S3 credentials found for {where}",
@@ -97,6 +120,26 @@ def botocore_error(exc: BotoCoreError, where: str, endpoint_url: str | None) -> 
             "check storage.s3.endpoint_url, that the server is up, and the network",
         )
     return StoreRejected(f"{where} failed: {type(exc).__name__}", "see the log for details")
+
+
+def _certificate_failure(exc: BaseException) -> str | None:
+    """Why the server's certificate failed verification, if that is what ``exc`` comes down to;
+    else None. Follows botocore's ``error`` field, the arguments and the cause chain."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo and len(seen) < 32:
+        err = todo.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return str(err.verify_message or err.reason or "certificate verify failed")
+        kwargs = getattr(err, "kwargs", None)
+        inner = [kwargs.get("error") if isinstance(kwargs, dict) else None, err.__cause__, err.__context__, *err.args]
+        todo.extend(e for e in inner if isinstance(e, BaseException))
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return "certificate verify failed"
+    return None
 
 
 def refuses_feature(code: str, status: int) -> bool:
