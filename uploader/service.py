@@ -79,6 +79,7 @@ class Service:
         """Take the lock, finish what a previous run left, then watch and schedule."""
         self._resources.enter_context(self.spool.locked("uploader run"))
         try:
+            self.store.preflight()  # an untrusted certificate: say so now, not at every upload
             self._serve_metrics()  # first: a port in use refuses the start before anything runs
             self.cutter.recover()
             self._cut_past_days()

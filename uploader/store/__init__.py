@@ -148,6 +148,12 @@ class Store(Protocol):
         """Where the objects live, for logs and reports (never includes credentials)."""
         ...
 
+    def preflight(self) -> None:
+        """Refuse at start what no retry can fix (StoreRejected): an S3 endpoint whose TLS
+        certificate is not trusted. A store that is only unreachable passes: the spool keeps
+        the batches until it is back. No request is made."""
+        ...
+
 
 def probe_prefix(prefix: str) -> str:
     """Where probes and `uploader check` put their throwaway objects, under the documents' prefix."""

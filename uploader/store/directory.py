@@ -54,6 +54,9 @@ class DirectoryStore:
     def describe(self) -> str:
         return f"directory {self.root}"
 
+    def preflight(self) -> None:
+        pass  # a folder has no certificate; one that cannot be written fails the first write plainly
+
     def capabilities(self, refresh: bool = False) -> Capabilities:
         return FULL_CAPABILITIES
 

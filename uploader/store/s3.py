@@ -14,6 +14,8 @@ import builtins
 import io
 import itertools
 import logging
+import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -22,6 +24,7 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.loaders
@@ -33,6 +36,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
 )
+from botocore.httpsession import get_cert_path
 
 from uploader.config import DEFAULT_PREFIX
 from uploader.errors import CapabilityLost, ObjectNotFound, PreconditionFailed, StoreRejected
@@ -44,6 +48,7 @@ from uploader.store.s3_errors import (
     CREDENTIALS_REFUSED,
     IDENTITY,
     botocore_error,
+    certificate_error,
     client_error,
     error_code,
     refuses_feature,
@@ -108,6 +113,7 @@ class S3Store:
             response_checksum_validation=response_checksum_validation,
             user_agent_extra="all-api-uploader",
         )
+        self._connect_timeout_s = connect_timeout_s
         self._client: Any = None
         self._caps: Capabilities | None = None
         self._lock = threading.Lock()
@@ -115,6 +121,24 @@ class S3Store:
 
     def describe(self) -> str:
         return f"s3://{self.bucket} at {self.endpoint_url or 'AWS'}"
+
+    def preflight(self) -> None:
+        """A TLS handshake with an https endpoint, verified as boto3 will verify it (the
+        ca_bundle, else botocore's bundle): an untrusted certificate stops the start in one line;
+        a refused or silent endpoint does not (it may be down for a while). AWS is not checked."""
+        url = urlsplit(self.endpoint_url or "")
+        if url.scheme != "https" or not url.hostname:
+            return
+        context = ssl.create_default_context(cafile=get_cert_path(self.ca_bundle or True))
+        try:
+            with socket.create_connection((url.hostname, url.port or 443), timeout=self._connect_timeout_s) as raw, \
+                    context.wrap_socket(raw, server_hostname=url.hostname):
+                pass
+        except ssl.SSLCertVerificationError as exc:
+            raise certificate_error("start", self.endpoint_url, str(exc.verify_message or exc.reason)) from None
+        except OSError as exc:
+            log.info("store.preflight_unreachable where=%s error=%s (uploads retry until it answers)",
+                     self.describe(), exc.strerror or type(exc).__name__)
 
     @property
     def client(self) -> Any:

@@ -28,7 +28,7 @@ from uploader.errors import (
     StoreUnavailable,
 )
 
-__all__ = ["CREDENTIALS_REFUSED", "IDENTITY", "PRECONDITION", "botocore_error", "client_error", "error_code", "refuses_feature"]
+__all__ = ["CREDENTIALS_REFUSED", "IDENTITY", "PRECONDITION", "botocore_error", "certificate_error", "client_error", "error_code", "refuses_feature"]
 
 # "412" stands for an answer with no code in its body (a HEAD, or a server that sends none).
 PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
@@ -105,10 +105,7 @@ def botocore_error(exc: BotoCoreError, where: str, endpoint_url: str | None) -> 
     """
     untrusted = _certificate_failure(exc)
     if untrusted is not None:
-        return StoreRejected(
-            f"{where}: the server's TLS certificate at {endpoint_url or 'AWS'} is not trusted ({untrusted})",
-            CA_BUNDLE_HINT,
-        )
+        return certificate_error(where, endpoint_url, untrusted)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return StoreRejected(
             f"no usable S3 credentials found for {where}",
@@ -120,6 +117,12 @@ def botocore_error(exc: BotoCoreError, where: str, endpoint_url: str | None) -> 
             "check storage.s3.endpoint_url, that the server is up, and the network",
         )
     return StoreRejected(f"{where} failed: {type(exc).__name__}", "see the log for details")
+
+
+def certificate_error(where: str, endpoint_url: str | None, reason: str) -> StoreRejected:
+    """The one line for a server certificate that failed verification: no retry can fix it."""
+    return StoreRejected(f"{where}: the server's TLS certificate at {endpoint_url or 'AWS'} is not trusted ({reason})",
+                         CA_BUNDLE_HINT)
 
 
 def _certificate_failure(exc: BaseException) -> str | None:
