@@ -1,11 +1,12 @@
 # Sourced by test.sh: install the Debian packages the test suite's real servers need, when missing.
 # Ceph RGW (radosgw, ceph-mon, ceph-osd) is the S3 server Linode Object Storage runs; the suite
-# starts a private cluster of it on loopback. Without apt-get (or root) nothing is installed and
-# the Ceph tests are skipped with a loud banner, except under CI=true, where they fail.
+# starts a private cluster of it on loopback, also over https with a CA it makes with `openssl`.
+# Without apt-get (or root) nothing is installed and the Ceph tests are skipped with a loud
+# banner, except under CI=true, where they fail.
 # promtool (Debian package prometheus) checks and unit-tests scripts/uploader-alerts.yml; without
 # it those tests are skipped with the same banner (failed under CI=true).
 need=()
-for pair in radosgw:radosgw ceph-mon:ceph-mon ceph-osd:ceph-osd promtool:prometheus; do
+for pair in radosgw:radosgw ceph-mon:ceph-mon ceph-osd:ceph-osd openssl:openssl promtool:prometheus; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 # Fake keys, the same for every server: moto accepts anything, Ceph gets a user with exactly these.
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
-CEPH_PACKAGES = ("radosgw", "ceph-mon", "ceph-osd")
-_CEPH_BINARIES = ("ceph", "ceph-mon", "ceph-osd", "ceph-authtool", "monmaptool", "radosgw", "radosgw-admin")
+CEPH_PACKAGES = ("radosgw", "ceph-mon", "ceph-osd", "openssl")
+_CEPH_BINARIES = ("ceph", "ceph-mon", "ceph-osd", "ceph-authtool", "monmaptool", "radosgw", "radosgw-admin", "openssl")
 _CEPH_HOME = Path(tempfile.gettempdir()) / "uploader-test-ceph"
 _UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL")
 
