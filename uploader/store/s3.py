@@ -39,7 +39,7 @@ from botocore.exceptions import (
 from botocore.httpsession import get_cert_path
 
 from uploader.config import DEFAULT_PREFIX
-from uploader.errors import CapabilityLost, ObjectNotFound, PreconditionFailed, StoreRejected
+from uploader.errors import CapabilityLost, ObjectNotFound, PreconditionFailed
 from uploader.store import ObjectInfo, normalize_etag, probe_prefix
 from uploader.store.capabilities import MIN_PART_SIZE, PART_SIZE, Capabilities
 from uploader.store.lifecycle import BucketLifecycle
@@ -420,7 +420,9 @@ class S3Store:
             log.warning("store.abort_failed key=%s error=%s", key, type(exc).__name__)
 
     @contextmanager
-    def _translate(self, op: str, key: str, feature: str | None = None) -> Iterator[None]:
+    def _translate(
+        self, op: str, key: str, feature: str | None = None, permission: str | None = None,
+    ) -> Iterator[None]:
         """Turn every botocore error into the uploader's own, saying what to fix.
 
         ``feature``: the optional capability this request relies on; an answer that refuses it
@@ -441,7 +443,7 @@ class S3Store:
                     f"{where}: the server refused {feature.replace('_', ' ')} ({answer})",
                     "nothing to do: the upload is retried on the fallback path",
                 ) from exc
-            raise client_error(exc, where, self.bucket, self.endpoint_url) from exc
+            raise client_error(exc, where, self.bucket, self.endpoint_url, permission) from exc
         except BotoCoreError as exc:
             if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
                 self._forget_credentials(type(exc).__name__)
@@ -460,47 +462,28 @@ class S3Store:
 
     def lifecycle(self) -> BucketLifecycle:
         """The bucket's lifecycle rules as the server gives them; none configured: no rules."""
-        op = "GetBucketLifecycleConfiguration"
-        with self._translate(op, ""):
+        with self._translate("GetBucketLifecycleConfiguration", "", permission="s3:GetLifecycleConfiguration"):
             try:
                 r = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
             except ClientError as exc:
                 if error_code(exc)[0] == "NoSuchLifecycleConfiguration":
                     return BucketLifecycle()
-                denied = self._lifecycle_denied(exc, op, "s3:GetLifecycleConfiguration")
-                if denied is not None:
-                    raise denied from exc
                 raise
         return BucketLifecycle(tuple(r.get("Rules", [])), r.get("TransitionDefaultMinimumObjectSize"))
 
     def set_lifecycle(self, config: BucketLifecycle) -> None:
         """Replace the bucket's whole lifecycle configuration (no rules: remove it)."""
         op = "PutBucketLifecycleConfiguration" if config.rules else "DeleteBucketLifecycle"
-        with self._translate(op, ""):
-            try:
-                if not config.rules:
-                    self.client.delete_bucket_lifecycle(Bucket=self.bucket)
-                    return
-                args: dict[str, Any] = {"Bucket": self.bucket,
-                                        "LifecycleConfiguration": {"Rules": list(config.rules)}}
-                if config.transition_default_minimum_object_size:
-                    args["TransitionDefaultMinimumObjectSize"] = config.transition_default_minimum_object_size
-                self.client.put_bucket_lifecycle_configuration(**args)
-            except ClientError as exc:
-                # S3 has one permission for writing and removing the configuration.
-                denied = self._lifecycle_denied(exc, op, "s3:PutLifecycleConfiguration")
-                if denied is not None:
-                    raise denied from exc
-                raise
+        # S3 has one permission for writing and removing the configuration.
+        with self._translate(op, "", permission="s3:PutLifecycleConfiguration"):
+            if not config.rules:
+                self.client.delete_bucket_lifecycle(Bucket=self.bucket)
+                return
+            args: dict[str, Any] = {"Bucket": self.bucket, "LifecycleConfiguration": {"Rules": list(config.rules)}}
+            if config.transition_default_minimum_object_size:
+                args["TransitionDefaultMinimumObjectSize"] = config.transition_default_minimum_object_size
+            self.client.put_bucket_lifecycle_configuration(**args)
 
-    def _lifecycle_denied(self, exc: ClientError, op: str, permission: str) -> StoreRejected | None:
-        """AccessDenied to a lifecycle request, as one error naming the permission it needs;
-        None for any other answer (``_translate`` reads those)."""
-        code, _ = error_code(exc)
-        if code not in ("AccessDenied", "403"):
-            return None
-        return StoreRejected(f"{op} s3://{self.bucket}: access denied ({code})",
-                             f"grant the key {permission} on bucket {self.bucket}")
 
 class _Reading(io.RawIOBase):
     """A GET's body as a file whose read errors are the store's own (StoreUnavailable)."""

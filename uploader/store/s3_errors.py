@@ -58,8 +58,11 @@ CREDENTIALS_HINT = (
 )
 
 
-def client_error(exc: ClientError, where: str, bucket: str, endpoint_url: str | None) -> StoreError:
-    """The uploader's error for an S3 error answer to the request ``where``, with what to fix."""
+def client_error(
+    exc: ClientError, where: str, bucket: str, endpoint_url: str | None, permission: str | None = None,
+) -> StoreError:
+    """The uploader's error for an S3 error answer to the request ``where``, with what to fix;
+    ``permission``: the one the request needs, named when it is denied."""
     code, status = error_code(exc)
     if code in PRECONDITION or status == 412:
         return PreconditionFailed(f"{where}: the object changed since it was read ({code})")
@@ -86,6 +89,8 @@ def client_error(exc: ClientError, where: str, bucket: str, endpoint_url: str | 
         "RequestTimeTooSkewed": ("this machine's clock is too far off the server's", "sync the clock (NTP)"),
         "403": ("access denied (HTTP 403)", CREDENTIALS_HINT + ", and that the key may use this bucket"),
     }
+    if permission is not None and code in ("AccessDenied", "403"):
+        rejected[code] = ("access denied", f"grant the key {permission} on bucket {bucket}")
     reason, hint = rejected.get(code, (f"refused with {code} (HTTP {status})", "check the bucket settings and permissions"))
     return StoreRejected(f"{where}: {reason} ({code})", hint)
 
