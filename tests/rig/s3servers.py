@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 # Fake keys, the same for every server: moto accepts anything, Ceph gets a user with exactly these.
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
+# The one key of Ceph's test KMS: a fake key id and an obviously fake key (32 bytes of "k").
+KMS_KEY_ID = "uploader-test-kms-key"
+_KMS_KEY = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="
 CEPH_PACKAGES = ("radosgw", "ceph-mon", "ceph-osd", "openssl")
 _CEPH_BINARIES = ("ceph", "ceph-mon", "ceph-osd", "ceph-authtool", "monmaptool", "radosgw", "radosgw-admin", "openssl")
 _CEPH_HOME = Path(tempfile.gettempdir()) / "uploader-test-ceph"
@@ -262,6 +265,10 @@ rgw enable usage log = false
 # under the benchmarks' write flood every second of delay holds another copy of a large day.
 rgw gc obj min wait = 5
 rgw gc processor period = 5
+# SSE-KMS (aws:kms) through Ceph's built-in test key store, so the encryption header path is
+# exercised without a Vault; SSE-C needs no setup, but like every SSE only over https.
+rgw crypt s3 kms backend = testing
+rgw crypt s3 kms encryption keys = {kms_key_id}={kms_key}
 """
 
 
@@ -304,7 +311,8 @@ class CephRGW:
         ports = {"mon_v2": free_port(), "mon_v1": free_port(), "rgw_port": rgw_port, "rgw_ssl_port": rgw_ssl_port}
         fsid = str(uuid.uuid4())
         conf = base / "ceph.conf"
-        conf.write_text(_CEPH_CONF.format(fsid=fsid, base=base, memstore_bytes=self.memstore_bytes, **ports))
+        conf.write_text(_CEPH_CONF.format(fsid=fsid, base=base, memstore_bytes=self.memstore_bytes,
+                                          kms_key_id=KMS_KEY_ID, kms_key=_KMS_KEY, **ports))
         (base / "owner").write_text(str(os.getpid()))
         mon_addr = f"[v2:127.0.0.1:{ports['mon_v2']},v1:127.0.0.1:{ports['mon_v1']}]"
         self._run("ceph-authtool", "--create-keyring", str(base / "mon.keyring"), "--gen-key", "-n", "mon.",

@@ -51,6 +51,7 @@ from uploader.store.s3_errors import (
     certificate_error,
     client_error,
     error_code,
+    permission_for,
     refuses_feature,
 )
 from uploader.store.s3_probe import Prober, part_entry
@@ -420,9 +421,7 @@ class S3Store:
             log.warning("store.abort_failed key=%s error=%s", key, type(exc).__name__)
 
     @contextmanager
-    def _translate(
-        self, op: str, key: str, feature: str | None = None, permission: str | None = None,
-    ) -> Iterator[None]:
+    def _translate(self, op: str, key: str, feature: str | None = None) -> Iterator[None]:
         """Turn every botocore error into the uploader's own, saying what to fix.
 
         ``feature``: the optional capability this request relies on; an answer that refuses it
@@ -443,7 +442,7 @@ class S3Store:
                     f"{where}: the server refused {feature.replace('_', ' ')} ({answer})",
                     "nothing to do: the upload is retried on the fallback path",
                 ) from exc
-            raise client_error(exc, where, self.bucket, self.endpoint_url, permission) from exc
+            raise client_error(exc, where, self.bucket, self.endpoint_url, permission_for(op)) from exc
         except BotoCoreError as exc:
             if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
                 self._forget_credentials(type(exc).__name__)
@@ -462,7 +461,7 @@ class S3Store:
 
     def lifecycle(self) -> BucketLifecycle:
         """The bucket's lifecycle rules as the server gives them; none configured: no rules."""
-        with self._translate("GetBucketLifecycleConfiguration", "", permission="s3:GetLifecycleConfiguration"):
+        with self._translate("GetBucketLifecycleConfiguration", ""):
             try:
                 r = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
             except ClientError as exc:
@@ -474,8 +473,7 @@ class S3Store:
     def set_lifecycle(self, config: BucketLifecycle) -> None:
         """Replace the bucket's whole lifecycle configuration (no rules: remove it)."""
         op = "PutBucketLifecycleConfiguration" if config.rules else "DeleteBucketLifecycle"
-        # S3 has one permission for writing and removing the configuration.
-        with self._translate(op, "", permission="s3:PutLifecycleConfiguration"):
+        with self._translate(op, ""):
             if not config.rules:
                 self.client.delete_bucket_lifecycle(Bucket=self.bucket)
                 return

@@ -28,7 +28,7 @@ from uploader.errors import (
     StoreUnavailable,
 )
 
-__all__ = ["CREDENTIALS_REFUSED", "IDENTITY", "PRECONDITION", "botocore_error", "certificate_error", "client_error", "error_code", "refuses_feature"]
+__all__ = ["CREDENTIALS_REFUSED", "IDENTITY", "PRECONDITION", "botocore_error", "certificate_error", "client_error", "error_code", "permission_for", "refuses_feature"]
 
 # "412" stands for an answer with no code in its body (a HEAD, or a server that sends none).
 PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
@@ -93,6 +93,32 @@ def client_error(
         rejected[code] = ("access denied", f"grant the key {permission} on bucket {bucket}")
     reason, hint = rejected.get(code, (f"refused with {code} (HTTP {status})", "check the bucket settings and permissions"))
     return StoreRejected(f"{where}: {reason} ({code})", hint)
+
+
+# The IAM action each request needs (docs/least-privilege.md): named when the server denies it.
+_PERMISSIONS = {
+    "HEAD": "s3:GetObject",
+    "GET": "s3:GetObject",
+    "PUT": "s3:PutObject",
+    "CreateMultipartUpload": "s3:PutObject",
+    "UploadPart": "s3:PutObject",
+    "UploadPartCopy": "s3:GetObject and s3:PutObject",
+    "CompleteMultipartUpload": "s3:PutObject",
+    "DELETE": "s3:DeleteObject",
+    "LIST": "s3:ListBucket",
+    "ListMultipartUploads": "s3:ListBucketMultipartUploads",
+    "AbortMultipartUpload": "s3:AbortMultipartUpload",
+    "GetBucketVersioning": "s3:GetBucketVersioning",
+    "GetBucketLifecycleConfiguration": "s3:GetLifecycleConfiguration",
+    # S3 has one permission for writing and for removing the configuration.
+    "PutBucketLifecycleConfiguration": "s3:PutLifecycleConfiguration",
+    "DeleteBucketLifecycle": "s3:PutLifecycleConfiguration",
+}
+
+
+def permission_for(op: str) -> str | None:
+    """The IAM action the request ``op`` needs, as the docs' policy grants it."""
+    return _PERMISSIONS.get(op)
 
 
 CA_BUNDLE_HINT = (
