@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import SERVERS, build_batch, make_s3_store
+from helpers import SERVERS, build_batch, store_factory_for
 from rig.s3servers import CephRGW, MotoServer, S3Server, ServerUnavailable, ceph_missing, client_env
 
 from uploader.store import Store
-from uploader.store.directory import DirectoryStore
 
 # What was skipped for want of a system package -> why; said in one banner at the end of the run.
 _skipped: dict[str, str] = {}
@@ -114,11 +113,7 @@ def bucket(s3_server: S3Server) -> str:
 @pytest.fixture(params=["directory", *SERVERS])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
     """A function making fresh Store instances on one shared bucket, once per backend and server."""
-    if request.param == "directory":
-        return lambda: DirectoryStore(tmp_path / "bucket")
-    server: S3Server = request.getfixturevalue(f"{request.param}_server")
-    name = server.new_bucket()
-    return lambda: make_s3_store(server, name)
+    return store_factory_for(request, tmp_path)
 
 
 @pytest.fixture

@@ -27,6 +27,9 @@ from uploader.daily.verifier import Verifier
 from uploader.local.batch import Batch
 from uploader.local.records import encode_record
 from uploader.local.spool import Spool
+from uploader.s3_config import CustomerKey, Encryption, SseMode
+from uploader.store import Store
+from uploader.store.directory import DirectoryStore
 from uploader.store.s3 import S3Store
 
 if TYPE_CHECKING:  # the benchmarks import this module without the tests' folder on sys.path
@@ -209,6 +212,23 @@ def make_s3_store(server: S3Server | str, bucket: str, **kw: Any) -> S3Store:
     return S3Store(bucket, endpoint_url=endpoint, **options)
 
 
+def store_factory_for(request: Any, tmp_path: Path) -> Callable[[], Store]:
+    """Fresh Store instances on one shared bucket of the backend ``request.param`` names: the
+    directory, a server of SERVERS, or "ceph-sse-c", Ceph RGW as Linode is used locked down
+    (https, SSE-C)."""
+    if request.param == "directory":
+        return lambda: DirectoryStore(tmp_path / "bucket")
+    if request.param == "ceph-sse-c":
+        ceph: S3Server = request.getfixturevalue("ceph_server")
+        key = CustomerKey(Path("/test/sse-c.key"), b"uploader-contract-sse-c-key-32by")
+        name = ceph.new_bucket()
+        return lambda: make_s3_store(str(ceph.https_endpoint), name, ca_bundle=str(ceph.ca_path),
+                                     encryption=Encryption(SseMode.CUSTOMER, customer_key=key))
+    server: S3Server = request.getfixturevalue(f"{request.param}_server")
+    name = server.new_bucket()
+    return lambda: make_s3_store(server, name)
+
+
 def build_batch(
     seq: int,
     day: date = date(2025, 7, 10),
@@ -258,7 +278,7 @@ class StoredDay:
     problems: list[str]  # ``daily.verifier.Verifier``'s and the layout's; [] means sound
 
 
-def read_day(client: Any, bucket: str, key: str) -> StoredDay:
+def read_day(client: Any, bucket: str, key: str, **get_args: Any) -> StoredDay:
     """Read a day document back with a boto3 client and re-count it as it streams (bounded
     memory: days reach GiBs).
 
@@ -269,7 +289,7 @@ def read_day(client: Any, bucket: str, key: str) -> StoredDay:
     """
     found = _KEY_DAY.search(key)
     day = date.fromisoformat(found[1]) if found else None
-    r = client.get_object(Bucket=bucket, Key=key)
+    r = client.get_object(Bucket=bucket, Key=key, **get_args)  # get_args: an SSE-C key, say
     checker = Verifier()
     ids: Counter[str] = Counter()
     problems: list[str] = []
@@ -309,10 +329,10 @@ def read_day(client: Any, bucket: str, key: str) -> StoredDay:
                      meta if isinstance(meta, dict) else {}, ids, problems)
 
 
-def stored_days(client: Any, bucket: str, prefix: str) -> Iterator[StoredDay]:
+def stored_days(client: Any, bucket: str, prefix: str, **get_args: Any) -> Iterator[StoredDay]:
     """``read_day`` of each day document under ``prefix``, one at a time, in key order."""
     folder = prefix.strip("/")
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder + "/"):
         for obj in page.get("Contents", []):
             if obj["Key"].rpartition("/")[0] == folder and _KEY_DAY.search(obj["Key"]):
-                yield read_day(client, bucket, obj["Key"])
+                yield read_day(client, bucket, obj["Key"], **get_args)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_s3_store
+from helpers import SERVERS, make_s3_store, store_factory_for
 from rig.s3servers import S3Server
 
 from uploader.errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
@@ -17,6 +19,12 @@ from uploader.store.directory import DirectoryStore
 from uploader.store.s3 import S3Store
 
 KEY = "logs/all_api_json_log_2025-07-10.json"
+
+
+@pytest.fixture(params=["directory", *SERVERS, "ceph-sse-c"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """The suite's backends, and Ceph RGW over https with SSE-C: the contract holds encrypted too."""
+    return store_factory_for(request, tmp_path)
 
 
 @pytest.mark.parametrize("backend", [DirectoryStore, S3Store], ids=["directory", "s3"])

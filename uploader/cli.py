@@ -7,6 +7,7 @@ Each command is parse, call, print: the work is in ``uploader.commands`` (and th
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from uploader.commands.repair import Message, RepairOutcome, repair_day
 from uploader.commands.verify import audit, render_audit, render_day, verify_day
 from uploader.config import Config, default_config_path, load_config
 from uploader.errors import ConfigError, ExitCode, UploaderError, UsageError
-from uploader.logs import setup_logging
+from uploader.logs import redact, setup_logging
 from uploader.store import open_store
 
 # Three imports stay inside the commands that use them; at the top, every command would pay
@@ -276,6 +277,9 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config or default_config_path())
+        key = config.storage.s3.customer_key
+        if key is not None:
+            redact(base64.b64encode(key.key).decode(), key.key.decode("latin-1"))
         return COMMANDS[args.command](config, args)
     except (ConfigError, UsageError) as exc:
         print(f"uploader: {exc}", file=sys.stderr)

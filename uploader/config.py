@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import ssl
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -16,6 +14,7 @@ from urllib.parse import urlsplit
 import pytz
 
 from uploader.errors import ConfigError
+from uploader.s3_config import CREDENTIALS_HINT, S3Config, is_loopback_url, s3_config
 from uploader.stamps import DEFAULT_TIMEZONE
 
 __all__ = [
@@ -33,10 +32,6 @@ __all__ = [
     "is_loopback_url",
 ]
 
-CREDENTIALS_HINT = (
-    "remove it and give credentials through the environment "
-    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or an AWS profile (AWS_PROFILE, ~/.aws/credentials)"
-)
 # Any key whose name looks like one of these is a credential and is refused wherever it appears.
 _CREDENTIAL_WORDS = ("secret", "access_key", "accesskey", "session_token", "password", "key_id")
 DEFAULT_PREFIX = "all_api_rotating_logs"  # the seed's key prefix; the backends' default too
@@ -71,41 +66,6 @@ class SpoolConfig:
 @dataclass(frozen=True)
 class DirectoryConfig:
     path: Path = Path("data/bucket")
-
-
-@dataclass(frozen=True)
-class S3Config:
-    bucket: str = "sports-json-logs-all"
-    endpoint_url: str | None = None
-    region: str | None = None
-    addressing_style: str = "auto"
-    # None means "decide by endpoint": when_required for any non-AWS endpoint (Ceph RGW rejects
-    # boto3's default checksums with XAmzContentSHA256Mismatch), when_supported for AWS.
-    request_checksum_calculation: str | None = None
-    response_checksum_validation: str | None = None
-    allow_insecure_http: bool = False
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
-    max_attempts: int = 3
-    # A PEM file of the CA(s) that sign the endpoint's certificate (a private CA), else the
-    # system's trust store. Verification is never switched off.
-    ca_bundle: Path | None = None
-
-    @property
-    def is_aws(self) -> bool:
-        if not self.endpoint_url:
-            return True
-        host = urlsplit(self.endpoint_url).hostname or ""
-        return host == "amazonaws.com" or host.endswith(".amazonaws.com")
-
-    @property
-    def checksum_mode(self) -> tuple[str, str]:
-        """(request_checksum_calculation, response_checksum_validation) after endpoint defaults."""
-        default = "when_supported" if self.is_aws else "when_required"
-        return (
-            self.request_checksum_calculation or default,
-            self.response_checksum_validation or default,
-        )
 
 
 @dataclass(frozen=True)
@@ -169,7 +129,8 @@ _SCHEMA: dict[str, Any] = {
         "s3": _table(S3Config, bucket=str, endpoint_url=str, region=str, addressing_style=str,
                      request_checksum_calculation=str, response_checksum_validation=str,
                      allow_insecure_http=bool, connect_timeout_s=_NUMBER, read_timeout_s=_NUMBER,
-                     max_attempts=int, ca_bundle=str),
+                     max_attempts=int, ca_bundle=str, server_side_encryption=str, kms_key=str,
+                     sse_customer_key_file=str),
     },
     "metrics": _table(MetricsConfig, listen=str, allow_remote=bool, healthz_max_pending_age_s=_NUMBER),
 }
@@ -255,7 +216,7 @@ def _storage_config(st: dict[str, Any], resolve: Callable[[str], Path]) -> Stora
     prefix = st["prefix"].strip("/")
     if not prefix or ".." in prefix.split("/"):
         raise ConfigError("storage.prefix", f"invalid prefix {st['prefix']!r}", "use a plain path like all_api_rotating_logs")
-    s3 = _s3_config(st["s3"], required=st["backend"] == "s3", resolve=resolve)
+    s3 = s3_config(st["s3"], required=st["backend"] == "s3", resolve=resolve)
     retention = st["retention_days"]
     if retention is not None and retention < 1:
         raise ConfigError("storage.retention_days", f"must be at least 1, got {retention}",
@@ -284,76 +245,6 @@ def _check_watch_file(path: Path) -> None:
     if in_file:
         raise ConfigError("watch.file", f"{folder} is a file, so {path} cannot be created",
                           "choose a path whose folders are folders")
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _s3_config(v: dict[str, Any], required: bool, resolve: Callable[[str], Path]) -> S3Config:
-    if required and not v["bucket"]:
-        raise ConfigError("storage.s3.bucket", "must not be empty when backend is s3")
-    url = v["endpoint_url"]
-    if url is not None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError("storage.s3.endpoint_url", f"not an http(s) URL: {url!r}")
-        if parts.username or parts.password:
-            raise ConfigError("storage.s3.endpoint_url", "holds credentials", CREDENTIALS_HINT)
-        if parts.scheme == "http" and not is_loopback_url(url) and not v["allow_insecure_http"]:
-            raise ConfigError(
-                "storage.s3.endpoint_url",
-                f"plain http to a non-loopback host ({parts.hostname}) would send data unencrypted",
-                "use https, or set storage.s3.allow_insecure_http = true if you really mean it",
-            )
-    if v["addressing_style"] not in ("auto", "path", "virtual"):
-        raise ConfigError("storage.s3.addressing_style", f"got {v['addressing_style']!r}", 'use "auto", "path" or "virtual"')
-    for key in ("request_checksum_calculation", "response_checksum_validation"):
-        if v[key] is not None and v[key] not in ("when_supported", "when_required"):
-            raise ConfigError(f"storage.s3.{key}", f"got {v[key]!r}", 'use "when_supported" or "when_required"')
-    for key in ("connect_timeout_s", "read_timeout_s"):
-        if v[key] <= 0:
-            raise ConfigError(f"storage.s3.{key}", f"must be greater than 0, got {v[key]}")
-    if v["max_attempts"] < 1:
-        raise ConfigError("storage.s3.max_attempts", f"must be at least 1, got {v['max_attempts']}")
-    return S3Config(
-        bucket=v["bucket"],
-        endpoint_url=url,
-        region=v["region"],
-        addressing_style=v["addressing_style"],
-        request_checksum_calculation=v["request_checksum_calculation"],
-        response_checksum_validation=v["response_checksum_validation"],
-        allow_insecure_http=v["allow_insecure_http"],
-        connect_timeout_s=float(v["connect_timeout_s"]),
-        read_timeout_s=float(v["read_timeout_s"]),
-        max_attempts=v["max_attempts"],
-        ca_bundle=_check_ca_bundle(resolve(v["ca_bundle"])) if v["ca_bundle"] is not None else None,
-    )
-
-
-def _check_ca_bundle(path: Path) -> Path:
-    """Refuse a storage.s3.ca_bundle that TLS could not use: checked the way the connection will
-    load it (OpenSSL's ``load_verify_locations``), so a bad file names the key at start instead
-    of failing every upload later."""
-    key, hint = "storage.s3.ca_bundle", "give the PEM file of the CA that signs the endpoint's certificate"
-    if path.is_dir():
-        raise ConfigError(key, f"{path} is a folder, not a PEM file", hint)
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}", hint) from None
-    try:
-        ssl.create_default_context(cafile=str(path))
-    except (ssl.SSLError, OSError, ValueError):
-        raise ConfigError(key, f"{path} holds no PEM certificate", hint + " (-----BEGIN CERTIFICATE-----)") from None
-    return path
 
 
 def _metrics_config(v: dict[str, Any]) -> MetricsConfig:
@@ -391,6 +282,9 @@ def _refuse_credentials(table: dict[str, Any], where: str) -> None:
         if any(word in lowered for word in _CREDENTIAL_WORDS):
             # Never echo the value: it may be a real secret.
             raise ConfigError(name, "credentials do not belong in the config file", CREDENTIALS_HINT)
+        if "customer_key" in lowered and not lowered.endswith("_file"):
+            raise ConfigError(name, "an SSE-C key does not belong in the config file",
+                              "write it to a file of its own (mode 600) and set storage.s3.sse_customer_key_file")
         if isinstance(value, dict):
             _refuse_credentials(value, name)
 

@@ -29,6 +29,7 @@ __all__ = [
     "StoreUnavailable",
     "CapabilityLost",
     "StoreRejected",
+    "EncryptionRefused",
     "ObjectNotFound",
     "PreconditionFailed",
 ]
@@ -103,6 +104,11 @@ class CapabilityLost(StoreUnavailable):
 
 class StoreRejected(StoreError):
     """Raised for permanent failures (AccessDenied, InvalidAccessKeyId, NoSuchBucket): fix and retry."""
+
+
+class EncryptionRefused(StoreRejected):
+    """Raised when the server refuses a request for its encryption headers (400): SSE over plain
+    http, or an SSE-C object read with another key than the one it was written with."""
 
 
 class ObjectNotFound(StoreError):

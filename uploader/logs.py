@@ -12,13 +12,22 @@ from typing import Any
 
 import pytz
 
-__all__ = ["DropWatchdogShutdownNoise", "JsonFormatter", "RedactSecrets", "setup_logging"]
+__all__ = ["DropWatchdogShutdownNoise", "JsonFormatter", "RedactSecrets", "redact", "setup_logging"]
 
 # Whatever the log level, these never get to print request headers (which carry the key id).
 _QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "apscheduler", "watchdog")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
 _FIELD = re.compile(r"(\w+)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)")
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+# Secrets known once the config is read (the SSE-C key, as it goes on the wire and raw).
+_MORE_SECRETS: list[str] = []
+
+
+def redact(*secrets: str) -> None:
+    """Blank these values out of every log record from now on, as the credentials are."""
+    _MORE_SECRETS.extend(s for s in secrets if len(s) >= 8)
 
 
 class RedactSecrets(logging.Filter):
@@ -29,11 +38,15 @@ class RedactSecrets(logging.Filter):
         # Shorter values would blank out ordinary words; real keys are 16 characters and more.
         self.secrets = [v for k in _SECRET_ENV if len(v := os.environ.get(k, "")) >= 8]
 
+    def _all(self) -> list[str]:
+        return self.secrets + _MORE_SECRETS
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
+        secrets = self._all()
+        if secrets:
             text = record.getMessage()
-            if any(s in text for s in self.secrets):
-                for s in self.secrets:
+            if any(s in text for s in secrets):
+                for s in secrets:
                     text = text.replace(s, "[redacted]")
                 record.msg, record.args = text, None
         return True

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
@@ -67,6 +68,7 @@ BATCH_SIZE = 10
 class Summary:
     seed: int
     server: str = "moto"
+    bucket: str = ""
     seconds: float = 0.0
     fetches: int = 0
     junk: int = 0
@@ -207,11 +209,13 @@ def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate:
         server_kind: str = "moto", server: S3Server | None = None,
         fault_rate: float = 0.2, down_every: float = 15.0, span_hours: float = 30.0, fetch_kib: float = 0.75,
         workdir: Path | None = None, drain_timeout: float = 180.0,
-        progress: Any = None) -> Summary:
+        progress: Any = None, encryption: dict[str, Any] | None = None, https: bool = False) -> Summary:
     """One chaos run; see the module docstring. ``workdir`` keeps the files for inspection.
 
     ``server``: a running S3 server to use (a fresh bucket on it); else one of ``server_kind``
-    is started for the run and stopped after it.
+    is started for the run and stopped after it. ``encryption``: ``[storage.s3]`` keys for it
+    (``sse_customer_key`` is written to a key file, mode 600); ``https``: the fault proxy speaks
+    TLS to the server (its https endpoint), as Ceph RGW requires for any SSE.
     """
     say = progress or (lambda msg: None)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="chaos-"))
@@ -223,15 +227,18 @@ def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate:
     if server is None:
         launcher, server = _start_server(server_kind, work)
     summary.server = server.name
-    bucket = server.new_bucket("chaos")
-    proxy = FaultProxy((server.host, server.port), seed=seed, fault_rate=fault_rate,
-                       kinds=("http500", "http503", "reset", "stall"))
+    bucket = summary.bucket = server.new_bucket("chaos")
+    upstream = (server.host, urlsplit(server.https_endpoint).port or 443) if https and server.https_endpoint else None
+    proxy = FaultProxy(upstream or (server.host, server.port), seed=seed, fault_rate=fault_rate,
+                       kinds=("http500", "http503", "reset", "stall"),
+                       upstream_ca=str(server.ca_path) if upstream else None)
+    s3_settings, read_args = _encryption_settings(work, encryption or {})
     proxy.faults_on = False  # until `uploader check` has probed the server, as after an install
     stop_down = threading.Event()
     downs = threading.Thread(target=_down_stretches, args=(proxy, random.Random(seed + 1), down_every, stop_down),
                              daemon=True)
     config = write_config(work, s3=(proxy.url, bucket), watch={"batch_size": BATCH_SIZE}, day={"timezone": TZ},
-                          spool={"retry_interval_s": 0.5}, storage={"prefix": PREFIX}, storage__s3={"read_timeout_s": 2})
+                          spool={"retry_interval_s": 0.5}, storage={"prefix": PREFIX}, storage__s3={"read_timeout_s": 2, **s3_settings})
     (work / "data").mkdir(exist_ok=True)
     ledger = work / "ledger.jsonl"
     service = _Service(config, work / "service.log")
@@ -280,7 +287,7 @@ def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate:
         summary.problems.extend(service.unexpected)
         summary.faults = {k: proxy.counts[k] for k in FAULT_KINDS}
         summary.passed = proxy.counts["passed"]
-        _check(work, server, bucket, ledger, summary)
+        _check(work, server, server.client(https=upstream is not None), bucket, ledger, summary, read_args)
     finally:
         if writer.poll() is None:
             writer.kill()
@@ -317,9 +324,23 @@ def _drained(work: Path, timeout: float) -> bool:
     return False
 
 
-def _check(work: Path, server: S3Server, bucket: str, ledger_path: Path, summary: Summary) -> None:
-    """Compare every daily document (read straight from the server, re-counted as it streams)
-    with the writer's ledger."""
+def _encryption_settings(work: Path, encryption: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """([storage.s3] keys, the GET arguments that read what the service writes with them)."""
+    settings = dict(encryption)
+    key = settings.pop("sse_customer_key", None)
+    if key is None:
+        return settings, {}
+    path = work / "sse-c.key"
+    path.write_bytes(key)
+    path.chmod(0o600)
+    settings["sse_customer_key_file"] = str(path)
+    return settings, {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": key}
+
+
+def _check(work: Path, server: S3Server, s3: Any, bucket: str, ledger_path: Path, summary: Summary,
+           read_args: dict[str, Any]) -> None:
+    """Compare every daily document (read straight from the server with ``s3`` and ``read_args``,
+    re-counted as it streams) with the writer's ledger."""
 
     from uploader.local.records import Fetch, scan
 
@@ -333,9 +354,8 @@ def _check(work: Path, server: S3Server, bucket: str, ledger_path: Path, summary
         else:
             ledger[entry["id"]] = entry
     summary.fetches, summary.junk = len(ledger), len(junk)
-    s3 = server.client()
     seen: dict[str, list[str]] = defaultdict(list)
-    for stored in stored_days(s3, bucket, PREFIX):
+    for stored in stored_days(s3, bucket, PREFIX, **read_args):
         assert stored.day is not None  # stored_days reads day documents only
         day = stored.day.isoformat()
         summary.problems.extend(f"{day}: verify: {p}" for p in stored.problems)
@@ -345,7 +365,7 @@ def _check(work: Path, server: S3Server, bucket: str, ledger_path: Path, summary
                                     f"ledger says {want_matches}")
         for i, n in stored.fetch_ids.items():
             seen[i] += [day] * n
-    quarantine_blobs = [s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    quarantine_blobs = [s3.get_object(Bucket=bucket, Key=key, **read_args)["Body"].read()
                         for key in server.keys(bucket, f"{PREFIX}/quarantine/")]
     summary.uploaded = sum(len(v) for v in seen.values())
     left = scan((work / "data" / "all_api.json").read_bytes(), tz, datetime.now(pytz.utc)).items

@@ -33,6 +33,7 @@ from __future__ import annotations
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -200,10 +201,13 @@ class FaultProxy:
 
     def __init__(self, target: tuple[str, int], seed: int = 0, fault_rate: float = 0.0,
                  kinds: tuple[str, ...] = _REQUEST_FAULTS, *, access_key: str = "testing",
-                 secret_key: str = "testing", region: str = "us-east-1", log_limit: int = 1000) -> None:
+                 secret_key: str = "testing", region: str = "us-east-1", log_limit: int = 1000,
+                 upstream_ca: str | None = None) -> None:
         if not set(kinds) <= set(_REQUEST_FAULTS):
             raise ValueError(f"kinds must be among {_REQUEST_FAULTS}; use go_down() for down stretches")
         self.target = target
+        # Speak https to the upstream, trusting this CA (Ceph RGW takes SSE headers only over TLS).
+        self._tls = ssl.create_default_context(cafile=upstream_ca) if upstream_ca else None
         self.fault_rate = fault_rate
         self.kinds = kinds
         self.faults_on = fault_rate > 0
@@ -445,11 +449,12 @@ class FaultProxy:
     def _forward(self, req: Request) -> bytes | None:
         """Send one request upstream on its own connection; the whole answer, or None."""
         try:
-            with socket.create_connection(self.target, timeout=60) as up:
-                _no_delay(up)
-                up.sendall(_wire(f"{req.method} {req.target} HTTP/1.1", req.headers, req.body,
-                                 "content-length" in req.headers))
-                return _read_answer(up, req.method == "HEAD")
+            with socket.create_connection(self.target, timeout=60) as raw:
+                _no_delay(raw)
+                with self._tls.wrap_socket(raw, server_hostname=self.target[0]) if self._tls else raw as up:
+                    up.sendall(_wire(f"{req.method} {req.target} HTTP/1.1", req.headers, req.body,
+                                     "content-length" in req.headers))
+                    return _read_answer(up, req.method == "HEAD")
         except OSError:
             return None
 

@@ -110,13 +110,15 @@ class S3Server:
     radosgw_admin: Callable[..., str] | None = field(default=None, repr=False)
     _admin: Any = field(default=None, repr=False)
 
-    def client(self) -> Any:
-        """A plain boto3 client on this server (set-up and inspection only, never the code under test)."""
+    def client(self, https: bool = False) -> Any:
+        """A plain boto3 client on this server (set-up and inspection only, never the code under
+        test); ``https``: on its https endpoint (Ceph RGW answers SSE requests only there)."""
         import boto3
         from botocore.config import Config
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            "s3", endpoint_url=self.https_endpoint if https else self.endpoint, region_name="us-east-1",
+            verify=str(self.ca_path) if https else None,
             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
             config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
                           response_checksum_validation="when_required", retries={"max_attempts": 5}),

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 from uploader.config import Config
-from uploader.errors import ExitCode, StoreError
+from uploader.daily import day_of_key
+from uploader.errors import EncryptionRefused, ExitCode, StoreError
 from uploader.local.spool import Spool
 from uploader.store import LEFTOVER_AGE_S, Store, lifecycle, open_store, probe_prefix
 from uploader.store.capabilities import Capabilities
@@ -34,8 +36,10 @@ def run_check(config: Config, say: Callable[[str], None], fix: bool = False) -> 
     running = Spool(config.spool.dir).is_locked()
     try:
         _round_trip(store, config.storage.prefix, say)
-        leftovers = store.remove_leftovers(older_than_s=LEFTOVER_AGE_S if running else 0.0, uploads=not running)
         caps = store.capabilities(refresh=True)
+        # After the probe: what it could not remove itself (a permission missing) is removed here,
+        # or the refusal is this check's one FAILED line, not a warning in the log.
+        leftovers = store.remove_leftovers(older_than_s=LEFTOVER_AGE_S if running else 0.0, uploads=not running)
         versioning = store.versioning()
     except StoreError as exc:
         log.info("check.failed error=%s", type(exc).__name__)
@@ -56,6 +60,14 @@ def run_check(config: Config, say: Callable[[str], None], fix: bool = False) -> 
             "delete can be undone (add a lifecycle rule expiring noncurrent versions to bound the cost)")
     if not caps.conclusive:
         say("  (some findings are unsure after passing faults; they are probed again within the hour)")
+    if config.storage.backend == "s3":
+        try:
+            encrypted = _encryption(store, config, caps, say)
+        except StoreError as exc:
+            say(f"FAILED: {exc.message}. Try: {exc.hint or 'see the log'}")
+            return ExitCode.PROBLEMS
+        if not encrypted:
+            return ExitCode.PROBLEMS
     try:
         rules_ok = _lifecycle(store, config, fix, say)
     except StoreError as exc:
@@ -99,6 +111,44 @@ def _append_mode(caps: Capabilities) -> str:
     if caps.conditional_append:
         return "server-side copy + new tail, refused if the object changed"
     return "server-side copy + new tail, guarded by a HEAD check and the single-writer lock"
+
+
+def _encryption(store: Store, config: Config, caps: Capabilities, say: Callable[[str], None]) -> bool:
+    """Report the encryption asked for, whether the server applies it, and how each day document
+    is stored (a HEAD each); False when the server does not apply it: then no write is made."""
+    wanted = config.storage.s3.encryption
+    say(f"encryption at rest: {wanted.describe()}")
+    if caps.encryption_problem:
+        say(f"  PROBLEMS: the server does not apply it (the probe object was {caps.encryption_problem}); "
+            "every upload is refused until the server or storage.s3's encryption settings change")
+        return False
+    prefix = config.storage.prefix
+    kinds: Counter[str] = Counter()
+    other: list[str] = []
+    for key in store.list(prefix.strip("/") + "/"):
+        if day_of_key(prefix, key) is None:
+            continue
+        try:
+            info = store.head(key)
+        except EncryptionRefused as exc:  # SSE-C with another key than ours: unreadable, not a failure of the store
+            kinds["unreadable with the configured key"] += 1
+            other.append(f"{key}: {exc.message}")
+            continue
+        if info is None:
+            continue
+        kinds[info.encryption or "unencrypted"] += 1
+        if wanted.mode is not None and info.encryption != wanted.mode.value:
+            other.append(f"{key}: {info.encryption or 'unencrypted'}")
+    found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none yet"
+    say(f"  day documents: {found}")
+    if other:
+        say(f"  {len(other)} not encrypted as configured (written before the setting changed, or by another "
+            "tool; an append re-encrypts only its own day):")
+        for line in other[:5]:
+            say(f"    {line}")
+        if len(other) > 5:
+            say(f"    ... and {len(other) - 5} more")
+    return True
 
 
 def _lifecycle(store: Store, config: Config, fix: bool, say: Callable[[str], None]) -> bool:

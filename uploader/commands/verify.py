@@ -8,13 +8,12 @@ the naming, and past days left open.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from uploader.daily import KEY_TEMPLATE, day_key
+from uploader.daily import day_key, day_of_key
 from uploader.daily.reading import DocumentError, read_document
 from uploader.daily.verifier import Verifier
 from uploader.errors import ObjectNotFound
@@ -93,19 +92,14 @@ def audit(
 ) -> AuditReport:
     """Verify every daily document under ``prefix`` (from ``since`` on), and the prefix itself."""
     prefix = prefix.strip("/")
-    name = re.compile(re.escape(KEY_TEMPLATE.format(prefix=prefix, day="@")).replace("@", r"(\d{4}-\d{2}-\d{2})") + "$")
     known = (f"{prefix}/quarantine/", probe_prefix(prefix) + "/")
     report = AuditReport()
     days: list[date] = []
     for key in store.list(prefix + "/"):
-        m = name.match(key)
-        if m is not None:
-            try:
-                days.append(date.fromisoformat(m[1]))
-                continue
-            except ValueError:
-                pass  # looks like a day, is not one: stray
-        if not key.startswith(known):
+        found = day_of_key(prefix, key)
+        if found is not None:
+            days.append(found)
+        elif not key.startswith(known):
             report.stray.append(key)
     days = sorted(d for d in days if since is None or d >= since)
     present = set(days)

@@ -64,6 +64,21 @@ def day_key(prefix: str, day: date) -> str:
     return KEY_TEMPLATE.format(prefix=prefix.strip("/"), day=day.isoformat())
 
 
+def day_of_key(prefix: str, key: str) -> date | None:
+    """The day whose document ``key`` is, or None for any other key (one that only looks like a
+    day's, e.g. 2025-02-30, included)."""
+    head, _, tail = KEY_TEMPLATE.format(prefix=prefix.strip("/"), day="\0").partition("\0")
+    if not (key.startswith(head) and key.endswith(tail)) or len(key) != len(head) + 10 + len(tail):
+        return None
+    text = key[len(head):len(key) - len(tail)]
+    if not (text[4] == text[7] == "-" and text.replace("-", "").isdigit()):
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
+
+
 def new_document(day: date, timezone: str) -> dict[str, Any]:
     """An empty, open document for ``day``."""
     return {"uploads": [], "daily_metadata": _new_metadata(day, timezone)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 GROUP_MAX_BYTES = 4000 * PART_SIZE
 GROUP_MAX_BATCHES = 100_000  # a day of fetches ten times over; the benchmarks set 1 to compare
 _REPEAT_LOG_S = 60.0
+_OBJECT_NAMED = re.compile(r"s3://\S+?: ")  # "<request> s3://<bucket>/<key>: <what went wrong>"
 PRUNE_EVERY_S = 60.0
 
 
@@ -222,14 +224,23 @@ class Uploader:
                                   "permanent": isinstance(exc, StoreRejected)})
         self.metrics.append_failed(failure_kind(exc))
         level = logging.ERROR if isinstance(exc, StoreRejected) else logging.WARNING
-        # An outage fails every attempt the same way: say it once a minute, not every time.
-        now = time.monotonic()
-        if now - self._last_logged.get(message, -_REPEAT_LOG_S) >= _REPEAT_LOG_S:
-            self._last_logged[message] = now
+        if self._first_in_a_minute(message):
             log.log(level, "upload_failed day=%s batches=%d attempt=%d error=%s (batches stay spooled)",
                     group[0].day, len(group), attempts, message)
         else:
             log.debug("upload_failed day=%s batches=%d attempt=%d error=%s", group[0].day, len(group), attempts, message)
+
+    def _first_in_a_minute(self, message: str) -> bool:
+        """Whether ``message`` is due to be logged: an outage or a missing permission fails every
+        attempt the same way, so it is said once a minute, not at every try. The object named
+        in it does not count: the same refusal of a probe object (a fresh name each try) or of
+        another day's document is the same failure."""
+        kind = _OBJECT_NAMED.sub("s3://...: ", message)
+        now = time.monotonic()
+        if now - self._last_logged.get(kind, -_REPEAT_LOG_S) < _REPEAT_LOG_S:
+            return False
+        self._last_logged[kind] = now
+        return True
 
     def _note_failure(self, batch_id: str, message: str) -> int:
         state = self.status.retry_state(batch_id)
@@ -263,7 +274,10 @@ class Uploader:
         try:
             removed = self.store.remove_leftovers(older_than_s=LEFTOVER_AGE_S, writer_started=writer_started)
         except StoreError as exc:
-            log.info("leftovers_kept error=%s (tried again later)", exc)
+            # Uploads go on without it; a refusal (a permission missing) is the operator's to fix.
+            if self._first_in_a_minute(str(exc)):
+                log.log(logging.WARNING if isinstance(exc, StoreRejected) else logging.INFO,
+                        "leftovers_kept error=%s (uploads go on; tried again later)", exc)
             return False
         if removed:
             log.info("leftovers_removed count=%d first=%s", len(removed), removed[0])

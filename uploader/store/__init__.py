@@ -47,6 +47,9 @@ class ObjectInfo:
     size: int
     etag: str
     metadata: dict[str, str] = field(default_factory=dict)
+    # The encryption at rest the server says the object has ("SSE-C", "AES256", "aws:kms"); "" for
+    # none said (and always for the directory backend).
+    encryption: str = ""
 
 
 @runtime_checkable
@@ -188,4 +191,5 @@ def open_store(storage: StorageConfig, state_dir: Path | None = None) -> Store:
         memo=CapabilityMemo(memo_path(state_dir)) if state_dir is not None else None,
         spill_dir=state_dir,
         ca_bundle=str(s3.ca_bundle) if s3.ca_bundle is not None else None,
+        encryption=s3.encryption,
     )

@@ -62,6 +62,9 @@ class Capabilities:
     complete_if_match: bool
     suffix_range: bool
     complete_etag: bool
+    # Why the server did not store the probe object with the encryption asked for; "" when it
+    # did, or none was asked. Not a path choice: every write is refused while it is set.
+    encryption_problem: str = ""
     probed_at: float = 0.0
     conclusive: bool = True
     notes: dict[str, str] = field(default_factory=dict, compare=False)

@@ -39,11 +39,19 @@ from botocore.exceptions import (
 from botocore.httpsession import get_cert_path
 
 from uploader.config import DEFAULT_PREFIX
-from uploader.errors import CapabilityLost, ObjectNotFound, PreconditionFailed
+from uploader.errors import (
+    CapabilityLost,
+    EncryptionRefused,
+    ObjectNotFound,
+    PreconditionFailed,
+    StoreRejected,
+)
+from uploader.s3_config import Encryption, SseMode
 from uploader.store import ObjectInfo, normalize_etag, probe_prefix
 from uploader.store.capabilities import MIN_PART_SIZE, PART_SIZE, Capabilities
 from uploader.store.lifecycle import BucketLifecycle
 from uploader.store.memo import CapabilityMemo
+from uploader.store.s3_encryption import EncryptingClient, applied, mismatch, refusal_hint
 from uploader.store.s3_errors import (
     CREDENTIALS_REFUSED,
     IDENTITY,
@@ -95,6 +103,7 @@ class S3Store:
         memo: CapabilityMemo | None = None,
         spill_dir: Path | None = None,
         ca_bundle: str | None = None,
+        encryption: Encryption = Encryption(),
     ) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
@@ -103,7 +112,11 @@ class S3Store:
         self.probe_prefix = probe_prefix(prefix)
         self.memo = memo
         self.spill_dir = spill_dir  # where a body too big for memory waits for its PUT
-        self._where = f"{endpoint_url or 'aws'} {bucket}"
+        self.encryption = encryption
+        self._sse = EncryptingClient(encryption)
+        # Findings hold for one encryption: the probe writes with it (and checks it was applied).
+        sse = f" sse={encryption.mode.value}" if encryption.mode else ""
+        self._where = f"{endpoint_url or 'aws'} {bucket}{sse}"
         self._boto_config = BotoConfig(
             region_name=region,
             connect_timeout=connect_timeout_s,
@@ -146,8 +159,8 @@ class S3Store:
         """The boto3 S3 client, built on first use (tests hook its events to count bytes)."""
         with self._lock:
             if self._client is None:
-                self._client = _new_session().client("s3", endpoint_url=self.endpoint_url, config=self._boto_config,
-                                                     verify=self.ca_bundle)
+                self._client = self._sse.install(_new_session().client(
+                    "s3", endpoint_url=self.endpoint_url, config=self._boto_config, verify=self.ca_bundle))
             return self._client
 
     # -- the Store protocol --------------------------------------------------------------------
@@ -155,17 +168,17 @@ class S3Store:
     def head(self, key: str) -> ObjectInfo | None:
         try:
             with self._translate("HEAD", key):
-                r = self.client.head_object(Bucket=self.bucket, Key=key)
+                r = self._read(lambda: self.client.head_object(Bucket=self.bucket, Key=key))
         except ObjectNotFound:
             return None
-        return ObjectInfo(key, int(r["ContentLength"]), normalize_etag(r["ETag"]), dict(r.get("Metadata", {})))
+        return _info(key, r, int(r["ContentLength"]))
 
     def get(self, key: str, suffix: int | None = None) -> tuple[bytes, ObjectInfo]:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if suffix is not None:
             args["Range"] = f"bytes=-{max(suffix, 1)}"
         with self._translate("GET", key, feature="suffix_range" if suffix is not None else None):
-            r = self.client.get_object(**args)
+            r = self._read(lambda: self.client.get_object(**args))
             body: bytes = r["Body"].read()
         size = len(body)
         content_range = r.get("ContentRange")
@@ -174,13 +187,13 @@ class S3Store:
         elif suffix is not None:
             # The server ignored the Range header and sent everything: keep only what was asked.
             body = body[-suffix:] if suffix else b""
-        return body, ObjectInfo(key, size, normalize_etag(r["ETag"]), dict(r.get("Metadata", {})))
+        return body, _info(key, r, size)
 
     @contextmanager
     def stream(self, key: str) -> Iterator[tuple[BinaryIO, ObjectInfo]]:
         with self._translate("GET", key):
-            r = self.client.get_object(Bucket=self.bucket, Key=key)
-        info = ObjectInfo(key, int(r["ContentLength"]), normalize_etag(r["ETag"]), dict(r.get("Metadata", {})))
+            r = self._read(lambda: self.client.get_object(Bucket=self.bucket, Key=key))
+        info = _info(key, r, int(r["ContentLength"]))
         body = r["Body"]
         try:
             yield io.BufferedReader(_Reading(body, lambda: self._translate("GET", key)), 1 << 16), info
@@ -205,6 +218,7 @@ class S3Store:
             "Bucket": self.bucket, "Key": key, "Body": body, "Metadata": metadata,
             "ContentType": "application/json" if key.endswith(".json") else "application/octet-stream",
         }
+        self._check_encryption(key)
         conditional = if_match is not None or if_none_match
         if conditional and not self.capabilities().conditional_put:
             # The server would ignore (or refuse) the condition: check it just before the write.
@@ -248,6 +262,7 @@ class S3Store:
         if_none_match: bool,
     ) -> str | None:
         caps = self.capabilities()
+        self._check_encryption(key)
         with self._translate("CreateMultipartUpload", key, feature="multipart"):
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, Metadata=metadata, ContentType="application/json"
@@ -300,6 +315,34 @@ class S3Store:
             spill.seek(0)
             return self._put(key, spill, metadata, if_match, if_none_match)
 
+    def _check_encryption(self, key: str) -> None:
+        """Refuse every write while the server is known not to apply the configured encryption:
+        data asked to be encrypted at rest is never stored otherwise (it waits in the spool)."""
+        if self.encryption.mode is None:
+            return
+        problem = self.capabilities().encryption_problem
+        if problem:
+            raise StoreRejected(
+                f"PUT s3://{self.bucket}/{key}: the server does not apply the configured encryption, "
+                f"{self.encryption.describe()} (the probe object was {problem})",
+                "use a server or bucket that supports it, or change storage.s3's encryption settings "
+                "(the batches wait in the spool)",
+            )
+
+    def _read(self, request: Callable[[], Any]) -> Any:
+        """A GET or HEAD; with SSE-C, again without the key if the server refuses it (400): AWS
+        does for an object stored before SSE-C was configured. A second refusal is the first's."""
+        try:
+            return request()
+        except ClientError as exc:
+            if self.encryption.mode is not SseMode.CUSTOMER or error_code(exc)[1] != 400:
+                raise
+            try:
+                with self._sse.plain_reads():
+                    return request()
+            except ClientError:
+                raise exc from None
+
     def _check_by_head(self, key: str, if_match: str | None, if_none_match: bool) -> None:
         info = self.head(key)
         if if_none_match and info is not None:
@@ -324,7 +367,9 @@ class S3Store:
                 if code in IDENTITY or http in (401, 403) and code != "AccessDenied":
                     raise client_error(exc, where, self.bucket, self.endpoint_url) from exc
                 # A server that cannot say (not implemented, not allowed) is no reason to stop.
-                return f"unknown (the server answered {code}, HTTP {http})"
+                fix = f"; grant the key {permission_for('GetBucketVersioning')} on bucket {self.bucket}" \
+                    if code == "AccessDenied" else ""
+                return f"unknown (the server answered {code}, HTTP {http}{fix})"
         return {"Enabled": "enabled", "Suspended": "suspended"}.get(str(status), "off")
 
     def capabilities(self, refresh: bool = False) -> Capabilities:
@@ -363,7 +408,12 @@ class S3Store:
             # upload may be a running `uploader check`'s, so only its age can tell.
             dead = writer_started and not u["Key"].startswith(self.probe_prefix + "/")
             if dead or u["Initiated"].timestamp() <= cutoff:
-                self._abort(u["Key"], u["UploadId"])
+                try:
+                    # Not _abort: a refusal (a permission missing) is this clean-up's failure to report.
+                    with self._translate("AbortMultipartUpload", u["Key"]):
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+                except ObjectNotFound:
+                    continue  # completed or aborted meanwhile
                 removed.append(f"{u['Key']} (unfinished multipart upload)")
         return removed
 
@@ -372,8 +422,10 @@ class S3Store:
     def _probe(self) -> Capabilities:
         # The probe repeats a faulted request itself, on fresh objects (see s3_probe).
         once = self._boto_config.merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}))
-        client = _new_session().client("s3", endpoint_url=self.endpoint_url, config=once, verify=self.ca_bundle)
-        caps = Prober(client, self.client, self.bucket, self.probe_prefix, self._translate).run()
+        client = self._sse.install(
+            _new_session().client("s3", endpoint_url=self.endpoint_url, config=once, verify=self.ca_bundle))
+        caps = Prober(client, self.client, self.bucket, self.probe_prefix, self._translate,
+                      lambda answer: mismatch(self.encryption, answer)).run()
         self._remember(caps, save=True)
         log.info("store.probed where=%s conclusive=%s %s", self.describe(), caps.conclusive,
                  " ".join(f"{k}={v}" for k, v in caps.to_json().items() if k not in ("notes", "probed_at", "conclusive")))
@@ -416,8 +468,12 @@ class S3Store:
     def _abort(self, key: str, upload_id: str) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
             # Harmless leftover (a lifecycle rule cleans it); the original error matters more.
+            log.warning("store.abort_failed error=%s", client_error(
+                exc, f"AbortMultipartUpload s3://{self.bucket}/{key}", self.bucket, self.endpoint_url,
+                permission_for("AbortMultipartUpload")))
+        except BotoCoreError as exc:
             log.warning("store.abort_failed key=%s error=%s", key, type(exc).__name__)
 
     @contextmanager
@@ -442,7 +498,10 @@ class S3Store:
                     f"{where}: the server refused {feature.replace('_', ' ')} ({answer})",
                     "nothing to do: the upload is retried on the fallback path",
                 ) from exc
-            raise client_error(exc, where, self.bucket, self.endpoint_url, permission_for(op)) from exc
+            error = client_error(exc, where, self.bucket, self.endpoint_url, permission_for(op))
+            if self.encryption.mode is not None and status == 400 and type(error) is StoreRejected:
+                error = EncryptionRefused(error.message, refusal_hint(self.encryption))
+            raise error from exc
         except BotoCoreError as exc:
             if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
                 self._forget_credentials(type(exc).__name__)
@@ -503,6 +562,11 @@ class _Reading(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+def _info(key: str, answer: dict[str, Any], size: int) -> ObjectInfo:
+    """What a HEAD's or GET's answer says about the object."""
+    return ObjectInfo(key, size, normalize_etag(answer["ETag"]), dict(answer.get("Metadata", {})), applied(answer))
 
 
 def _in_parts(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:

@@ -76,7 +76,7 @@ def client_error(
         "ExpiredToken": ("the session token has expired", CREDENTIALS_HINT),
         "AccessDenied": (
             "access denied",
-            f"grant the key s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on bucket {bucket}",
+            f"grant the key the actions docs/least-privilege.md lists, on bucket {bucket}",
         ),
         "NoSuchBucket": (
             f"bucket {bucket!r} does not exist at {endpoint_url or 'AWS'}",
@@ -90,15 +90,25 @@ def client_error(
         "403": ("access denied (HTTP 403)", CREDENTIALS_HINT + ", and that the key may use this bucket"),
     }
     if permission is not None and code in ("AccessDenied", "403"):
-        rejected[code] = ("access denied", f"grant the key {permission} on bucket {bucket}")
-    reason, hint = rejected.get(code, (f"refused with {code} (HTTP {status})", "check the bucket settings and permissions"))
+        note = _PERMISSION_NOTES.get(permission)
+        hint = f"grant the key {permission} on bucket {bucket}" + (f" ({note})" if note else "")
+        rejected[code] = ("access denied", hint)
+    # An answer we have no words for: the server's own say what is wrong (RGW's are specific).
+    said = str(exc.response.get("Error", {}).get("Message") or "").strip().rstrip(".")
+    refused = f"refused with {code} (HTTP {status})" + (f": {said}" if said else "")
+    reason, hint = rejected.get(code, (refused, "check the bucket settings and permissions"))
     return StoreRejected(f"{where}: {reason} ({code})", hint)
 
 
+# A read of an object that does not exist is answered 403, not 404, by AWS and Ceph RGW alike when
+# the caller may not list the bucket: a denied read can lack either action, and its answer cannot
+# say which.
+_READ = "s3:GetObject and s3:ListBucket"
+_PERMISSION_NOTES = {_READ: "without s3:ListBucket an object that does not exist is refused, not reported missing"}
 # The IAM action each request needs (docs/least-privilege.md): named when the server denies it.
 _PERMISSIONS = {
-    "HEAD": "s3:GetObject",
-    "GET": "s3:GetObject",
+    "HEAD": _READ,
+    "GET": _READ,
     "PUT": "s3:PutObject",
     "CreateMultipartUpload": "s3:PutObject",
     "UploadPart": "s3:PutObject",
@@ -117,8 +127,9 @@ _PERMISSIONS = {
 
 
 def permission_for(op: str) -> str | None:
-    """The IAM action the request ``op`` needs, as the docs' policy grants it."""
-    return _PERMISSIONS.get(op)
+    """The IAM action the request ``op`` needs, as the docs' policy grants it; the probe's
+    requests (``"probe PUT"``) need what the same request does elsewhere."""
+    return _PERMISSIONS.get(op.removeprefix("probe "))
 
 
 CA_BUNDLE_HINT = (
@@ -180,9 +191,11 @@ def refuses_feature(code: str, status: int) -> bool:
     """Whether an error answer to a request using an optional feature is a refusal of the feature.
 
     Not: a precondition that failed (the feature working), a missing key, a passing fault, or
-    who-is-asking errors, which every request would get alike.
+    who-is-asking errors, which every request would get alike. Nor a 403: a permission denied
+    (a bucket policy, an IAM policy) refuses the request whatever its headers, and falling back
+    would hide it for an hour behind a slower path that the same policy refuses too.
     """
-    if code in PRECONDITION or status == 412 or code in NOT_FOUND or code in IDENTITY:
+    if code in PRECONDITION or status == 412 or code in NOT_FOUND or code in IDENTITY or status == 403:
         return False
     if code in TRANSIENT or (status >= 500 and status != 501):
         return False

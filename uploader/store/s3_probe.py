@@ -28,11 +28,12 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from uploader.errors import StoreUnavailable
+from uploader.errors import ObjectNotFound, StoreError, StoreUnavailable
 from uploader.store import normalize_etag
 from uploader.store.capabilities import Capabilities
 from uploader.store.s3_errors import PRECONDITION, error_code
@@ -87,14 +88,17 @@ class Prober:
         bucket: str,
         prefix: str,
         translate: Callable[[str, str], AbstractContextManager[None]],
+        encryption_mismatch: Callable[[dict[str, Any]], str | None] = lambda answer: None,
     ) -> None:
         """``client`` must not retry by itself; ``tidy_client`` (the store's own) serves the
-        idempotent requests: the first PUT and the clean-up."""
+        idempotent requests: the first PUT, its HEAD and the clean-up. ``encryption_mismatch``
+        says how a HEAD's answer differs from the encryption asked for (None: it does not)."""
         self.c = client
         self.tidy = tidy_client
         self.bucket = bucket
         self.base = f"{prefix.strip('/')}/probe-{uuid.uuid4().hex[:16]}"
         self.translate = translate
+        self.encryption_mismatch = encryption_mismatch
         self._keys: set[str] = set()
         self._uploads: dict[str, str] = {}  # upload id -> key, until completed or aborted
         self._serial = 0
@@ -108,6 +112,10 @@ class Prober:
             etag = normalize_etag(self.tidy.put_object(Bucket=self.bucket, Key=src, Body=_BODY)["ETag"])
         self._keys.add(src)
         try:
+            with self.translate("HEAD", src):
+                encryption_problem = self.encryption_mismatch(self.tidy.head_object(Bucket=self.bucket, Key=src)) or ""
+            if encryption_problem:
+                log.warning("store.probe_encryption_not_applied answer=%s", encryption_problem)
             forms: list[str] = []
             conditional = self._feature("conditional_put", lambda: self._conditional_put(src, etag, forms))
             tag = etag.strip('"') if forms == ["unquoted"] else etag
@@ -134,6 +142,7 @@ class Prober:
             )
         return Capabilities(
             etag_forms=tuple(forms) if conditional.honoured else (),
+            encryption_problem=encryption_problem,
             probed_at=time.time(),
             conclusive=not self._unsure,
             notes={name: f.note for name, f in findings.items() if not f.honoured},
@@ -334,17 +343,26 @@ class Prober:
         return self._complete(key, upload, [part_entry(1, part.value)], if_match)
 
     def _clean_up(self) -> None:
-        for upload, key in list(self._uploads.items()):
+        """Abort the probe's unfinished uploads and delete its objects. What is left is said in one
+        line per kind, naming what to fix (a permission missing refuses every one of them alike);
+        the next clean-up removes it (the service's, at start and daily, or `uploader check`)."""
+        removals = [("uploads", "AbortMultipartUpload", key,
+                     partial(self.tidy.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload))
+                    for upload, key in self._uploads.items()]
+        removals += [("objects", "DELETE", key, partial(self.tidy.delete_object, Bucket=self.bucket, Key=key))
+                     for key in sorted(self._keys)]
+        left: dict[str, list[StoreError]] = {}
+        for kind, op, key, remove in removals:
             try:
-                self.tidy.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
-            except (ClientError, BotoCoreError) as exc:
-                log.warning("store.probe_cleanup_failed upload=%s key=%s error=%s", upload, key, type(exc).__name__)
-        for key in sorted(self._keys):
-            try:
-                self.tidy.delete_object(Bucket=self.bucket, Key=key)
-            except (ClientError, BotoCoreError) as exc:
-                # The next probe (or `uploader check`) removes it.
-                log.warning("store.probe_cleanup_failed key=%s error=%s", key, type(exc).__name__)
+                with self.translate(f"probe {op}", key):
+                    remove()
+            except ObjectNotFound:
+                pass  # gone already
+            except StoreError as exc:
+                left.setdefault(kind, []).append(exc)
+        for kind, errors in left.items():
+            log.warning("store.probe_cleanup_failed %s=%d error=%s (left under %s/ for the next clean-up)",
+                        kind, len(errors), errors[0], self.base.rsplit("/", 1)[0])
 
 
 def part_entry(number: int, result: dict[str, Any]) -> dict[str, Any]:
