@@ -3,6 +3,7 @@ documents read back."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -261,7 +262,7 @@ def build_batch(
 
 # The day in a day document's key (whatever the prefix), as ``daily.day_key`` names it.
 _KEY_DAY = re.compile(re.escape(daily.KEY_TEMPLATE.split("{prefix}")[1]).replace(
-    re.escape("{day}"), r"(\d{4}-\d{2}-\d{2})") + "$")
+    re.escape("{day}"), r"(\d{4}-\d{2}-\d{2})") + r"(?:\.gz)?$")
 
 
 @dataclass
@@ -296,7 +297,9 @@ def read_day(client: Any, bucket: str, key: str, **get_args: Any) -> StoredDay:
     trailer: list[bytes] = []
     last_comma = True
     try:
-        lines = r["Body"].iter_lines(chunk_size=1 << 20)
+        # A gzip day (.json.gz) is read as gunzip reads it: its members' contents, concatenated.
+        lines = ((line.rstrip(b"\n") for line in gzip.GzipFile(fileobj=r["Body"])) if key.endswith(".gz")
+                 else r["Body"].iter_lines(chunk_size=1 << 20))
         if next(lines, b"") != daily.HEAD:
             problems.append("does not start with the layout's first line")
             lines = iter(())

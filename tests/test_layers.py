@@ -28,8 +28,8 @@ PURE = {
     "uploader.stamps", "uploader.schedule", "uploader.retry", "uploader.recorder",
     "uploader.local.records", "uploader.local.batch", "uploader.local.plan",
     "uploader.store.capabilities", "uploader.store.lifecycle",
-    "uploader.daily", "uploader.daily.reading", "uploader.daily.repair_plan", "uploader.daily.verifier",
-    "uploader.publish.plan",
+    "uploader.daily", "uploader.daily.reading", "uploader.daily.salvage", "uploader.daily.repair_plan", "uploader.daily.verifier",
+    "uploader.publish.plan", "uploader.daily.gzip_form",
 }
 # What a pure module may not import: disk, network, processes, threads, clocks, logging, and
 # the libraries that do those.

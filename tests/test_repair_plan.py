@@ -11,8 +11,8 @@ import pytz
 from helpers import build_batch
 
 from uploader import daily
-from uploader.daily.reading import Salvage, salvage
 from uploader.daily.repair_plan import RepairPlan, plan_repair
+from uploader.daily.salvage import Salvage, salvage
 from uploader.local.batch import Batch
 from uploader.stamps import format_stamp
 

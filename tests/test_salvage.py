@@ -10,7 +10,7 @@ from typing import Any
 import pytz
 
 from uploader import daily
-from uploader.daily.reading import salvage
+from uploader.daily.salvage import salvage
 from uploader.local.batch import Batch
 
 TZ = pytz.timezone("America/New_York")

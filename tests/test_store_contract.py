@@ -246,10 +246,39 @@ def test_s3_errors_are_translated_at_the_boundary(code: str, status: int, expect
 def test_parts_have_no_empty_tail() -> None:
     """A body that fills its last part exactly gets no empty part after it (a single part of
     exactly PART_SIZE stays one PUT); only an empty body is one empty part."""
-    from uploader.store.s3 import _in_parts
+    from uploader.store.s3_compose import _in_parts
 
     assert list(_in_parts([b"ab", b"cd"], 4)) == [b"abcd"]
     assert list(_in_parts([b"ab", b"cd", b"e", b""], 4)) == [b"abcd", b"e"]
     assert list(_in_parts([b"abcdef", b""], 4)) == [b"abcdef"]
     assert list(_in_parts([], 4)) == [b""]
     assert list(_in_parts([b""], 4)) == [b""]
+
+
+SOURCE = "logs/.pad/pad-1.bin"
+
+
+def test_compose_copies_the_kept_bytes_from_another_source(store: Store) -> None:
+    """compose(source=...) makes source[:keep] + pieces under the key, leaves the source as it was,
+    and holds the conditions against the key, not the source."""
+    padding = bytes(range(256)) * (MIN_PART_SIZE // 256) + b"PAD-TAIL"
+    store.put(SOURCE, padding, {})
+    first = store.compose(KEY, MIN_PART_SIZE, [b"NEW"], {"v": "1"}, if_none_match=True, source=SOURCE)
+    data, info = store.get(KEY)
+    assert data == padding[:MIN_PART_SIZE] + b"NEW" and info.metadata == {"v": "1"}
+    assert first is None or first == info.etag
+    assert store.get(SOURCE)[0] == padding
+    with pytest.raises(PreconditionFailed):
+        store.compose(KEY, MIN_PART_SIZE, [b"AGAIN"], {}, if_none_match=True, source=SOURCE)
+    with pytest.raises(PreconditionFailed):  # the source's ETag is no condition on the key
+        store.compose(KEY, MIN_PART_SIZE, [b"X"], {}, if_match=store.head(SOURCE).etag,  # type: ignore[union-attr]
+                      source=SOURCE)
+    store.compose(KEY, MIN_PART_SIZE, [b"SECOND"], {"v": "2"}, if_match=info.etag, source=SOURCE)
+    assert store.get(KEY)[0] == padding[:MIN_PART_SIZE] + b"SECOND"
+
+
+def test_compose_from_a_missing_source_is_not_found(store: Store) -> None:
+    """A source that does not exist raises ObjectNotFound and writes nothing."""
+    with pytest.raises(ObjectNotFound):
+        store.compose(KEY, MIN_PART_SIZE, [b"NEW"], {}, if_none_match=True, source=SOURCE)
+    assert store.head(KEY) is None and store.list("logs/") == []

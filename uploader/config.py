@@ -7,6 +7,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from uploader.stamps import DEFAULT_TIMEZONE
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "Compression",
     "Config",
     "WatchConfig",
     "DayConfig",
@@ -35,6 +37,13 @@ __all__ = [
 # Any key whose name looks like one of these is a credential and is refused wherever it appears.
 _CREDENTIAL_WORDS = ("secret", "access_key", "accesskey", "session_token", "password", "key_id")
 DEFAULT_PREFIX = "all_api_rotating_logs"  # the seed's key prefix; the backends' default too
+
+
+class Compression(StrEnum):
+    """How a day document is stored: as JSON, or gzip-compressed (``.json.gz``, DESIGN §5.10)."""
+
+    NONE = "none"
+    GZIP = "gzip"
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,8 @@ class StorageConfig:
     # Days a day document or quarantined span is kept in the bucket (a lifecycle rule `uploader
     # check --fix` installs); None keeps them for ever.
     retention_days: int | None = None
+    # How new day documents are stored; a day keeps the form it was started in.
+    compression: Compression = field(default_factory=lambda: Compression.NONE)
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,7 @@ _SCHEMA: dict[str, Any] = {
                     archive_max_mb=_NUMBER),
     "storage": {
         **_table(StorageConfig, backend=str, prefix=str, retention_days=int),
+        "compression": (str, "none"),
         "directory": _table(DirectoryConfig, path=str),
         "s3": _table(S3Config, bucket=str, endpoint_url=str, region=str, addressing_style=str,
                      request_checksum_calculation=str, response_checksum_validation=str,
@@ -221,9 +233,11 @@ def _storage_config(st: dict[str, Any], resolve: Callable[[str], Path]) -> Stora
     if retention is not None and retention < 1:
         raise ConfigError("storage.retention_days", f"must be at least 1, got {retention}",
                           "leave it out to keep day documents for ever")
+    if st["compression"] not in tuple(Compression):
+        raise ConfigError("storage.compression", f"got {st['compression']!r}", 'use "none" or "gzip"')
     return StorageConfig(backend=st["backend"], prefix=prefix,
                          directory=DirectoryConfig(path=resolve(st["directory"]["path"])), s3=s3,
-                         retention_days=retention)
+                         retention_days=retention, compression=Compression(st["compression"]))
 
 
 def _check_watch_file(path: Path) -> None:

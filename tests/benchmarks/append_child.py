@@ -5,7 +5,9 @@ Protocol on stdin/stdout: the child probes the store's capabilities (a one-time 
 service's life, not of an append), prints ``ready``, waits for a line on stdin, does ONE
 ``publish.append_batches`` of 10 fetches, and prints a JSON result line.
 
-    python -m tests.benchmarks.append_child URL BUCKET PREFIX YYYY-MM-DD FETCH_SIZE
+    python -m tests.benchmarks.append_child URL BUCKET PREFIX YYYY-MM-DD FETCH_SIZE [none|gzip]
+
+With ``gzip`` (benchmark 12) the batch is the simulator's fetches and the day is stored gzip.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import date, datetime
 import pytz
 
 from uploader import publish
+from uploader.config import Compression
 from uploader.local.batch import Batch
 from uploader.store.s3 import S3Store
 
@@ -39,16 +42,29 @@ def batch_of(day: date, fetch_size: int, tag: str) -> Batch:
                  fetch_ids=[f"{tag}-{i}" for i in range(10)])
 
 
+def simulator_batch(day: date) -> Batch:
+    """The batch of benchmark 11: 10 of the simulator's fetches (the same for both forms)."""
+    from .bench_gzip import simulator_fetches
+
+    fetches = simulator_fetches(10, 99, "new")
+    return Batch.of(batch_id=hashlib.sha256(b"bench-gzip").hexdigest()[:32], seq=1_000_000, day=day,
+                    cut_at="07/10/2025 04:15:00 PM EDT", fetches=fetches,
+                    matches=sum(f["FETCH_FOOTER"]["total_matches"] for f in fetches),
+                    fetch_ids=[f["FETCH_HEADER"]["fetch_id"] for f in fetches])
+
+
 def main(argv: list[str]) -> int:
-    url, bucket, prefix, day_text, size_text = argv
+    url, bucket, prefix, day_text, size_text, *form = argv
+    compression = Compression(form[0] if form else "none")
     store = S3Store(bucket, endpoint_url=url, region="us-east-1", addressing_style="path",
                     read_timeout_s=600, prefix=prefix)
     store.capabilities()
-    batch = batch_of(date.fromisoformat(day_text), int(size_text), "bench-append")
+    day = date.fromisoformat(day_text)
+    batch = batch_of(day, int(size_text), "bench-append") if not form else simulator_batch(day)
     print("ready", flush=True)
     sys.stdin.readline()
     started = time.perf_counter()
-    result = publish.append_batches(store, prefix, TZ, [batch], datetime.now(pytz.utc))
+    result = publish.append_batches(store, prefix, TZ, [batch], datetime.now(pytz.utc), compression=compression)
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "path": result.path, "stored": len(result.stored),
                       "sent": result.bytes_sent, "received": result.bytes_received,

@@ -39,8 +39,10 @@ from tests.benchmarks import (
     bench_backlog,
     bench_catchup,
     bench_export,
+    bench_gzip,
     bench_idle,
     bench_latency,
+    bench_read,
     bench_replay,
     bench_soak,
     bench_throughput,
@@ -60,7 +62,8 @@ from tests.rig.s3servers import ServerUnavailable, ceph_missing
 
 log = logging.getLogger("bench")
 
-NAMES = ("writer", "latency", "append", "throughput", "replay", "idle", "backlog", "export", "soak", "catchup")
+NAMES = ("writer", "latency", "append", "throughput", "replay", "idle", "backlog", "export", "soak", "catchup",
+         "gzip", "read")
 MOTO_ONLY = {"idle": "an idle service sends the server nothing, so the server cannot change this figure"}
 _GIB = 1 << 30
 
@@ -258,7 +261,8 @@ def write_report(path: Path, results: list[Result], servers: list[BenchServer], 
          "`--throughput-seconds`, `--throughput-rate` (fetches/s of the paced writer), "
          "`--idle-seconds`, `--soak-minutes` (the soak's paced and quiet time, per server), `--catchup-mib 256,1024` (MiB in the local file when the service starts), "
          "`--latency-batches`, `--replay-single-batches`, `--backlog-mib 256,1024` "
-         "(backlog sizes replayed), `--export-mib`, `--output` (the report's path, `-` for none); "
+         "(backlog sizes replayed), `--export-mib`, `--read-mib` (the day read back), "
+         "`--output` (the report's path, `-` for none); "
          "`--help` lists them. With `--server both` a machine that "
          "cannot start Ceph still gets the moto figures, with a warning at the top of the report; "
          "`--server ceph` fails instead."),
@@ -317,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                         "phases (default %(default)s; 2 for a trial)")
     p.add_argument("--catchup-mib", default=",".join(map(str, bench_catchup.DEFAULT_SIZES_MIB)),
                    help="MiB in the local file when the catch-up starts (default %(default)s)")
+    p.add_argument("--gzip-mib", default=",".join(map(str, bench_gzip.DEFAULT_SIZES_MIB)),
+                   help="raw day sizes of the gzip benchmark (MiB)")
     p.add_argument("--latency-batches", type=int, default=250)
     p.add_argument("--replay-batches", type=int, default=1000)
     p.add_argument("--replay-single-batches", type=int, default=150,
@@ -325,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="MiB of spooled batches replayed by the backlog benchmark, one run per size")
     p.add_argument("--export-mib", type=int, default=bench_export.DEFAULT_SIZE_MIB,
                    help="size of the day document the export benchmark exports")
+    p.add_argument("--read-mib", type=int, default=bench_read.DEFAULT_SIZE_MIB,
+                   help="size of the day document read back by export and verify, plain and gzip")
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "BENCHMARKS.md",
                    help="where to write the report ('-' to skip)")
     args = p.parse_args(argv)
@@ -338,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     memstore = int(args.ceph_memstore_gib * _GIB)
     backlog_mib = tuple(int(s) for s in args.backlog_mib.split(","))
     catchup_mib = tuple(int(s) for s in args.catchup_mib.split(","))
+    gzip_mib = tuple(int(s) for s in args.gzip_mib.split(","))
 
     runs: dict[str, Callable[[BenchServer], Section]] = {
         "writer": lambda s: bench_writer.run(s),
@@ -352,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         "export": lambda s: bench_export.run(s, size_mib=args.export_mib),
         "soak": lambda s: bench_soak.run(s, minutes=args.soak_minutes),
         "catchup": lambda s: bench_catchup.run(s, sizes_mib=catchup_mib),
+        "gzip": lambda s: bench_gzip.run(s, sizes_mib=gzip_mib),
+        "read": lambda s: bench_read.run(s, size_mib=args.read_mib),
     }
     load = {"start": loadavg()}
     busy = {"start": background()}

@@ -209,13 +209,15 @@ def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate:
         server_kind: str = "moto", server: S3Server | None = None,
         fault_rate: float = 0.2, down_every: float = 15.0, span_hours: float = 30.0, fetch_kib: float = 0.75,
         workdir: Path | None = None, drain_timeout: float = 180.0,
-        progress: Any = None, encryption: dict[str, Any] | None = None, https: bool = False) -> Summary:
+        progress: Any = None, encryption: dict[str, Any] | None = None, https: bool = False,
+        compression: str = "none") -> Summary:
     """One chaos run; see the module docstring. ``workdir`` keeps the files for inspection.
 
     ``server``: a running S3 server to use (a fresh bucket on it); else one of ``server_kind``
     is started for the run and stopped after it. ``encryption``: ``[storage.s3]`` keys for it
     (``sse_customer_key`` is written to a key file, mode 600); ``https``: the fault proxy speaks
-    TLS to the server (its https endpoint), as Ceph RGW requires for any SSE.
+    TLS to the server (its https endpoint), as Ceph RGW requires for any SSE; ``compression``:
+    ``storage.compression`` (gzip days are read back as gunzip reads them).
     """
     say = progress or (lambda msg: None)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="chaos-"))
@@ -238,7 +240,8 @@ def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate:
     downs = threading.Thread(target=_down_stretches, args=(proxy, random.Random(seed + 1), down_every, stop_down),
                              daemon=True)
     config = write_config(work, s3=(proxy.url, bucket), watch={"batch_size": BATCH_SIZE}, day={"timezone": TZ},
-                          spool={"retry_interval_s": 0.5}, storage={"prefix": PREFIX}, storage__s3={"read_timeout_s": 2, **s3_settings})
+                          spool={"retry_interval_s": 0.5}, storage={"prefix": PREFIX, "compression": compression},
+                          storage__s3={"read_timeout_s": 2, **s3_settings})
     (work / "data").mkdir(exist_ok=True)
     ledger = work / "ledger.jsonl"
     service = _Service(config, work / "service.log")
@@ -255,7 +258,7 @@ def run(duration: float = 60.0, seed: int = 1, kill_interval: float = 2.0, rate:
         proxy.faults_on = True
         service.start()
         downs.start()
-        deadline = started + duration
+        deadline = time.monotonic() + duration  # the chaos itself, after the check above
         while time.monotonic() < deadline:
             time.sleep(rng.uniform(0.2, 2 * kill_interval))  # the random moment of the next kill
             service.check_alive()
@@ -421,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server", choices=("moto", "ceph"), default="moto",
                     help="the S3 server behind the fault proxy: moto or Ceph RGW, what Linode runs (default moto)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep all files here (default: a temp folder)")
+    ap.add_argument("--compression", choices=("none", "gzip"), default="none", help="storage.compression (default none)")
     ap.add_argument("--writer", nargs=2, metavar=("FILE", "LEDGER"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.writer:
@@ -429,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     summary = run(duration=args.duration, seed=args.seed, kill_interval=args.kill_interval, rate=args.rate,
                   server_kind=args.server, fault_rate=args.fault_rate, down_every=args.down_every,
-                  span_hours=args.span_hours, fetch_kib=args.fetch_kib,
+                  span_hours=args.span_hours, fetch_kib=args.fetch_kib, compression=args.compression,
                   workdir=args.workdir, progress=lambda m: print(m, file=sys.stderr, flush=True))
     for p in summary.problems[:50]:
         print(f"problem: {p}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 Usage: crash_child.py FILE SPOOL STEP [BATCH_SIZE]. The kill happens inside the real code path
 by wrapping the function that performs the step; no failpoints live in the product.
+``crash_child.py compose ...`` instead appends to a day on S3 and dies between two copy parts.
 """
 
 from __future__ import annotations
@@ -54,7 +55,38 @@ def append_after_journal(journal: Journal, path: Path) -> None:
     journal.write = wrapper  # type: ignore[method-assign]
 
 
+def append_then_die(args: list[str]) -> None:
+    """Append one batch to a day on S3, its kept body copied in parts of COPY_PART bytes, and die
+    right after the NTH UploadPartCopy (the next part not yet asked for).
+
+    Usage: crash_child.py compose ENDPOINT BUCKET BATCH_FILE COPY_PART NTH NOW_ISO
+    """
+    from datetime import datetime
+
+    from uploader.local.batch import Batch
+    from uploader.publish import append_batches
+    from uploader.store.s3 import S3Store
+
+    endpoint, bucket, batch_file, copy_part, nth, now = args
+    store = S3Store(bucket, endpoint_url=endpoint, region="us-east-1", addressing_style="path", prefix="logs")
+    store.copy_part_size = int(copy_part)
+    store.capabilities()  # the probe's own copies are not the ones counted
+    copies = [0]
+
+    def after_copy(**kwargs: object) -> None:
+        copies[0] += 1
+        if copies[0] == int(nth):
+            die()
+
+    store.client.meta.events.register("after-call.s3.UploadPartCopy", after_copy)
+    batch = Batch.from_json(Path(batch_file).read_bytes())
+    append_batches(store, "logs", pytz.timezone("America/New_York"), [batch], datetime.fromisoformat(now))
+    raise SystemExit("the append finished: the kill never came")
+
+
 def main() -> None:
+    if sys.argv[1] == "compose":
+        return append_then_die(sys.argv[2:])
     path, spool_dir, step = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     batch_size = int(sys.argv[4]) if len(sys.argv) > 4 else 10
     spool = Spool(spool_dir)

@@ -19,13 +19,15 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
 import pytz
 
 from uploader.config import Config
 from uploader.daily import day_key, fetch_id_of
-from uploader.daily.reading import DocumentError, read_document
+from uploader.daily.reading import DocumentError, paused_collector, read_document
 from uploader.errors import ObjectNotFound, UsageError
 from uploader.local.records import encode_record
+from uploader.publish.forms import day_document_key
 from uploader.stamps import parse_stamp
 from uploader.store import open_store
 
@@ -70,13 +72,15 @@ def export(config: Config, day: date, fmt: str, output: Path | None, stdout: Bin
     # every command (FORMATS is in `--help`).
     from uploader.commands.progress import Progress
 
+    store = open_store(config.storage)
     key = day_key(config.storage.prefix, day)
     where = str(output) if output else "stdout"
     try:
         # --output first: a path that cannot be written is bad usage, whatever the bucket holds.
-        with _output(output, stdout) as out, open_store(config.storage).stream(key) as (stream, info), \
-                Progress("export", info.size, "bytes", scale=True) as bar:
-            report = export_day(stream, fmt, out, day, config.day.tz, on_read=bar.update)
+        with _output(output, stdout) as out:
+            key = day_document_key(store, config.storage.prefix, day)  # plain or gzip
+            with store.stream(key) as (stream, info), Progress("export", info.size, "bytes", scale=True) as bar:
+                report = export_day(stream, fmt, out, day, config.day.tz, on_read=bar.update)
     except ObjectNotFound:
         return ExportResult(ExportOutcome.MISSING, f"export: no document for {day} ({key})")
     except DocumentError as exc:
@@ -140,21 +144,31 @@ def export_day(
         raise ValueError(f"unknown export format {fmt!r}")
     report = ExportReport()
     noon = tz.localize(datetime.combine(day, time(12, 0)))
-    for kind, upload in read_document(_Counting(stream, on_read)):  # type: ignore[arg-type]
-        if kind != "upload":
-            continue
-        report.uploads += 1
-        for i, fetch in enumerate(upload.get("fetch_data") or []):
-            report.fetches += 1
-            if fmt == "jsonl":
-                line = {"upload_sequence": upload.get("upload_sequence"), "batch_id": upload.get("batch_id"), **fetch}
-                out.write(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
-            else:
-                out.write(_bookended(fetch, upload, i, noon, tz, report))
+    with paused_collector():
+        for kind, upload in read_document(_Counting(stream, on_read)):  # type: ignore[arg-type]
+            if kind != "upload":
+                continue
+            report.uploads += 1
+            for i, fetch in enumerate(upload.get("fetch_data") or []):
+                report.fetches += 1
+                if fmt == "jsonl":
+                    out.write(_jsonl({"upload_sequence": upload.get("upload_sequence"),
+                                      "batch_id": upload.get("batch_id"), **fetch}))
+                else:
+                    out.write(_bookended(fetch, upload, i, noon, tz, report))
     if report.guessed_times or report.guessed_ids:
         log.warning("export_guessed day=%s times=%d ids=%d (fetches without FETCH_HEADER.timestamp / fetch_id; "
                     "noon of the day and <batch>-<n> used)", day, report.guessed_times, report.guessed_ids)
     return report
+
+
+def _jsonl(line: dict[str, Any]) -> bytes:
+    """One line of jsonl, compact, by orjson (ten times json's speed); json where orjson cannot
+    (an integer past 64 bits)."""
+    try:
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
 def _bookended(fetch: Any, upload: dict[str, Any], i: int, noon: datetime, tz: pytz.BaseTzInfo,

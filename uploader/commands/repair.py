@@ -17,11 +17,12 @@ import pytz
 from uploader import daily
 from uploader.commands.verify import verify_day
 from uploader.config import Config
-from uploader.daily.reading import Salvage, salvage
 from uploader.daily.repair_plan import RepairPlan, plan_repair
+from uploader.daily.salvage import Salvage, salvage
 from uploader.errors import ObjectNotFound, PreconditionFailed, SpoolError
 from uploader.local.archive import Archive
 from uploader.local.spool import Spool
+from uploader.publish.forms import DayForm, find_form
 from uploader.store import Store
 
 __all__ = ["Message", "RepairOutcome", "RepairResult", "repair_day"]
@@ -69,7 +70,9 @@ def repair_day(
     Each message is handed to ``on_message`` as soon as it is known, so the plan is shown
     before the write begins, and kept in the result as well.
     """
-    key = daily.day_key(config.storage.prefix, day)
+    # The day's form: the document's, where it has one (a day keeps its form), else the configured.
+    form, _ = find_form(store, config.storage.prefix, day, config.storage.compression, None)
+    key = form.key
     out = _Transcript(on_message)
     try:
         archived = [e.load() for e in Archive(spool).batches(day)]
@@ -95,7 +98,7 @@ def repair_day(
     if dry_run:
         out.say("repair: dry run; nothing written")
         return out.end(RepairOutcome.DRY_RUN)
-    return _write(store, config.storage.prefix, day, plan, etag, out)
+    return _write(store, form, plan, etag, out)
 
 
 class _Transcript:
@@ -122,10 +125,10 @@ def _salvage(store: Store, key: str) -> tuple[Salvage | None, str | None]:
         return None, None
 
 
-def _write(store: Store, prefix: str, day: date, plan: RepairPlan, etag: str | None, out: _Transcript) -> RepairResult:
+def _write(store: Store, form: DayForm, plan: RepairPlan, etag: str | None, out: _Transcript) -> RepairResult:
     """Put the planned document if the bucket's is still the one read, then verify it."""
-    key = daily.day_key(prefix, day)
-    body = daily.serialize(plan.document)
+    key = form.key
+    body = form.reencoded(daily.serialize(plan.document))
     try:
         # Conditional like an append: the store checks by HEAD where the server would not.
         store.put(key, body, daily.user_metadata(plan.document["daily_metadata"]),
@@ -134,6 +137,6 @@ def _write(store: Store, prefix: str, day: date, plan: RepairPlan, etag: str | N
         out.say(f"repair: {key} changed while it was being repaired; nothing was overwritten. "
                 f"Try: stop whatever else writes to this bucket prefix, then run repair again", error=True)
         return out.end(RepairOutcome.CHANGED_MEANWHILE)
-    check = verify_day(store, prefix, day)
+    check = verify_day(store, form.prefix, form.day, key)
     out.say(f"repair: wrote {key} ({len(body)} bytes); verify: {'OK' if check.ok else '; '.join(check.problems)}")
     return out.end(RepairOutcome.WRITTEN, verified=check.ok)

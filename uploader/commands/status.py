@@ -17,6 +17,7 @@ from uploader.errors import StoreError
 from uploader.local.archive import Archive
 from uploader.local.quarantine import Quarantine
 from uploader.local.spool import Spool
+from uploader.publish.forms import head_day
 from uploader.publish.status import StatusFile
 from uploader.store import open_store
 
@@ -68,7 +69,7 @@ def build_status(config: Config) -> StatusReport:
         today={"date": today.isoformat()},
     )
     try:
-        info = open_store(config.storage).head(daily.day_key(config.storage.prefix, today))
+        info = head_day(open_store(config.storage), config.storage.prefix, today)
         # The same fields whether or not the document exists yet (a day starts at zero).
         counters = daily.counters_from_user_metadata(info.metadata if info else {})
         counters.pop("date")  # the key's day; a document without our metadata would say null

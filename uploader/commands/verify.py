@@ -14,9 +14,10 @@ from datetime import date, timedelta
 from typing import Any
 
 from uploader.daily import day_key, day_of_key
-from uploader.daily.reading import DocumentError, read_document
+from uploader.daily.reading import DocumentError, paused_collector, read_document
 from uploader.daily.verifier import Verifier
 from uploader.errors import ObjectNotFound
+from uploader.publish.forms import day_document_key, pad_key
 from uploader.store import Store, probe_prefix
 
 __all__ = ["AuditReport", "DayReport", "audit", "render_audit", "render_day", "verify_day"]
@@ -59,14 +60,15 @@ class AuditReport:
         return all(d.ok for d in self.days) and not self.stray and not self.left_open
 
 
-def verify_day(store: Store, prefix: str, day: date) -> DayReport:
-    """Re-count one day's document as it streams (bounded memory)."""
-    key = day_key(prefix, day)
+def verify_day(store: Store, prefix: str, day: date, key: str | None = None) -> DayReport:
+    """Re-count one day's document as it streams (bounded memory; plain or gzip). ``key``: where
+    it is, if known (else looked for under both forms' keys)."""
+    key = key or day_document_key(store, prefix, day)
     report = DayReport(day, key)
     checker = Verifier()
     meta: Any = None
     try:
-        with store.stream(key) as (stream, info):
+        with store.stream(key) as (stream, info), paused_collector():
             for kind, value in read_document(stream):
                 if kind == "upload":
                     checker.add(value)
@@ -92,20 +94,23 @@ def audit(
 ) -> AuditReport:
     """Verify every daily document under ``prefix`` (from ``since`` on), and the prefix itself."""
     prefix = prefix.strip("/")
-    known = (f"{prefix}/quarantine/", probe_prefix(prefix) + "/")
+    known = (f"{prefix}/quarantine/", probe_prefix(prefix) + "/", pad_key(prefix))
     report = AuditReport()
-    days: list[date] = []
+    present: dict[date, list[str]] = {}
     for key in store.list(prefix + "/"):
         found = day_of_key(prefix, key)
         if found is not None:
-            days.append(found)
+            present.setdefault(found, []).append(key)
         elif not key.startswith(known):
             report.stray.append(key)
-    days = sorted(d for d in days if since is None or d >= since)
-    present = set(days)
+    days = sorted(d for d in present if since is None or d >= since)
     day = days[0] if days else None
     while day is not None and day <= days[-1]:
-        one = verify_day(store, prefix, day) if day in present else DayReport(day, day_key(prefix, day), missing=True)
+        keys = present.get(day, [])
+        one = verify_day(store, prefix, day, keys[0]) if keys else DayReport(day, day_key(prefix, day), missing=True)
+        if len(keys) > 1:  # never written so: a day keeps one form
+            one.problems.append(f"stored under {len(keys)} keys ({', '.join(keys)}); keep the one `verify` of each shows "
+                                "complete and remove the other")
         report.days.append(one)
         on_day(one)
         if one.closed is False and day < today:

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytz
 
+from uploader.daily import gzip_form
 from uploader.local.batch import Batch, BatchHeader
 from uploader.stamps import format_stamp
 
@@ -38,6 +39,7 @@ __all__ = [
     "close_tail",
     "counters_from_user_metadata",
     "day_key",
+    "day_of_key",
     "entry_head",
     "fetch_id_of",
     "fetch_matches",
@@ -59,14 +61,17 @@ TAIL_MARKER = b'\n],\n"daily_metadata": '
 _END = b"}\n"
 
 
-def day_key(prefix: str, day: date) -> str:
-    """The object key of one day's document: ``<prefix>/all_api_json_log_YYYY-MM-DD.json``."""
-    return KEY_TEMPLATE.format(prefix=prefix.strip("/"), day=day.isoformat())
+def day_key(prefix: str, day: date, gzip: bool = False) -> str:
+    """The object key of one day's document: ``<prefix>/all_api_json_log_YYYY-MM-DD.json``, and
+    ``.json.gz`` for a gzip-compressed day (§5.10)."""
+    key = KEY_TEMPLATE.format(prefix=prefix.strip("/"), day=day.isoformat())
+    return key + gzip_form.SUFFIX if gzip else key
 
 
 def day_of_key(prefix: str, key: str) -> date | None:
-    """The day whose document ``key`` is, or None for any other key (one that only looks like a
-    day's, e.g. 2025-02-30, included)."""
+    """The day whose document ``key`` is, plain or gzip, or None for any other key (one that only
+    looks like a day's, e.g. 2025-02-30, included)."""
+    key = key.removesuffix(gzip_form.SUFFIX)
     head, _, tail = KEY_TEMPLATE.format(prefix=prefix.strip("/"), day="\0").partition("\0")
     if not (key.startswith(head) and key.endswith(tail)) or len(key) != len(head) + 10 + len(tail):
         return None
@@ -133,11 +138,15 @@ class TailEdit:
 
     def pieces(self, fetch_data: Callable[[BatchHeader], bytes]) -> Iterator[bytes]:
         """The bytes that follow the kept body, in order, one batch's fetches at a time."""
+        yield from self.entry_pieces(fetch_data)
+        yield self.tail
+
+    def entry_pieces(self, fetch_data: Callable[[BatchHeader], bytes]) -> Iterator[bytes]:
+        """The new entries' bytes alone (``pieces`` without the tail)."""
         for i, (header, head) in enumerate(self.entries):
             yield (self.lead if i == 0 else b",\n") + head
             yield fetch_data(header)
             yield b"}"
-        yield self.tail
 
 
 def upload_entry(batch: Batch, sequence: int, stamp: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytz
 
 from uploader.daily import fetch_id_of, fetch_matches, new_document, upload_entry
-from uploader.daily.reading import Salvage
+from uploader.daily.salvage import Salvage
 from uploader.local.batch import Batch
 from uploader.stamps import format_stamp
 

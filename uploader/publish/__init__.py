@@ -29,10 +29,13 @@ from typing import Any
 import pytz
 
 from uploader import daily
+from uploader.config import Compression
+from uploader.daily import gzip_form
 from uploader.errors import CapabilityLost, PreconditionFailed, StoreUnavailable
 from uploader.local.batch import Batch, BatchHeader
 from uploader.local.spool import SpooledBatch
 from uploader.publish.cache import CachedWrite, CountedBody, WriteCache
+from uploader.publish.forms import DayForm, ensure_pad, find_form
 from uploader.publish.plan import (
     SMALL_LIMIT,
     AppendPath,
@@ -42,7 +45,7 @@ from uploader.publish.plan import (
     WritePlan,
     choose_plan,
 )
-from uploader.store import Store
+from uploader.store import ObjectInfo, Store
 from uploader.store.capabilities import Capabilities
 
 __all__ = [
@@ -101,12 +104,14 @@ def append_batches(
     now: datetime,
     cache: WriteCache | None = None,
     on_streamed: Callable[[BatchHeader], None] = lambda header: None,
+    compression: Compression = Compression.NONE,
 ) -> AppendResult:
     """Append all ``batches`` (one day, any order) to that day's document in one write.
 
     Spooled batches are read one at a time while the write streams (their headers first);
     ``on_streamed`` hears of each as it goes (progress).
     Batches whose batch_id the document already lists are acknowledged, not appended again.
+    A new day is stored as ``compression`` says; a day that exists keeps its form.
     Raises PreconditionFailed if other writers keep winning, StoreUnavailable / StoreRejected
     from the store, SpoolError for an unreadable batch; in every failure nothing was half-written.
     """
@@ -134,7 +139,7 @@ def append_batches(
         return daily.merge_batches(doc, loaded, now, tz)
 
     edit = _Edit(lambda tail: daily.append_to_tail(tail, unique, now, tz), on_document, fetch_data)
-    result = _apply(store, prefix, tz, days.pop(), edit, cache)
+    result = _apply(store, prefix, tz, days.pop(), edit, cache, compression)
     # The caller logs the operator-facing "upload" line; this is the store-level detail.
     log.debug(
         "publish.appended day=%s stored=%d already=%d path=%s attempts=%d sent=%d received=%d",
@@ -145,7 +150,8 @@ def append_batches(
 
 
 def close_day(
-    store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, now: datetime, cache: WriteCache | None = None
+    store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, now: datetime, cache: WriteCache | None = None,
+    compression: Compression = Compression.NONE,
 ) -> AppendResult:
     """Mark ``day`` closed (creating an empty closed document if it has none); idempotent."""
 
@@ -154,7 +160,8 @@ def close_day(
             return None
         return daily.MergeResult(daily.close_document(doc, now, tz))
 
-    result = _apply(store, prefix, tz, day, _Edit(lambda tail: daily.close_tail(tail, now, tz), on_document), cache)
+    result = _apply(store, prefix, tz, day, _Edit(lambda tail: daily.close_tail(tail, now, tz), on_document), cache,
+                    compression)
     log.info("publish.closed day=%s path=%s attempts=%d", day, result.path, result.attempts)
     return result
 
@@ -202,11 +209,11 @@ class _Attempt:
 
 
 def _apply(
-    store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, edit: _Edit, cache: WriteCache | None
+    store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, edit: _Edit, cache: WriteCache | None,
+    compression: Compression,
 ) -> AppendResult:
     """Read the day's document, choose the path (``choose_plan``), write. A lost race (412)
     re-reads and retries; so does a feature the server refused, now on its fallback path."""
-    key = daily.day_key(prefix, day)
     received = 0
     lost: CapabilityLost | None = None
     for number in range(1, MAX_ATTEMPTS + 1):
@@ -215,13 +222,15 @@ def _apply(
         caps = store.capabilities()
         # Our own last write is trusted only where the write carrying its ETag is refused if stale.
         mine = cache if caps.conditional_put else None
+        form, info = find_form(store, prefix, day, compression, mine)
+        key = form.key
         try:
-            seen = _read(store, key, caps, mine.get(key) if mine is not None else None)
+            seen = _read(store, key, form, caps, mine.get(key) if mine is not None else None, info)
             received += seen.received if seen is not None else 0
-            change = _edit_document(edit, seen, day, tz)
-            plan = choose_plan(_state(seen, change), caps)
+            change = _edit_document(edit, seen, day, tz, form)
+            plan = choose_plan(_state(seen, change, form), caps)
             attempt = _Attempt(day, key, number, received, started, caps)
-            return _carry_out(store, edit, plan, seen, change, mine, attempt)
+            return _carry_out(store, edit, plan, seen, change, mine, attempt, form)
         except PreconditionFailed:
             lost = None
             if cache is not None:
@@ -236,31 +245,33 @@ def _apply(
     if lost is not None:
         raise lost  # the server kept refusing features, each time one more (never expected)
     raise PreconditionFailed(
-        f"{key} kept changing during {MAX_ATTEMPTS} attempts to write it",
+        f"{daily.day_key(prefix, day, gzip=compression is Compression.GZIP)} kept changing during {MAX_ATTEMPTS} attempts to write it",
         "another writer is active on this day; stop it (one uploader per bucket prefix) and retry",
     )
 
 
-def _read(store: Store, key: str, caps: Capabilities, known: CachedWrite | None) -> _Seen | None:
+def _read(
+    store: Store, key: str, form: DayForm, caps: Capabilities, known: CachedWrite | None, info: ObjectInfo | None,
+) -> _Seen | None:
     """What the write needs of the day's document (None: there is none), read as cheaply as it
     can be: nothing when our own last write is known whole, one GET below 5 MiB, else only the
-    tail; and the whole body where it is not in our layout, to be parsed."""
+    tail; and the whole body where it is not in our layout, to be parsed. ``info``: its HEAD
+    (None without ``known``: there is no document)."""
     if known is None:
-        info = store.head(key)
         if info is None:
             return None
         size, etag = info.size, info.etag
     else:
         size, etag = known.size, known.etag
     if known is not None and len(known.suffix) >= size:
-        return _Seen(etag, known.suffix, daily.split_tail(known.suffix, size))
+        return _Seen(etag, known.suffix, form.split_tail(known.suffix, size))
     if size < SMALL_LIMIT:
         body, got = store.get(key)
-        return _Seen(got.etag, body, daily.split_tail(body, len(body)), len(body))
-    found = daily.split_tail(known.suffix, size) if known is not None else None
+        return _Seen(got.etag, body, form.split_tail(body, len(body)), len(body))
+    found = form.split_tail(known.suffix, size) if known is not None else None
     if found is not None:
         return _Seen(etag, found=found)
-    found, whole, etag, received = _read_tail(store, key, caps)
+    found, whole, etag, received = _read_tail(store, form, caps)
     if found is None and whole is None:  # not our layout: it is parsed whole
         whole, got = store.get(key)
         etag, received = got.etag, received + len(whole)
@@ -268,7 +279,7 @@ def _read(store: Store, key: str, caps: Capabilities, known: CachedWrite | None)
 
 
 def _edit_document(
-    edit: _Edit, seen: _Seen | None, day: date, tz: pytz.BaseTzInfo
+    edit: _Edit, seen: _Seen | None, day: date, tz: pytz.BaseTzInfo, form: DayForm
 ) -> daily.TailEdit | _Reencoded:
     """The edit applied to what was read: to the tail (of a new document, too), or to the parsed
     whole of a document in another layout."""
@@ -277,7 +288,7 @@ def _edit_document(
     if seen.found is not None:
         return edit.on_tail(seen.found[1])
     assert seen.whole is not None  # _read gets the whole of a document it found no tail in
-    parsed = daily.parse(seen.whole)
+    parsed = daily.parse(form.plain(seen.whole))
     merged = edit.on_document(parsed)
     if merged is None:  # closing a day closed already
         return _Reencoded(parsed, changed=False)
@@ -286,17 +297,17 @@ def _edit_document(
     return _Reencoded(merged.document if changed else parsed, changed, merged.stored, merged.already)
 
 
-def _state(seen: _Seen | None, change: daily.TailEdit | _Reencoded) -> DocumentState:
+def _state(seen: _Seen | None, change: daily.TailEdit | _Reencoded, form: DayForm) -> DocumentState:
     """The facts ``choose_plan`` decides on."""
     if seen is None:
-        return DocumentState(Layout.ABSENT, changes=change.changed)
+        return DocumentState(Layout.ABSENT, changes=change.changed, gzip=form.gzip)
     layout = Layout.FOREIGN if seen.found is None else Layout.OURS
-    return DocumentState(layout, seen.keep, held=seen.whole is not None, changes=change.changed)
+    return DocumentState(layout, seen.keep, held=seen.whole is not None, changes=change.changed, gzip=form.gzip)
 
 
 def _carry_out(
     store: Store, edit: _Edit, plan: WritePlan, seen: _Seen | None, change: daily.TailEdit | _Reencoded,
-    cache: WriteCache | None, attempt: _Attempt,
+    cache: WriteCache | None, attempt: _Attempt, form: DayForm,
 ) -> AppendResult:
     """Write as ``plan`` says, conditional on the ETag read (or, for a new day, on absence)."""
     key = attempt.key
@@ -306,25 +317,27 @@ def _carry_out(
         return AppendResult(attempt.day, key, [], list(change.already), plan.path, etag, attempt.number, 0,
                             attempt.received, meta, attempt.caps)
     if isinstance(change, _Reencoded):
-        whole = daily.serialize(change.document)
+        whole = form.reencoded(daily.serialize(change.document))
         return _done(attempt, change, plan, store.compose(key, 0, [whole], meta, if_match=etag), len(whole))
     keep = seen.keep if seen is not None else 0
-    server_keep = keep if plan.body is Body.COPIED else 0
+    server_keep, source = keep if plan.body is Body.COPIED else 0, None
+    if plan.body is Body.PADDING:
+        server_keep, source = gzip_form.PAD_SIZE, ensure_pad(store, form.prefix)
     kept = _kept_bytes(store, key, plan, seen, keep)
-    body = CountedBody(itertools.chain(kept, change.pieces(edit.fetch_data)))
+    opening = [daily.HEAD] if plan.body in (Body.OPENING, Body.PADDING) else []
+    body = CountedBody(itertools.chain(kept, form.new_bytes(opening, change, edit.fetch_data)))
     new = plan.path is AppendPath.NEW
-    new_etag = store.compose(key, server_keep, body, meta, if_match=None if new else etag, if_none_match=new)
+    new_etag = store.compose(key, server_keep, body, meta, if_match=None if new else etag, if_none_match=new,
+                             **({"source": source} if source else {}))
     if cache is not None:
         cache.remember(key, new_etag, body, server_keep)
     return _done(attempt, change, plan, new_etag, body.sent)
 
 
 def _kept_bytes(store: Store, key: str, plan: WritePlan, seen: _Seen | None, keep: int) -> Iterable[bytes]:
-    """What the client sends before the new entries (the old body up to its tail), per ``plan.body``."""
-    if plan.body is Body.OPENING:
-        return [daily.HEAD]
-    if plan.body is Body.COPIED:
-        return []  # the server copies the first ``keep`` bytes itself
+    """What the client sends of the old body (up to its tail) before the new bytes, per ``plan.body``."""
+    if plan.body in (Body.OPENING, Body.PADDING, Body.COPIED):
+        return []  # nothing, or the server copies the first bytes itself
     assert seen is not None  # only a new document keeps nothing
     if plan.body is Body.HELD:
         assert seen.whole is not None
@@ -356,7 +369,7 @@ def _done(
 
 
 def _read_tail(
-    store: Store, key: str, caps: Capabilities
+    store: Store, form: DayForm, caps: Capabilities
 ) -> tuple[tuple[int, bytes] | None, bytes | None, str, int]:
     """Find the tail marker: growing suffix GETs, or one streamed pass where suffixes are ignored.
 
@@ -364,13 +377,13 @@ def _read_tail(
     bytes read).
     """
     if not caps.suffix_range:
-        return _scan_for_tail(store, key)
+        return _scan_for_tail(store, form)
     want = FIRST_SUFFIX
     read = 0
     while True:
-        chunk, info = store.get(key, suffix=want)
+        chunk, info = store.get(form.key, suffix=want)
         read += len(chunk)
-        found = daily.split_tail(chunk, info.size)
+        found = form.split_tail(chunk, info.size)
         whole = chunk if len(chunk) >= info.size else None
         if found is not None or whole is not None:
             return found, whole if whole is not None and len(whole) < SMALL_LIMIT else None, info.etag, read
@@ -378,15 +391,16 @@ def _read_tail(
         want *= 4
 
 
-def _scan_for_tail(store: Store, key: str) -> tuple[tuple[int, bytes] | None, bytes | None, str, int]:
+def _scan_for_tail(store: Store, form: DayForm) -> tuple[tuple[int, bytes] | None, bytes | None, str, int]:
     """Read the object through once, keeping only what could hold the tail."""
     window = b""
     read = 0
-    with store.stream(key) as (stream, info):
+    marker = form.tail_marker
+    with store.stream(form.key) as (stream, info):
         while chunk := stream.read(_STREAM_CHUNK):
             read += len(chunk)
-            found_at = (window + chunk).rfind(daily.TAIL_MARKER)
+            found_at = (window + chunk).rfind(marker)
             # Keep from the last marker on (the tail), else a marker's length (it may straddle).
-            window = (window + chunk)[found_at:] if found_at >= 0 else (window + chunk)[-len(daily.TAIL_MARKER):]
-    found = daily.split_tail(window, read)
+            window = (window + chunk)[found_at:] if found_at >= 0 else (window + chunk)[-len(marker):]
+    found = form.split_tail(window, read)
     return found, None, info.etag, read

@@ -38,6 +38,7 @@ class Body(Enum):
     """Where the new document's first bytes come from: the old document up to its tail, kept."""
 
     OPENING = "opening"  # nothing to keep: a new document starts with daily.HEAD
+    PADDING = "padding"  # a new gzip document: its padding copied on the server, then daily.HEAD
     HELD = "held"  # the old body is in memory (read whole below 5 MiB, or our own last write)
     STREAMED = "streamed"  # streamed from a GET into the write: the client sends the whole day
     COPIED = "copied"  # copied on the server (UploadPartCopy with a range): never sent
@@ -64,6 +65,7 @@ class DocumentState:
     keep: int = 0  # OURS: bytes before the old tail, which the new document keeps as they are
     held: bool = False  # the whole old body is in memory, so sending it again costs no read
     changes: bool = True  # the edit changes something (False: every batch listed, or day closed)
+    gzip: bool = False  # stored gzip-compressed (DESIGN §5.10)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ def choose_plan(doc: DocumentState, caps: Capabilities) -> WritePlan:
     if doc.layout is Layout.ABSENT:
         # Always written: an edit of a new tail always changes it (an append, or a close that
         # creates the day empty and closed).
+        if doc.gzip and caps.server_side_append:
+            # Padded, so that every later append keeps at least S3's 5 MiB copied part: one
+            # multipart upload, guarded by the HEAD just before Complete.
+            return WritePlan(AppendPath.NEW, Body.PADDING, Guard.HEAD)
         return WritePlan(AppendPath.NEW, Body.OPENING, _put_guard(caps))
     if not doc.changes:
         return WritePlan(AppendPath.NONE)

@@ -19,7 +19,7 @@ from datetime import date, datetime
 import pytz
 
 from uploader import publish
-from uploader.config import Config
+from uploader.config import Compression, Config
 from uploader.errors import StoreError, StoreRejected, UnreadableBatch
 from uploader.local.archive import Archive, ArchivePolicy
 from uploader.local.batch import BatchHeader
@@ -80,11 +80,13 @@ class Uploader:
         rand: Callable[[], float] = random.random,
         archive: ArchivePolicy | None = None,
         metrics: Recorder = NO_METRICS,
+        compression: Compression = Compression.NONE,
     ) -> None:
         self.spool = spool
         self.store = store
         self.prefix = prefix
         self.tz = tz
+        self.compression = compression  # of new days; a day keeps the form it was started in
         self.status = status
         self.max_backoff_s = max_backoff_s
         self.clock = clock
@@ -111,7 +113,7 @@ class Uploader:
         """The uploader `run` and the one-shot commands use, set up from the config."""
         archive = ArchivePolicy(config.spool.archive_days * 86400.0, int(config.spool.archive_max_mb * (1 << 20)))
         return cls(spool, store, config.storage.prefix, config.day.tz, status, config.spool.max_backoff_s,
-                   clock=clock, archive=archive, metrics=metrics)
+                   clock=clock, archive=archive, metrics=metrics, compression=config.storage.compression)
 
     def next_due(self) -> float | None:
         """POSIX time when the earliest spooled batch may be tried, None if the spool is empty."""
@@ -158,7 +160,8 @@ class Uploader:
             streamed = itertools.count(report.batches + report.failed + 1)
             result = publish.append_batches(self.store, self.prefix, self.tz, [e for e, _ in readable],
                                             self.clock(), self._written,
-                                            on_streamed=lambda header: progress(next(streamed)))
+                                            on_streamed=lambda header: progress(next(streamed)),
+                                            compression=self.compression)
         except UnreadableBatch as exc:
             # Found while streaming: nothing was written. Hold that batch back; the rest go next time.
             self._unreadable(exc, report)
@@ -290,7 +293,8 @@ class Uploader:
             if self.spool.pending_batches(day):
                 continue  # not yet: closing now would make its remaining uploads "late"
             try:
-                closing = publish.close_day(self.store, self.prefix, self.tz, day, self.clock(), self._written)
+                closing = publish.close_day(self.store, self.prefix, self.tz, day, self.clock(), self._written,
+                                            self.compression)
             except StoreError as exc:
                 log.warning("close_failed day=%s error=%s (will retry)", day, exc)
                 break

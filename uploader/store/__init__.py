@@ -101,18 +101,22 @@ class Store(Protocol):
         *,
         if_match: str | None = None,
         if_none_match: bool = False,
+        source: str | None = None,
     ) -> str | None:
-        """Write the object as its first ``keep`` bytes followed by ``pieces``.
+        """Write the object as the first ``keep`` bytes of ``source`` (default: ``key`` itself, as
+        it is now) followed by ``pieces``.
 
         Returns the new ETag as the write's own answer gave it, or None where the server does not
         say (Ceph RGW completes multipart uploads with an empty ETag).
 
-        The kept bytes stay on the server (never sent by the client); ``keep`` is 0 or at least
-        MIN_PART_SIZE (S3 copies no smaller first part: ValueError). ``pieces`` are streamed, so
+        The kept bytes stay on the server (never sent by the client; S3 copies them in ranges
+        of at most 512 MiB, all in the one write); ``keep`` is 0 or at least MIN_PART_SIZE (S3
+        copies no smaller first part: ValueError). ``source`` is another key of the same bucket,
+        read as it is when copied: the conditions are on ``key`` only. ``pieces`` are streamed, so
         memory stays bounded whatever their total. Conditions as for ``put``; PreconditionFailed
         when one does not hold, where the server lets that be checked (else a HEAD just before
         the write checks it, under the single-writer lock); ObjectNotFound if ``keep`` and the
-        key is missing.
+        source is missing. StoreRejected, nothing written, for an object past S3's largest (5 TiB).
         """
         ...
 

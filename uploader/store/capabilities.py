@@ -12,13 +12,36 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["FULL_CAPABILITIES", "MAX_AGE_S", "MIN_PART_SIZE", "PART_SIZE", "UNSURE_MAX_AGE_S", "Capabilities"]
+__all__ = [
+    "COPY_PART_SIZE",
+    "FULL_CAPABILITIES",
+    "MAX_AGE_S",
+    "MAX_OBJECT_SIZE",
+    "MAX_PARTS",
+    "MAX_PART_SIZE",
+    "MIN_COPY_PART_SIZE",
+    "MIN_PART_SIZE",
+    "PART_SIZE",
+    "UNSURE_MAX_AGE_S",
+    "Capabilities",
+]
 
 # S3 refuses a multipart part below 5 MiB unless it is the last one.
 MIN_PART_SIZE = 5 * 1024 * 1024
 # What a streamed write buffers per part: bounds its memory, and keeps a large group commit
 # well inside S3's 10,000 parts (80 GiB).
 PART_SIZE = 8 * 1024 * 1024
+# S3's other limits: parts per multipart upload, bytes per part (uploaded or copied), bytes per object.
+MAX_PARTS = 10_000
+MAX_PART_SIZE = 5 * 1024**3
+MAX_OBJECT_SIZE = 5 * 1024**4
+# One UploadPartCopy copies at most this much of a kept body. A copy answers only when done, so
+# it must finish well within the read timeout (30 s by default): 512 MiB took 1.7-3.5 s on moto
+# and on the suite's Ceph RGW 16 (1 GiB: 3.8-6.8 s): a server eight times slower still makes it.
+COPY_PART_SIZE = 512 * 1024 * 1024
+# The smallest copy part: the kept body is split into equal ranges, each at least half of this,
+# and every range but the last part of an upload must be MIN_PART_SIZE or more.
+MIN_COPY_PART_SIZE = 2 * MIN_PART_SIZE
 
 MAX_AGE_S = 24 * 3600.0
 UNSURE_MAX_AGE_S = 3600.0

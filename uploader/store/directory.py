@@ -147,28 +147,30 @@ class DirectoryStore:
         *,
         if_match: str | None = None,
         if_none_match: bool = False,
+        source: str | None = None,
     ) -> str | None:
         if keep and keep < MIN_PART_SIZE:
             raise ValueError(f"keep={keep}: S3 cannot copy a part smaller than {MIN_PART_SIZE} bytes")
+        origin = source or key  # where the kept bytes come from
         with self._locked():
             if keep:
-                info = self._info(key)
+                info = self._info(origin)
                 if info is None:
-                    raise ObjectNotFound(f"no object {key} in {self.root}")
+                    raise ObjectNotFound(f"no object {origin} in {self.root}")
                 if keep > info.size:
-                    raise ValueError(f"keep={keep} is beyond the object's size {info.size}")
+                    raise ValueError(f"keep={keep} is beyond the size of {origin}, {info.size}")
             self._check(key, if_match, if_none_match)
 
             def write(f: BinaryIO) -> str:
                 # One pass: copy the kept bytes and stream the pieces, hashing as we go.
                 digest = hashlib.md5(usedforsecurity=False)
                 if keep:
-                    with open(self._path(key), "rb") as src:
+                    with open(self._path(origin), "rb") as src:
                         left = keep
                         while left:
                             chunk = src.read(min(_CHUNK, left))
                             if not chunk:
-                                raise StoreUnavailable(f"{key} shrank while being copied")
+                                raise StoreUnavailable(f"{origin} shrank while being copied")
                             digest.update(chunk)
                             f.write(chunk)
                             left -= len(chunk)

@@ -6,17 +6,16 @@ default chain. Which optional features the server honours is found by ``s3_probe
 use and remembered (in the spool's memo when given, for a day). A request that uses a feature and gets an answer
 other than a yes, a precondition failure or a passing fault stops the store using that feature
 (``CapabilityLost``), so the caller retries on the fallback path instead of failing the upload.
+Writing an object as kept bytes copied server-side plus new ones is ``s3_compose``'s.
 """
 
 from __future__ import annotations
 
 import builtins
 import io
-import itertools
 import logging
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -47,8 +46,8 @@ from uploader.errors import (
     StoreRejected,
 )
 from uploader.s3_config import Encryption, SseMode
-from uploader.store import ObjectInfo, normalize_etag, probe_prefix
-from uploader.store.capabilities import MIN_PART_SIZE, PART_SIZE, Capabilities
+from uploader.store import ObjectInfo, normalize_etag, probe_prefix, s3_compose
+from uploader.store.capabilities import COPY_PART_SIZE, MAX_OBJECT_SIZE, MAX_PARTS, Capabilities
 from uploader.store.lifecycle import BucketLifecycle
 from uploader.store.memo import CapabilityMemo
 from uploader.store.s3_encryption import EncryptingClient, applied, mismatch, refusal_hint
@@ -62,7 +61,7 @@ from uploader.store.s3_errors import (
     permission_for,
     refuses_feature,
 )
-from uploader.store.s3_probe import Prober, part_entry
+from uploader.store.s3_probe import Prober
 
 __all__ = ["S3Store"]
 
@@ -112,6 +111,11 @@ class S3Store:
         self.probe_prefix = probe_prefix(prefix)
         self.memo = memo
         self.spill_dir = spill_dir  # where a body too big for memory waits for its PUT
+        # S3's limits as s3_compose applies them; the tests lower them to run the same code on
+        # small objects.
+        self.copy_part_size = COPY_PART_SIZE
+        self.max_parts = MAX_PARTS
+        self.max_object_size = MAX_OBJECT_SIZE
         self.encryption = encryption
         self._sse = EncryptingClient(encryption)
         # Findings hold for one encryption: the probe writes with it (and checks it was applied).
@@ -216,7 +220,7 @@ class S3Store:
     ) -> str:
         args: dict[str, Any] = {
             "Bucket": self.bucket, "Key": key, "Body": body, "Metadata": metadata,
-            "ContentType": "application/json" if key.endswith(".json") else "application/octet-stream",
+            "ContentType": s3_compose.content_type(key),
         }
         self._check_encryption(key)
         conditional = if_match is not None or if_none_match
@@ -242,78 +246,10 @@ class S3Store:
         *,
         if_match: str | None = None,
         if_none_match: bool = False,
+        source: str | None = None,
     ) -> str | None:
-        if keep and keep < MIN_PART_SIZE:
-            raise ValueError(f"keep={keep}: S3 cannot copy a part smaller than {MIN_PART_SIZE} bytes")
-        caps = self.capabilities()
-        parts = _in_parts(pieces, PART_SIZE)
-        first = next(parts)
-        if not keep:
-            second = next(parts, None)
-            if second is None:  # it all fits one request
-                return self._put(key, first, metadata, if_match, if_none_match)
-            parts = itertools.chain([second], parts)
-            if not caps.multipart:
-                return self._put_spilled(key, itertools.chain([first], parts), metadata, if_match, if_none_match)
-        return self._multipart(key, keep, itertools.chain([first], parts), metadata, if_match, if_none_match)
-
-    def _multipart(
-        self, key: str, keep: int, parts: Iterator[bytes], metadata: dict[str, str], if_match: str | None,
-        if_none_match: bool,
-    ) -> str | None:
-        caps = self.capabilities()
-        self._check_encryption(key)
-        with self._translate("CreateMultipartUpload", key, feature="multipart"):
-            upload_id = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=key, Metadata=metadata, ContentType="application/json"
-            )["UploadId"]
-        try:
-            done: list[dict[str, Any]] = []
-            if keep:
-                copy: dict[str, Any] = {
-                    "Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": 1,
-                    "CopySource": {"Bucket": self.bucket, "Key": key},
-                    "CopySourceRange": f"bytes=0-{keep - 1}",
-                }
-                guarded = caps.copy_source_if_match and if_match is not None
-                if guarded:
-                    copy["CopySourceIfMatch"] = self._etag_arg(if_match)  # type: ignore[arg-type]
-                with self._translate("UploadPartCopy", key,
-                                     feature="copy_source_if_match" if guarded else "range_copy"):
-                    done.append(part_entry(1, self.client.upload_part_copy(**copy)["CopyPartResult"]))
-            for body in parts:  # one part in memory at a time
-                number = len(done) + 1
-                with self._translate("UploadPart", key, feature="multipart"):
-                    done.append(part_entry(number, self.client.upload_part(
-                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)))
-            complete: dict[str, Any] = {
-                "Bucket": self.bucket, "Key": key, "UploadId": upload_id, "MultipartUpload": {"Parts": done},
-            }
-            if if_match is not None and caps.complete_if_match:
-                complete["IfMatch"] = self._etag_arg(if_match)
-            else:
-                # The server cannot refuse a stale complete: check just before, and rely on the
-                # single-writer lock for the remaining window.
-                self._check_by_head(key, if_match, if_none_match)
-            with self._translate("CompleteMultipartUpload", key,
-                                 feature="complete_if_match" if "IfMatch" in complete else "multipart"):
-                r = self.client.complete_multipart_upload(**complete)
-        except BaseException:
-            self._abort(key, upload_id)
-            raise
-        # Ceph RGW answers with an empty ETag: say "unknown" rather than HEAD for one, which
-        # could be another writer's object.
-        return normalize_etag(r["ETag"]) if caps.complete_etag and r.get("ETag") else None
-
-    def _put_spilled(
-        self, key: str, parts: Iterator[bytes], metadata: dict[str, str], if_match: str | None, if_none_match: bool
-    ) -> str:
-        """One PUT of a body too big for memory, for a server without multipart uploads."""
-        with tempfile.TemporaryFile(dir=self.spill_dir) as spill:
-            for part in parts:
-                spill.write(part)
-            spill.seek(0)
-            return self._put(key, spill, metadata, if_match, if_none_match)
+        return s3_compose.compose(self, key, keep, pieces, metadata, if_match=if_match, if_none_match=if_none_match,
+                                  source=source)
 
     def _check_encryption(self, key: str) -> None:
         """Refuse every write while the server is known not to apply the configured encryption:
@@ -466,6 +402,7 @@ class S3Store:
         return quoted
 
     def _abort(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload that failed (s3_compose); a refusal here is only logged."""
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except ClientError as exc:
@@ -567,19 +504,3 @@ class _Reading(io.RawIOBase):
 def _info(key: str, answer: dict[str, Any], size: int) -> ObjectInfo:
     """What a HEAD's or GET's answer says about the object."""
     return ObjectInfo(key, size, normalize_etag(answer["ETag"]), dict(answer.get("Metadata", {})), applied(answer))
-
-
-def _in_parts(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """The pieces joined into parts of at least ``size`` bytes; the last may be smaller, and is
-    empty only when there are no bytes at all (an empty object is still one part)."""
-    buffer: list[bytes] = []
-    held = 0
-    yielded = False
-    for piece in pieces:
-        buffer.append(piece)
-        held += len(piece)
-        if held >= size:
-            yield b"".join(buffer)
-            buffer, held, yielded = [], 0, True
-    if held or not yielded:
-        yield b"".join(buffer)
