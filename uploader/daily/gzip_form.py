@@ -119,17 +119,18 @@ def _inflate_last(member: bytes) -> bytes | None:
     return data
 
 
-def pad() -> bytes:
-    """The padding that opens a day appended server-side: empty members, 5 MiB in all."""
-    return _empty_member(_header(b"AP", bytes(_PAD_EXTRA))) * _PAD_MEMBERS
-
-
 def _empty_member(header: bytes) -> bytes:
     deflate = zlib.compressobj(_LEVEL, zlib.DEFLATED, -15)
     return header + deflate.flush() + struct.pack("<II", 0, 0)
 
 
-PAD_SIZE = len(pad())
+_PAD_MEMBER = _empty_member(_header(b"AP", bytes(_PAD_EXTRA)))
+PAD_SIZE = len(_PAD_MEMBER) * _PAD_MEMBERS
+
+
+def pad() -> bytes:
+    """The padding that opens a day appended server-side: empty members, 5 MiB in all."""
+    return _PAD_MEMBER * _PAD_MEMBERS
 
 
 def is_gzip(first_bytes: bytes) -> bool:

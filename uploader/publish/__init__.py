@@ -328,7 +328,7 @@ def _carry_out(
     body = CountedBody(itertools.chain(kept, form.new_bytes(opening, change, edit.fetch_data)))
     new = plan.path is AppendPath.NEW
     new_etag = store.compose(key, server_keep, body, meta, if_match=None if new else etag, if_none_match=new,
-                             **({"source": source} if source else {}))
+                             source=source)
     if cache is not None:
         cache.remember(key, new_etag, body, server_keep)
     return _done(attempt, change, plan, new_etag, body.sent)
