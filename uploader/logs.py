@@ -22,12 +22,12 @@ _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 # Secrets known once the config is read (the SSE-C key, as it goes on the wire and raw).
-_MORE_SECRETS: list[str] = []
+_MORE_SECRETS: set[str] = set()
 
 
 def redact(*secrets: str) -> None:
     """Blank these values out of every log record from now on, as the credentials are."""
-    _MORE_SECRETS.extend(s for s in secrets if len(s) >= 8)
+    _MORE_SECRETS.update(s for s in secrets if len(s) >= 8)
 
 
 class RedactSecrets(logging.Filter):
@@ -39,7 +39,7 @@ class RedactSecrets(logging.Filter):
         self.secrets = [v for k in _SECRET_ENV if len(v := os.environ.get(k, "")) >= 8]
 
     def _all(self) -> list[str]:
-        return self.secrets + _MORE_SECRETS
+        return [*self.secrets, *_MORE_SECRETS]
 
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = self._all()

@@ -245,7 +245,7 @@ def _apply(
     if lost is not None:
         raise lost  # the server kept refusing features, each time one more (never expected)
     raise PreconditionFailed(
-        f"{daily.day_key(prefix, day, gzip=compression is Compression.GZIP)} kept changing during {MAX_ATTEMPTS} attempts to write it",
+        f"{key} kept changing during {MAX_ATTEMPTS} attempts to write it",
         "another writer is active on this day; stop it (one uploader per bucket prefix) and retry",
     )
 
