@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 
@@ -46,8 +47,8 @@ def test_merge_appends_in_seq_order_with_counters(make_batch: Any) -> None:
     assert meta["total_matches_today"] == 50 + 30
     assert meta["matches_in_this_upload"] == 30
     assert meta["first_upload_today"] == meta["last_upload"] == "07/10/2025 12:00:00 PM EDT"
-    assert meta["batch_ids"] == [u["batch_id"] for u in ups]
-    assert result.stored == meta["batch_ids"] and result.already == []
+    assert "batch_ids" not in meta and meta["batch_ids_sha256"] == daily.ids_digest(u["batch_id"] for u in ups)
+    assert result.stored == [u["batch_id"] for u in ups] and result.already == []
 
 
 def test_merge_acknowledges_listed_batch_without_appending(make_batch: Any) -> None:
@@ -107,10 +108,35 @@ def test_tail_append_matches_whole_document_merge(make_batch: Any, existing: int
         found = daily.split_tail(data, len(data))
     assert found is not None
     keep, tail = found
-    edit = daily.append_to_tail(tail, [b.header for b in new], LATER, TZ)
+    edit = daily.append_to_tail(tail, [b.header for b in new], LATER, TZ, _listed(doc))
     expected = daily.merge_batches(doc, new, LATER, TZ)
     assert data[:keep] + _written(edit, new) == daily.serialize(expected.document)
     assert edit.stored == expected.stored and edit.already == expected.already
+
+
+def _listed(doc: dict[str, Any]) -> Callable[[dict[str, Any]], daily.ListedIds]:
+    """What the ListedIndex gives an append: the entries' ids, checked against the tail's digest."""
+    def ids(meta: dict[str, Any]) -> daily.ListedIds:
+        listed = daily.listed_in_entries(doc["uploads"])
+        assert listed.matches(meta)
+        return listed
+    return ids
+
+
+def test_tail_without_its_ids_list_takes_them_from_the_caller_and_an_old_list_is_converted(make_batch: Any) -> None:
+    """A tail written before batch_ids_sha256 lists its ids itself: the caller is not asked, and
+    the new tail holds their digest instead of the list."""
+    doc = _doc(make_batch, 1, 2)
+    old_meta = {**doc["daily_metadata"], "batch_ids": [make_batch(1).batch_id, make_batch(2).batch_id]}
+    del old_meta["batch_ids_sha256"]
+    data = daily.serialize({**doc, "daily_metadata": old_meta})
+    _, tail = daily.split_tail(data, len(data)) or (0, b"")
+    edit = daily.append_to_tail(tail, [make_batch(2).header, make_batch(3).header], LATER, TZ,
+                                lambda meta: pytest.fail("asked for ids the tail lists"))
+    assert edit.already == [make_batch(2).batch_id] and edit.stored == [make_batch(3).batch_id]
+    assert "batch_ids" not in edit.metadata
+    assert edit.metadata["batch_ids_sha256"] == daily.ids_digest(make_batch(s).batch_id for s in (1, 2, 3))
+    assert list(edit.listed or []) == [make_batch(s).batch_id for s in (1, 2, 3)]
 
 
 def _written(edit: daily.TailEdit, batches: list[Any]) -> bytes:
@@ -142,7 +168,7 @@ def test_tail_append_of_listed_batches_writes_nothing(make_batch: Any) -> None:
     """When every batch is already listed, the tail edit has no bytes to write."""
     data = daily.serialize(_doc(make_batch, 1, 2))
     _, tail = daily.split_tail(data, len(data)) or (0, b"")
-    edit = daily.append_to_tail(tail, [make_batch(2).header], LATER, TZ)
+    edit = daily.append_to_tail(tail, [make_batch(2).header], LATER, TZ, _listed(_doc(make_batch, 1, 2)))
     assert not edit.changed and edit.entries == [] and edit.already == [make_batch(2).batch_id]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from uploader.daily.verifier import verify
 from uploader.local.batch import QuarantineItem
 from uploader.publish import SMALL_LIMIT, append_batches, close_day
 from uploader.publish.cache import WriteCache
+from uploader.publish.listed import ListedIndex
 from uploader.publish.quarantine import upload_quarantine
 from uploader.store import Store
 from uploader.store.s3 import S3Store
@@ -115,17 +117,18 @@ class _WireCounter:
 
 
 @pytest.mark.slow
-def test_large_day_append_moves_batch_bytes_not_day_bytes(store: Store, make_batch: Any) -> None:
+def test_large_day_append_moves_batch_bytes_not_day_bytes(store: Store, make_batch: Any, tmp_path: Path) -> None:
     """Past 5 MiB an append copies the body server-side: the bytes moved track the batch, not the day."""
     big = [make_batch(i, pad=60_000) for i in range(1, 12)]  # ~6.6 MiB
-    append_batches(store, PREFIX, TZ, big, T0)
+    listed = ListedIndex(tmp_path / "ids")
+    append_batches(store, PREFIX, TZ, big, T0, listed=listed)
     day_size = store.head(KEY).size  # type: ignore[union-attr]
     assert day_size > SMALL_LIMIT + 1024 * 1024
     store.capabilities()  # probe now, so the count below is the append alone
     wire = _WireCounter(store) if isinstance(store, S3Store) else None
 
     small = make_batch(12)
-    result = append_batches(store, PREFIX, TZ, [small], T0 + timedelta(minutes=5))
+    result = append_batches(store, PREFIX, TZ, [small], T0 + timedelta(minutes=5), listed=ListedIndex(tmp_path / "ids"))
 
     batch_bytes = len(json.dumps(small.fetches))
     assert result.path == "tail" and result.stored == [small.batch_id]
@@ -163,6 +166,51 @@ class _PausingStore:
     def compose(self, *args: Any, **kwargs: Any) -> str | None:
         self._pause()
         return self.inner.compose(*args, **kwargs)
+
+
+def test_the_ids_a_day_lists_are_read_once_then_known_after_a_restart_and_a_lost_answer(
+    store: Store, make_batch: Any, tmp_path: Path,
+) -> None:
+    """The tail holds only the digest of the day's batch ids. A process that knows nothing of the
+    day reads it whole once; one restarted on the same spool reads nothing; one that kept the ids
+    from before a write whose answer it lost (the batch stored, the spool not told) finds them by
+    adding that write's batches, reads nothing, and stores each batch once."""
+    folder = tmp_path / "ids"
+    append_batches(store, PREFIX, TZ, [make_batch(i, pad=20_000) for i in range(1, 6)], T0)  # ~1 MiB
+    size = store.head(KEY).size  # type: ignore[union-attr]
+    cold = append_batches(store, PREFIX, TZ, [make_batch(6)], T0 + timedelta(minutes=1), listed=ListedIndex(folder))
+    assert cold.stored == [make_batch(6).batch_id] and cold.bytes_received >= size
+    before_lost = (folder / next(p.name for p in folder.iterdir())).read_bytes()
+    warm = append_batches(store, PREFIX, TZ, [make_batch(7), make_batch(6)], T0 + timedelta(minutes=2),
+                          listed=ListedIndex(folder))
+    assert warm.stored == [make_batch(7).batch_id] and warm.already == [make_batch(6).batch_id]
+    assert warm.bytes_received < 2 * size  # its small document is read once for the write, not twice
+    for path in folder.iterdir():  # the ids as they were before batch 7's write: its answer was lost
+        path.write_bytes(before_lost)
+    retried = ListedIndex(folder)
+    again = append_batches(store, PREFIX, TZ, [make_batch(7), make_batch(8)], T0 + timedelta(minutes=3),
+                           listed=retried)
+    assert again.already == [make_batch(7).batch_id] and again.stored == [make_batch(8).batch_id]
+    assert retried.bytes_read == 0
+    doc = _load(store)
+    assert [u["batch_id"] for u in doc["uploads"]] == [make_batch(i).batch_id for i in range(1, 9)]
+    assert verify(doc, store.head(KEY).metadata) == []  # type: ignore[union-attr]
+
+
+def test_a_lost_write_is_found_among_the_batches_due_now_whichever_waited_out_a_backoff() -> None:
+    """The write whose answer was lost held the batches due then (d and f; c and e were in
+    backoff): matched against the tail's digest among those due now or still spooled, with no
+    read (no store)."""
+    index = ListedIndex()
+    index.remember("k", daily.ListedIds(["a", "b"]))
+    meta = {"total_uploads_today": 4, "batch_ids_sha256": daily.ids_digest(["a", "b", "d", "f"])}
+    no_store: Any = None
+    assert list(index.listed(no_store, "k", DAY, meta, ["b", "c", "d", "e", "f"])) == ["a", "b", "d", "f"]
+    unchanged = {**meta, "batch_ids_sha256": daily.ids_digest(["a", "b"])}
+    assert list(index.listed(no_store, "k", DAY, unchanged, [])) == ["a", "b"]
+    waiting = ListedIndex(spooled=lambda day: ["d", "f"])  # d and f still in backoff: not in this append
+    waiting.remember("k", daily.ListedIds(["a", "b"]))
+    assert list(waiting.listed(no_store, "k", DAY, meta, ["g"])) == ["a", "b", "d", "f"]
 
 
 @pytest.mark.parametrize("pad", [0, 60_000], ids=["small-day", "large-day"])
@@ -243,11 +291,11 @@ class _CallCounter:
 @pytest.mark.parametrize("pad", [0, 60_000], ids=["small-day", "large-day"])
 def test_write_cache_skips_rereading_our_own_last_write(store: Store, make_batch: Any, pad: int) -> None:
     """After our own write, the next append needs no HEAD or GET: the cached ETag guards it."""
-    cache = WriteCache()
-    append_batches(store, PREFIX, TZ, [make_batch(i, pad=pad) for i in range(1, 12)], T0, cache)
+    cache, listed = WriteCache(), ListedIndex()
+    append_batches(store, PREFIX, TZ, [make_batch(i, pad=pad) for i in range(1, 12)], T0, cache, listed=listed)
     store.capabilities()
     counter = _CallCounter(store) if isinstance(store, S3Store) else None
-    result = append_batches(store, PREFIX, TZ, [make_batch(12)], T0 + timedelta(minutes=1), cache)
+    result = append_batches(store, PREFIX, TZ, [make_batch(12)], T0 + timedelta(minutes=1), cache, listed=listed)
     assert result.stored and result.bytes_received == 0
     if counter is not None:
         assert "HeadObject" not in counter.calls[:1] and "GetObject" not in counter.calls

@@ -71,6 +71,17 @@ def test_suffix_get_returns_last_bytes_and_whole_size(store: Store) -> None:
     assert data == body
 
 
+def test_span_get_returns_those_bytes_and_whole_size(store: Store) -> None:
+    """A span GET returns bytes [start, end), cut at the object's end, with the whole size."""
+    body = bytes(range(256)) * 4
+    etag = store.put(KEY, body, {"v": "1"})
+    data, info = store.get(KEY, span=(10, 20))
+    assert data == body[10:20] and (info.size, info.etag, info.metadata) == (len(body), etag, {"v": "1"})
+    assert store.get(KEY, span=(1000, 5000))[0] == body[1000:]
+    with pytest.raises(ValueError):
+        store.get(KEY, span=(5, 5))
+
+
 def test_if_none_match_refuses_existing_and_accepts_new(store: Store) -> None:
     """If-None-Match refuses to overwrite an existing key and creates a new one."""
     store.put(KEY, b"one", {}, if_none_match=True)
@@ -150,8 +161,14 @@ def test_compose_streams_pieces_larger_than_a_part(store: Store) -> None:
 
 
 def test_compose_refuses_a_kept_part_s3_cannot_copy(store: Store) -> None:
-    """A kept body below 5 MiB cannot be copied server-side: a caller error, nothing written."""
+    """A kept body below the store's smallest copy (S3: 5 MiB) cannot be copied server-side: a
+    caller error, nothing written. The directory copies any size."""
     store.put(KEY, b"c" * 100, {})
+    if store.capabilities().min_copy == 0:
+        store.compose(KEY, 50, [b"x"], {})
+        assert store.get(KEY)[0] == b"c" * 50 + b"x"
+        return
+    assert store.capabilities().min_copy == MIN_PART_SIZE
     with pytest.raises(ValueError):
         store.compose(KEY, 50, [b"x"], {})
     assert store.get(KEY)[0] == b"c" * 100
@@ -275,6 +292,23 @@ def test_compose_copies_the_kept_bytes_from_another_source(store: Store) -> None
                       source=SOURCE)
     store.compose(KEY, MIN_PART_SIZE, [b"SECOND"], {"v": "2"}, if_match=info.etag, source=SOURCE)
     assert store.get(KEY)[0] == padding[:MIN_PART_SIZE] + b"SECOND"
+
+
+def test_compose_keeps_a_range_from_an_offset_of_the_object_itself(store: Store) -> None:
+    """compose(start=...) makes the object its own bytes [start, start + keep) (pieces or none
+    after them), conditional on its ETag: a stale one changes nothing."""
+    body = bytes(range(256)) * (MIN_PART_SIZE // 256 + 64)
+    etag = store.put(KEY, body, {"v": "1"})
+    start = 300
+    with pytest.raises(PreconditionFailed):
+        store.compose(KEY, MIN_PART_SIZE, [], {}, if_match=normalize_etag("0" * 32), start=start)
+    new = store.compose(KEY, MIN_PART_SIZE, [], {"v": "2"}, if_match=etag, start=start)
+    data, info = store.get(KEY)
+    assert data == body[start:start + MIN_PART_SIZE] and info.metadata == {"v": "2"}
+    assert new is None or new == info.etag
+    etag = store.put(KEY, body, {})
+    store.compose(KEY, MIN_PART_SIZE, [b"END"], {}, if_match=etag, start=7)
+    assert store.get(KEY)[0] == body[7:7 + MIN_PART_SIZE] + b"END"
 
 
 def test_compose_from_a_missing_source_is_not_found(store: Store) -> None:

@@ -5,9 +5,11 @@ Protocol on stdin/stdout: the child probes the store's capabilities (a one-time 
 service's life, not of an append), prints ``ready``, waits for a line on stdin, does ONE
 ``publish.append_batches`` of 10 fetches, and prints a JSON result line.
 
-    python -m tests.benchmarks.append_child URL BUCKET PREFIX YYYY-MM-DD FETCH_SIZE [none|gzip]
+    python -m tests.benchmarks.append_child URL BUCKET PREFIX YYYY-MM-DD FETCH_SIZE IDS_DIR [none|gzip]
 
-With ``gzip`` (benchmark 12) the batch is the simulator's fetches and the day is stored gzip.
+With a form (benchmark 12) the batch is the simulator's fetches, and with ``gzip`` the day is
+stored gzip. ``IDS_DIR`` holds the day's batch ids as a running service keeps them
+(``old_ids``), so the append reads no more of the day than the service's would.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import os
 import sys
 import time
 from datetime import date, datetime
+from pathlib import Path
 
 import pytz
 
 from uploader import publish
 from uploader.config import Compression
 from uploader.local.batch import Batch
+from uploader.publish.listed import ListedIndex
 from uploader.store.s3 import S3Store
 
 from .harness import TZ, make_raw, vm_hwm_kib
@@ -54,7 +58,7 @@ def simulator_batch(day: date) -> Batch:
 
 
 def main(argv: list[str]) -> int:
-    url, bucket, prefix, day_text, size_text, *form = argv
+    url, bucket, prefix, day_text, size_text, ids_dir, *form = argv
     compression = Compression(form[0] if form else "none")
     store = S3Store(bucket, endpoint_url=url, region="us-east-1", addressing_style="path",
                     read_timeout_s=600, prefix=prefix)
@@ -64,7 +68,8 @@ def main(argv: list[str]) -> int:
     print("ready", flush=True)
     sys.stdin.readline()
     started = time.perf_counter()
-    result = publish.append_batches(store, prefix, TZ, [batch], datetime.now(pytz.utc), compression=compression)
+    result = publish.append_batches(store, prefix, TZ, [batch], datetime.now(pytz.utc), compression=compression,
+                                    listed=ListedIndex(Path(ids_dir)))
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "path": result.path, "stored": len(result.stored),
                       "sent": result.bytes_sent, "received": result.bytes_received,

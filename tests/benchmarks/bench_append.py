@@ -16,7 +16,6 @@ memory (on Ceph RGW, its garbage collection is run at once, outside the measurem
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -45,6 +44,8 @@ from .harness import (
     Section,
     bench_env,
     make_raw,
+    old_id,
+    remember_old_ids,
     seed_env,
     today,
     verify_day,
@@ -65,7 +66,7 @@ def build_day(size_mib: int) -> bytes:
     per_fetch = (size_mib * _MIB // uploads) // 10 - 200
     filler = "x" * per_fetch  # one shared string: building 512 MiB takes seconds, not minutes
     batches = [
-        Batch.of(batch_id=hashlib.sha256(f"old-{u}".encode()).hexdigest()[:32], seq=u, day=day,
+        Batch.of(batch_id=old_id(u), seq=u, day=day,
               cut_at="07/10/2025 04:15:00 PM EDT",
               fetches=[{"FETCH_HEADER": {"fetch_id": f"old-{u}-{i}"}, "RAW_API_DATA": {"filler": filler},
                         "FETCH_FOOTER": {"total_matches": 5}} for i in range(10)],
@@ -117,11 +118,11 @@ def _seed_append(seed: Any, proxy: FaultProxy, bucket: str, work: Path, fetch_si
     return {"seconds": result["seconds"], "sent": wire.sent, "received": wire.received, "hwm_kib": result["hwm_kib"]}
 
 
-def _project_append(proxy: FaultProxy, bucket: str, fetch_size: int) -> dict[str, Any]:
+def _project_append(proxy: FaultProxy, bucket: str, fetch_size: int, ids_dir: Path) -> dict[str, Any]:
     """One project append in a child process; bytes counted from its "go" to its answer."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.benchmarks.append_child", proxy.url, bucket, "proj",
-         today().isoformat(), str(fetch_size)],
+         today().isoformat(), str(fetch_size), str(ids_dir)],
         env=bench_env(), cwd=str(ROOT), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     result, wire = _go(proc, proxy, "append_child")
@@ -184,7 +185,9 @@ def run(server: BenchServer, sizes_mib: tuple[int, ...] = DEFAULT_SIZES_MIB, fet
                 build_s = time.perf_counter() - started
                 old_size, n = len(body), old["total_uploads_today"]
                 del body
-                proj = _project_append(proxy, bucket, fetch_size)
+                ids_dir = Path(tmp) / f"ids-{size}"
+                remember_old_ids(ids_dir, pkey, n)
+                proj = _project_append(proxy, bucket, fetch_size, ids_dir)
                 if proj["stored"] != 1:
                     raise BenchError(f"project append at {size} MiB stored {proj['stored']} batches")
                 new_size = server.admin.head_object(Bucket=bucket, Key=pkey)["ContentLength"]

@@ -10,6 +10,7 @@ wire from its fault proxy (``tests/rig/faultproxy.py``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -45,6 +46,7 @@ from tests.rig.s3servers import ACCESS_KEY, SECRET_KEY, CephRGW, MotoServer, S3S
 from uploader import daily
 from uploader.fetchlog import FetchWriter
 from uploader.local.records import encode_record
+from uploader.publish.listed import ListedIndex
 
 __all__ = [
     "ROOT",
@@ -63,10 +65,12 @@ __all__ = [
     "cpu_over",
     "cpu_seconds",
     "make_raw",
+    "old_id",
     "percentile",
     "prefill",
     "proc_state",
     "record_size",
+    "remember_old_ids",
     "run_measured",
     "seed_env",
     "seed_stored",
@@ -501,3 +505,13 @@ def seed_stored(admin: Any, bucket: str) -> tuple[int, int]:
     """Uploads and fetches in the seed's day document (prefix ``seed``, as ``seed_env`` sets)."""
     doc = json.loads(admin.get_object(Bucket=bucket, Key=daily.day_key("seed", today()))["Body"].read())
     return len(doc["uploads"]), sum(len(u["fetch_data"]) for u in doc["uploads"])
+
+
+def old_id(upload: int) -> str:
+    """The batch id of the ``upload``-th upload of the days benchmarks 3 and 12 build."""
+    return hashlib.sha256(f"old-{upload}".encode()).hexdigest()[:32]
+
+
+def remember_old_ids(folder: Path, key: str, uploads: int) -> None:
+    """Keep the ids of such a day of ``uploads`` uploads in ``folder``, as the service would have."""
+    ListedIndex(folder).remember(key, daily.ListedIds(old_id(u) for u in range(uploads)))

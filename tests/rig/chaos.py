@@ -81,6 +81,8 @@ class Summary:
     doubled: int = 0
     wrong_day: int = 0
     paths: dict[str, int] = field(default_factory=dict)  # appends per path, from the service log
+    ids_read: int = 0  # days read whole to learn their batch ids (publish.listed_read)
+    ids_recovered: int = 0  # lost answers whose ids were found without a read (publish.listed_recovered)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -94,7 +96,8 @@ class Summary:
             f"faults={faults} requests_passed={self.passed} uploaded={self.uploaded} "
             f"left_in_file={self.left_in_file} lost={self.lost} doubled={self.doubled} "
             f"wrong_day={self.wrong_day} problems={len(self.problems)} "
-            f"appends={','.join(f'{k}:{v}' for k, v in sorted(self.paths.items()))} seconds={self.seconds:.0f}"
+            f"appends={','.join(f'{k}:{v}' for k, v in sorted(self.paths.items()))} "
+            f"ids_read={self.ids_read} ids_recovered={self.ids_recovered} seconds={self.seconds:.0f}"
         )
 
 
@@ -400,6 +403,8 @@ def _check(work: Path, server: S3Server, s3: Any, bucket: str, ledger_path: Path
     service_log = (work / "service.log").read_text(encoding="utf-8", errors="replace")
     for path in re.findall(r" upload day=\S+ .* path=(\w+)", service_log):
         summary.paths[path] = summary.paths.get(path, 0) + 1
+    summary.ids_read = service_log.count("publish.listed_read ")
+    summary.ids_recovered = service_log.count("publish.listed_recovered ")
     for bug in ("Traceback", "upload_worker_error"):
         if bug in service_log:
             summary.problems.append(f"{bug} in {work / 'service.log'}")

@@ -17,8 +17,9 @@ it (the "body") is never rewritten by an append; only the tail from the marker o
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -32,6 +33,7 @@ from uploader.stamps import format_stamp
 __all__ = [
     "KEY_TEMPLATE",
     "TAIL_MARKER",
+    "ListedIds",
     "MergeResult",
     "TailEdit",
     "append_to_tail",
@@ -43,6 +45,9 @@ __all__ = [
     "entry_head",
     "fetch_id_of",
     "fetch_matches",
+    "ids_digest",
+    "listed_in_entries",
+    "listed_in_tail",
     "merge_batches",
     "new_document",
     "new_tail",
@@ -84,6 +89,57 @@ def day_of_key(prefix: str, key: str) -> date | None:
         return None
 
 
+class ListedIds:
+    """The batch ids a document's entries list, in order, and their digest (§5.4
+    ``batch_ids_sha256``: SHA-256 of every id followed by a newline), kept as they grow."""
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._ids: list[str] = []
+        self._set: set[str] = set()
+        self._hash = hashlib.sha256()
+        for batch_id in ids:
+            self.add(batch_id)
+
+    def add(self, batch_id: str) -> None:
+        self._ids.append(batch_id)
+        self._set.add(batch_id)
+        self._hash.update(batch_id.encode("utf-8") + b"\n")
+
+    def copy(self) -> ListedIds:
+        twin = ListedIds()
+        twin._ids, twin._set, twin._hash = list(self._ids), set(self._set), self._hash.copy()
+        return twin
+
+    def __contains__(self, batch_id: object) -> bool:
+        return batch_id in self._set
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+    def digest_with(self, more: Iterable[str]) -> str:
+        """The digest these ids would have with ``more`` added (nothing is added)."""
+        grown = self._hash.copy()
+        for batch_id in more:
+            grown.update(batch_id.encode("utf-8") + b"\n")
+        return grown.hexdigest()
+
+    def matches(self, meta: dict[str, Any]) -> bool:
+        """Whether these are the ids whose digest the metadata ``meta`` holds."""
+        return self.digest == meta.get("batch_ids_sha256")
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    """``batch_ids_sha256`` of a document whose entries list ``ids``, in order."""
+    return ListedIds(ids).digest
+
+
 def new_document(day: date, timezone: str) -> dict[str, Any]:
     """An empty, open document for ``day``."""
     return {"uploads": [], "daily_metadata": _new_metadata(day, timezone)}
@@ -99,7 +155,7 @@ def _new_metadata(day: date, timezone: str) -> dict[str, Any]:
         "first_upload_today": None,
         "last_upload": None,
         "matches_in_this_upload": 0,
-        "batch_ids": [],
+        "batch_ids_sha256": ListedIds().digest,
         "closed": False,
         "closed_at": None,
         "late_uploads": [],
@@ -113,6 +169,7 @@ class MergeResult:
     document: dict[str, Any]
     stored: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
+    listed: ListedIds | None = None  # the ids the document lists now (None: not changed by a close)
 
 
 @dataclass(frozen=True)
@@ -131,6 +188,7 @@ class TailEdit:
     lead: bytes = b""
     stored: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
+    listed: ListedIds | None = None  # the ids the document lists now (None: not changed by a close)
 
     @property
     def changed(self) -> bool:
@@ -161,17 +219,25 @@ def upload_entry(batch: Batch, sequence: int, stamp: str) -> dict[str, Any]:
     }
 
 
+def listed_in_tail(meta: dict[str, Any]) -> ListedIds | None:
+    """The ids a document written before ``batch_ids_sha256`` lists in its metadata (``batch_ids``),
+    or None: they are only in its entries."""
+    ids = meta.get("batch_ids")
+    return ListedIds(ids) if isinstance(ids, list) else None
+
+
 def _upload_entries(
-    meta: dict[str, Any], headers: list[BatchHeader], now: datetime, tz: pytz.BaseTzInfo
+    meta: dict[str, Any], headers: list[BatchHeader], now: datetime, tz: pytz.BaseTzInfo, listed: ListedIds
 ) -> tuple[dict[str, Any], list[tuple[BatchHeader, int]], list[str], list[str], str]:
-    """Apply batches to a metadata dict (copied).
+    """Apply batches to a metadata dict (copied) and to ``listed`` (the ids its entries list, added
+    to in place).
 
     Returns (meta, new uploads as (header, upload_sequence), stored, already, upload stamp).
     """
     meta = {**_new_metadata(date.fromisoformat(meta["date"]), meta.get("timezone", "")), **meta}
-    meta["batch_ids"] = list(meta["batch_ids"])
+    meta.pop("batch_ids", None)  # an older document's list: its digest replaces it (§5.4)
     meta["late_uploads"] = list(meta["late_uploads"])
-    seen = set(meta["batch_ids"])
+    seen = listed
     stamp = format_stamp(now, tz)
     new: list[tuple[BatchHeader, int]] = []
     stored: list[str] = []
@@ -192,10 +258,10 @@ def _upload_entries(
         meta["last_upload"] = stamp
         # "This upload" is the newest entry, as in the seed format; a group commit sums nothing.
         meta["matches_in_this_upload"] = batch.matches
-        meta["batch_ids"].append(batch.batch_id)
         if meta.get("closed"):
             # A late replay for a closed day is still stored, and marked so an operator sees it.
             meta["late_uploads"].append(batch.batch_id)
+    meta["batch_ids_sha256"] = seen.digest
     return meta, new, stored, already, stamp
 
 
@@ -214,11 +280,17 @@ def merge_batches(
 ) -> MergeResult:
     """Append batches in seq order; a batch whose id the document lists is acknowledged only."""
     by_id = {b.batch_id: b for b in batches}
+    listed = listed_in_entries(document["uploads"])
     meta, new, stored, already, stamp = _upload_entries(document["daily_metadata"], [b.header for b in batches],
-                                                        now, tz)
+                                                        now, tz, listed)
     entries = [upload_entry(by_id[h.batch_id], sequence, stamp) for h, sequence in new]
     doc = {"uploads": [*document["uploads"], *entries], "daily_metadata": meta}
-    return MergeResult(doc, stored, already)
+    return MergeResult(doc, stored, already, listed)
+
+
+def listed_in_entries(uploads: Iterable[dict[str, Any]]) -> ListedIds:
+    """The ids upload entries list, in order (the old logger's entries, without one, are left out)."""
+    return ListedIds(e["batch_id"] for e in uploads if isinstance(e.get("batch_id"), str))
 
 
 def close_document(document: dict[str, Any], now: datetime, tz: pytz.BaseTzInfo) -> dict[str, Any]:
@@ -288,19 +360,23 @@ def parse_tail(tail: bytes) -> dict[str, Any]:
 
 
 def append_to_tail(
-    tail: bytes, headers: list[BatchHeader], now: datetime, tz: pytz.BaseTzInfo
+    tail: bytes, headers: list[BatchHeader], now: datetime, tz: pytz.BaseTzInfo,
+    listed: Callable[[dict[str, Any]], ListedIds],
 ) -> TailEdit:
-    """The bytes that replace ``tail`` to append the batches, knowing only their headers.
+    """The bytes that replace ``tail`` to append the batches, knowing only their headers, and
+    ``listed(metadata)``: the ids the document's entries list (a copy, extended here).
 
     Nothing changes (``changed`` is False) when every batch was already listed.
     """
     old = parse_tail(tail)
-    meta, new, stored, already, stamp = _upload_entries(old, headers, now, tz)
+    ids = listed_in_tail(old)
+    ids = listed(old) if ids is None else ids
+    meta, new, stored, already, stamp = _upload_entries(old, headers, now, tz, ids)
     if not new:
-        return TailEdit(b"", old, stored=stored, already=already)
+        return TailEdit(b"", old, stored=stored, already=already, listed=ids)
     entries = [(h, entry_head(h, sequence, stamp)) for h, sequence in new]
     lead = b",\n" if old["total_uploads_today"] > 0 else b"\n"
-    return TailEdit(_dump_tail(meta), meta, entries, lead, stored, already)
+    return TailEdit(_dump_tail(meta), meta, entries, lead, stored, already, ids)
 
 
 def close_tail(tail: bytes, now: datetime, tz: pytz.BaseTzInfo) -> TailEdit:

@@ -14,7 +14,9 @@ only the batch and the tail.
 - **Padding members** (``pad``) open a day written where the server appends server-side: empty
   members whose extra field ``AP`` fills 5 MiB, so that the kept members are never below S3's
   5 MiB minimum for a copied part, however small the day. They inflate to nothing. A new day
-  copies them server-side from one padding object (``PAD_NAME``), so no client sends them.
+  copies them server-side from one padding object (``PAD_NAME``), so no client sends them. Once
+  the day is closed they are dropped: its object is rewritten from ``PAD_SIZE`` on, which
+  ``opens_with_padding`` and ``padding_ends`` check first.
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ import zlib
 from collections.abc import Iterable, Iterator
 
 __all__ = [
+    "PAD_MEMBER_SIZE",
     "PAD_NAME",
+    "PAD_SEAM",
     "PAD_SIZE",
     "SUFFIX",
     "compress_member",
     "decompress",
     "is_gzip",
+    "opens_with_padding",
     "pad",
+    "padding_ends",
     "split_tail",
     "tail_member",
 ]
@@ -125,12 +131,26 @@ def _empty_member(header: bytes) -> bytes:
 
 
 _PAD_MEMBER = _empty_member(_header(b"AP", bytes(_PAD_EXTRA)))
-PAD_SIZE = len(_PAD_MEMBER) * _PAD_MEMBERS
+PAD_MEMBER_SIZE = len(_PAD_MEMBER)
+PAD_SIZE = PAD_MEMBER_SIZE * _PAD_MEMBERS
+# Where the padding meets the content: its last member and the next member's magic bytes.
+PAD_SEAM = (PAD_SIZE - PAD_MEMBER_SIZE, PAD_SIZE + len(_MAGIC))
 
 
 def pad() -> bytes:
     """The padding that opens a day appended server-side: empty members, 5 MiB in all."""
     return _PAD_MEMBER * _PAD_MEMBERS
+
+
+def opens_with_padding(first: bytes) -> bool:
+    """Whether an object whose first PAD_MEMBER_SIZE bytes are ``first`` opens with the padding."""
+    return first.startswith(_PAD_MEMBER)
+
+
+def padding_ends(seam: bytes) -> bool:
+    """Whether ``seam``, an object's bytes in the span PAD_SEAM, show a padding member ending
+    exactly at PAD_SIZE and another member starting there: the content is what follows PAD_SIZE."""
+    return seam == _PAD_MEMBER + _MAGIC
 
 
 def is_gzip(first_bytes: bytes) -> bool:

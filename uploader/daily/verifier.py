@@ -11,7 +11,7 @@ from collections import Counter
 from datetime import date
 from typing import Any
 
-from uploader.daily import counters_from_user_metadata, fetch_id_of, fetch_matches
+from uploader.daily import counters_from_user_metadata, fetch_id_of, fetch_matches, ids_digest
 
 __all__ = ["Verifier", "verify"]
 
@@ -64,7 +64,7 @@ class Verifier:
             return [*problems, "document lacks a 'daily_metadata' object"]
         if day is not None and meta.get("date") != day.isoformat():
             problems.append(f"daily_metadata.date is {meta.get('date')}, the object's key says {day}")
-        for bid, n in Counter(self.batch_ids).items():
+        for bid, n in Counter(b for b in self.batch_ids if isinstance(b, str)).items():
             if n > 1:
                 problems.append(f"batch_id {bid} is stored {n} times")
         for fid, n in self._fetch_ids.items():
@@ -78,14 +78,22 @@ class Verifier:
         for name, value in expected.items():
             if meta.get(name) != value:
                 problems.append(f"daily_metadata.{name} is {meta.get(name)}, the uploads add up to {value}")
-        if meta.get("batch_ids") != self.batch_ids:
-            problems.append("daily_metadata.batch_ids does not list the uploads' batch_ids in order")
+        problems += self._listed(meta)
         if user_meta is not None and "total-uploads" in user_meta:
             counters = counters_from_user_metadata(user_meta)
             for name, value in expected.items():
                 if counters[name] != value:
                     problems.append(f"object metadata {name} is {counters[name]}, the uploads add up to {value}")
         return problems
+
+
+    def _listed(self, meta: dict[str, Any]) -> list[str]:
+        if "batch_ids" in meta:  # written before batch_ids_sha256 replaced the list
+            ok = meta["batch_ids"] == self.batch_ids
+            return [] if ok else ["daily_metadata.batch_ids does not list the uploads' batch_ids in order"]
+        if meta.get("batch_ids_sha256") != ids_digest(b for b in self.batch_ids if isinstance(b, str)):
+            return ["daily_metadata.batch_ids_sha256 is not the digest of the uploads' batch_ids in order"]
+        return []
 
 
 def verify(document: dict[str, Any], user_meta: dict[str, str] | None = None) -> list[str]:

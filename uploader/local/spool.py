@@ -93,6 +93,7 @@ class Spool:
         self.archive_dir = root / "archive"
         self.quarantine_dir = root / "quarantine"
         self.sent_dir = self.quarantine_dir / "sent"
+        self.ids_dir = root / "ids"  # made by the uploader's ListedIndex when it first writes there
         self._state_path = root / "state.json"
         self._seq_lock = threading.Lock()
         for d in (root, self.batches_dir, self.archive_dir, self.quarantine_dir, self.sent_dir):

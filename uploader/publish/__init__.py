@@ -12,8 +12,10 @@ retries, a bounded number of times.
 
 Which path a write takes is ``plan.choose_plan``, a pure function of what was read of the
 document and of what the server honours; ``_apply`` reads, asks it, and carries the plan out.
-Our own last write per day is kept in a ``cache.WriteCache``; quarantined spans go to the bucket
-through ``publish.quarantine``.
+What is read first is ``seen.read_day``'s; our own last write per day is kept in a
+``cache.WriteCache``, the batch ids each day lists in a ``listed.ListedIndex``; a closed gzip
+day loses its padding in ``trim``; quarantined spans go to the bucket through
+``publish.quarantine``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -31,11 +33,12 @@ import pytz
 from uploader import daily
 from uploader.config import Compression
 from uploader.daily import gzip_form
-from uploader.errors import CapabilityLost, PreconditionFailed, StoreUnavailable
+from uploader.errors import CapabilityLost, PreconditionFailed
 from uploader.local.batch import Batch, BatchHeader
 from uploader.local.spool import SpooledBatch
-from uploader.publish.cache import CachedWrite, CountedBody, WriteCache
+from uploader.publish.cache import CountedBody, WriteCache
 from uploader.publish.forms import DayForm, ensure_pad, find_form
+from uploader.publish.listed import ListedIndex
 from uploader.publish.plan import (
     SMALL_LIMIT,
     AppendPath,
@@ -45,7 +48,9 @@ from uploader.publish.plan import (
     WritePlan,
     choose_plan,
 )
-from uploader.store import ObjectInfo, Store
+from uploader.publish.seen import FIRST_SUFFIX, Seen, old_body, read_day
+from uploader.publish.trim import drop_padding
+from uploader.store import Store
 from uploader.store.capabilities import Capabilities
 
 __all__ = [
@@ -60,9 +65,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FIRST_SUFFIX = 64 * 1024
 MAX_ATTEMPTS = 8
-_STREAM_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,10 @@ class _Edit:
     """One change, expressed both on a tail (the usual way) and on a whole parsed document (for
     a day first written in another layout, e.g. by the old logger)."""
 
-    on_tail: Callable[[bytes], daily.TailEdit]
+    on_tail: Callable[[bytes, Callable[[dict[str, Any]], daily.ListedIds]], daily.TailEdit]
     on_document: Callable[[dict[str, Any]], daily.MergeResult | None]
     fetch_data: Callable[[BatchHeader], bytes] = lambda header: b""
+    batch_ids: Sequence[str] = ()  # of the batches it appends, in order
 
 
 def append_batches(
@@ -105,13 +109,15 @@ def append_batches(
     cache: WriteCache | None = None,
     on_streamed: Callable[[BatchHeader], None] = lambda header: None,
     compression: Compression = Compression.NONE,
+    listed: ListedIndex | None = None,
 ) -> AppendResult:
     """Append all ``batches`` (one day, any order) to that day's document in one write.
 
     Spooled batches are read one at a time while the write streams (their headers first);
     ``on_streamed`` hears of each as it goes (progress).
     Batches whose batch_id the document already lists are acknowledged, not appended again.
-    A new day is stored as ``compression`` says; a day that exists keeps its form.
+    A new day is stored as ``compression`` says; a day that exists keeps its form. ``listed``
+    knows the ids each day lists (without it, a day is read whole to learn them).
     Raises PreconditionFailed if other writers keep winning, StoreUnavailable / StoreRejected
     from the store, SpoolError for an unreadable batch; in every failure nothing was half-written.
     """
@@ -138,8 +144,9 @@ def append_batches(
         loaded = [s if isinstance(s, Batch) else s.load() for s in (sources[h.batch_id] for h in unique)]
         return daily.merge_batches(doc, loaded, now, tz)
 
-    edit = _Edit(lambda tail: daily.append_to_tail(tail, unique, now, tz), on_document, fetch_data)
-    result = _apply(store, prefix, tz, days.pop(), edit, cache, compression)
+    edit = _Edit(lambda tail, ids: daily.append_to_tail(tail, unique, now, tz, ids), on_document, fetch_data,
+                 [h.batch_id for h in unique])
+    result = _apply(store, prefix, tz, days.pop(), edit, cache, compression, listed)
     # The caller logs the operator-facing "upload" line; this is the store-level detail.
     log.debug(
         "publish.appended day=%s stored=%d already=%d path=%s attempts=%d sent=%d received=%d",
@@ -153,32 +160,22 @@ def close_day(
     store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, now: datetime, cache: WriteCache | None = None,
     compression: Compression = Compression.NONE,
 ) -> AppendResult:
-    """Mark ``day`` closed (creating an empty closed document if it has none); idempotent."""
+    """Mark ``day`` closed (creating an empty closed document if it has none); idempotent.
+
+    A gzip day's padding is then dropped (``trim.drop_padding``), also when the day was closed
+    already: a close killed before that is finished by the next.
+    """
 
     def on_document(doc: dict[str, Any]) -> daily.MergeResult | None:
         if doc["daily_metadata"].get("closed"):
             return None
         return daily.MergeResult(daily.close_document(doc, now, tz))
 
-    result = _apply(store, prefix, tz, day, _Edit(lambda tail: daily.close_tail(tail, now, tz), on_document), cache,
-                    compression)
+    result = _apply(store, prefix, tz, day, _Edit(lambda tail, ids: daily.close_tail(tail, now, tz), on_document),
+                    cache, compression)
     log.info("publish.closed day=%s path=%s attempts=%d", day, result.path, result.attempts)
-    return result
 
-
-@dataclass(frozen=True)
-class _Seen:
-    """The day's document, which exists, as one attempt read it: what the write needs of it."""
-
-    etag: str
-    whole: bytes | None = None  # the whole body, where it is in memory
-    found: tuple[int, bytes] | None = None  # our layout: (bytes before the tail, the tail)
-    received: int = 0  # bytes this attempt's reads took
-
-    @property
-    def keep(self) -> int:
-        """Bytes before the tail, which the new document keeps (none without our layout)."""
-        return self.found[0] if self.found is not None else 0
+    return drop_padding(store, result, cache)
 
 
 @dataclass(frozen=True)
@@ -189,6 +186,7 @@ class _Reencoded:
     changed: bool
     stored: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
+    listed: daily.ListedIds | None = None
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -210,12 +208,14 @@ class _Attempt:
 
 def _apply(
     store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, edit: _Edit, cache: WriteCache | None,
-    compression: Compression,
+    compression: Compression, listed: ListedIndex | None = None,
 ) -> AppendResult:
     """Read the day's document, choose the path (``choose_plan``), write. A lost race (412)
-    re-reads and retries; so does a feature the server refused, now on its fallback path."""
+    re-reads and retries; so does a feature the server refused, now on its fallback path.
+    ``listed``: where an append learns the ids the document lists, and notes them after."""
     received = 0
     lost: CapabilityLost | None = None
+    listed = listed or ListedIndex()
     for number in range(1, MAX_ATTEMPTS + 1):
         started = time.monotonic()
         # Asked on every attempt: a refused feature (CapabilityLost below) changes the path.
@@ -225,12 +225,17 @@ def _apply(
         form, info = find_form(store, prefix, day, compression, mine)
         key = form.key
         try:
-            seen = _read(store, key, form, caps, mine.get(key) if mine is not None else None, info)
+            seen = read_day(store, key, form, caps, mine.get(key) if mine is not None else None, info)
             received += seen.received if seen is not None else 0
-            change = _edit_document(edit, seen, day, tz, form)
+            read_before = listed.bytes_read
+            change = _edit_document(edit, seen, day, tz, form, _ids_of(store, key, day, edit, listed))
+            received += listed.bytes_read - read_before
             plan = choose_plan(_state(seen, change, form), caps)
             attempt = _Attempt(day, key, number, received, started, caps)
-            return _carry_out(store, edit, plan, seen, change, mine, attempt, form)
+            result = _carry_out(store, edit, plan, seen, change, mine, attempt, form)
+            if change.listed is not None:
+                listed.remember(key, change.listed)
+            return result
         except PreconditionFailed:
             lost = None
             if cache is not None:
@@ -250,43 +255,23 @@ def _apply(
     )
 
 
-def _read(
-    store: Store, key: str, form: DayForm, caps: Capabilities, known: CachedWrite | None, info: ObjectInfo | None,
-) -> _Seen | None:
-    """What the write needs of the day's document (None: there is none), read as cheaply as it
-    can be: nothing when our own last write is known whole, one GET below 5 MiB, else only the
-    tail; and the whole body where it is not in our layout, to be parsed. ``info``: its HEAD
-    (None without ``known``: there is no document)."""
-    if known is None:
-        if info is None:
-            return None
-        size, etag = info.size, info.etag
-    else:
-        size, etag = known.size, known.etag
-    if known is not None and len(known.suffix) >= size:
-        return _Seen(etag, known.suffix, form.split_tail(known.suffix, size))
-    if size < SMALL_LIMIT:
-        body, got = store.get(key)
-        return _Seen(got.etag, body, form.split_tail(body, len(body)), len(body))
-    found = form.split_tail(known.suffix, size) if known is not None else None
-    if found is not None:
-        return _Seen(etag, found=found)
-    found, whole, etag, received = _read_tail(store, form, caps)
-    if found is None and whole is None:  # not our layout: it is parsed whole
-        whole, got = store.get(key)
-        etag, received = got.etag, received + len(whole)
-    return _Seen(etag, whole, found, received)
+def _ids_of(
+    store: Store, key: str, day: date, edit: _Edit, listed: ListedIndex
+) -> Callable[[dict[str, Any]], daily.ListedIds]:
+    """How an append learns the ids the document at ``key`` lists, from its tail's metadata."""
+    return lambda meta: listed.listed(store, key, day, meta, edit.batch_ids)
 
 
 def _edit_document(
-    edit: _Edit, seen: _Seen | None, day: date, tz: pytz.BaseTzInfo, form: DayForm
+    edit: _Edit, seen: Seen | None, day: date, tz: pytz.BaseTzInfo, form: DayForm,
+    ids: Callable[[dict[str, Any]], daily.ListedIds],
 ) -> daily.TailEdit | _Reencoded:
     """The edit applied to what was read: to the tail (of a new document, too), or to the parsed
     whole of a document in another layout."""
     if seen is None:
-        return edit.on_tail(daily.new_tail(day, tz.zone))
+        return edit.on_tail(daily.new_tail(day, tz.zone), lambda meta: daily.ListedIds())
     if seen.found is not None:
-        return edit.on_tail(seen.found[1])
+        return edit.on_tail(seen.found[1], ids)
     assert seen.whole is not None  # _read gets the whole of a document it found no tail in
     parsed = daily.parse(form.plain(seen.whole))
     merged = edit.on_document(parsed)
@@ -294,10 +279,10 @@ def _edit_document(
         return _Reencoded(parsed, changed=False)
     # Batches it all lists already: nothing to write, and its layout is left as it is.
     changed = bool(merged.stored) or not merged.already
-    return _Reencoded(merged.document if changed else parsed, changed, merged.stored, merged.already)
+    return _Reencoded(merged.document if changed else parsed, changed, merged.stored, merged.already, merged.listed)
 
 
-def _state(seen: _Seen | None, change: daily.TailEdit | _Reencoded, form: DayForm) -> DocumentState:
+def _state(seen: Seen | None, change: daily.TailEdit | _Reencoded, form: DayForm) -> DocumentState:
     """The facts ``choose_plan`` decides on."""
     if seen is None:
         return DocumentState(Layout.ABSENT, changes=change.changed, gzip=form.gzip)
@@ -306,7 +291,7 @@ def _state(seen: _Seen | None, change: daily.TailEdit | _Reencoded, form: DayFor
 
 
 def _carry_out(
-    store: Store, edit: _Edit, plan: WritePlan, seen: _Seen | None, change: daily.TailEdit | _Reencoded,
+    store: Store, edit: _Edit, plan: WritePlan, seen: Seen | None, change: daily.TailEdit | _Reencoded,
     cache: WriteCache | None, attempt: _Attempt, form: DayForm,
 ) -> AppendResult:
     """Write as ``plan`` says, conditional on the ETag read (or, for a new day, on absence)."""
@@ -334,7 +319,7 @@ def _carry_out(
     return _done(attempt, change, plan, new_etag, body.sent)
 
 
-def _kept_bytes(store: Store, key: str, plan: WritePlan, seen: _Seen | None, keep: int) -> Iterable[bytes]:
+def _kept_bytes(store: Store, key: str, plan: WritePlan, seen: Seen | None, keep: int) -> Iterable[bytes]:
     """What the client sends of the old body (up to its tail) before the new bytes, per ``plan.body``."""
     if plan.body in (Body.OPENING, Body.PADDING, Body.COPIED):
         return []  # nothing, or the server copies the first bytes itself
@@ -342,21 +327,7 @@ def _kept_bytes(store: Store, key: str, plan: WritePlan, seen: _Seen | None, kee
     if plan.body is Body.HELD:
         assert seen.whole is not None
         return [seen.whole[:keep]]
-    return _old_body(store, key, keep, seen.etag)  # Body.STREAMED
-
-
-def _old_body(store: Store, key: str, keep: int, etag: str) -> Iterator[bytes]:
-    """The first ``keep`` bytes of the object, streamed from a GET (bounded memory), if unchanged."""
-    with store.stream(key) as (stream, info):
-        if info.etag != etag:
-            raise PreconditionFailed(f"{key} changed since its tail was read")
-        left = keep
-        while left:
-            chunk = stream.read(min(_STREAM_CHUNK, left))
-            if not chunk:
-                raise StoreUnavailable(f"{key} ended early while being read", "retry")
-            left -= len(chunk)
-            yield chunk
+    return old_body(store, key, keep, seen.etag)  # Body.STREAMED
 
 
 def _done(
@@ -366,41 +337,3 @@ def _done(
               int((time.monotonic() - attempt.started) * 1000))
     return AppendResult(attempt.day, attempt.key, list(change.stored), list(change.already), plan.path, etag,
                         attempt.number, sent, attempt.received, daily.user_metadata(change.metadata), attempt.caps)
-
-
-def _read_tail(
-    store: Store, form: DayForm, caps: Capabilities
-) -> tuple[tuple[int, bytes] | None, bytes | None, str, int]:
-    """Find the tail marker: growing suffix GETs, or one streamed pass where suffixes are ignored.
-
-    Returns (found (keep, tail) or None, the whole object if it was read whole and is small, etag,
-    bytes read).
-    """
-    if not caps.suffix_range:
-        return _scan_for_tail(store, form)
-    want = FIRST_SUFFIX
-    read = 0
-    while True:
-        chunk, info = store.get(form.key, suffix=want)
-        read += len(chunk)
-        found = form.split_tail(chunk, info.size)
-        whole = chunk if len(chunk) >= info.size else None
-        if found is not None or whole is not None:
-            return found, whole if whole is not None and len(whole) < SMALL_LIMIT else None, info.etag, read
-        # A long batch_ids list (or a foreign layout) pushed the marker further back.
-        want *= 4
-
-
-def _scan_for_tail(store: Store, form: DayForm) -> tuple[tuple[int, bytes] | None, bytes | None, str, int]:
-    """Read the object through once, keeping only what could hold the tail."""
-    window = b""
-    read = 0
-    marker = form.tail_marker
-    with store.stream(form.key) as (stream, info):
-        while chunk := stream.read(_STREAM_CHUNK):
-            read += len(chunk)
-            found_at = (window + chunk).rfind(marker)
-            # Keep from the last marker on (the tail), else a marker's length (it may straddle).
-            window = (window + chunk)[found_at:] if found_at >= 0 else (window + chunk)[-len(marker):]
-    found = form.split_tail(window, read)
-    return found, None, info.etag, read

@@ -38,7 +38,7 @@ class Body(Enum):
     """Where the new document's first bytes come from: the old document up to its tail, kept."""
 
     OPENING = "opening"  # nothing to keep: a new document starts with daily.HEAD
-    PADDING = "padding"  # a new gzip document: its padding copied on the server, then daily.HEAD
+    PADDING = "padding"  # a new gzip document: its padding copied on the server, then daily.HEAD (S3 only)
     HELD = "held"  # the old body is in memory (read whole below 5 MiB, or our own last write)
     STREAMED = "streamed"  # streamed from a GET into the write: the client sends the whole day
     COPIED = "copied"  # copied on the server (UploadPartCopy with a range): never sent
@@ -91,9 +91,10 @@ def choose_plan(doc: DocumentState, caps: Capabilities) -> WritePlan:
     if doc.layout is Layout.ABSENT:
         # Always written: an edit of a new tail always changes it (an append, or a close that
         # creates the day empty and closed).
-        if doc.gzip and caps.server_side_append:
+        if doc.gzip and caps.server_side_append and caps.min_copy > 0:
             # Padded, so that every later append keeps at least S3's 5 MiB copied part: one
-            # multipart upload, guarded by the HEAD just before Complete.
+            # multipart upload, guarded by the HEAD just before Complete. (A store that copies
+            # any size, the directory, needs no padding; a closed day loses it, publish.trim.)
             return WritePlan(AppendPath.NEW, Body.PADDING, Guard.HEAD)
         return WritePlan(AppendPath.NEW, Body.OPENING, _put_guard(caps))
     if not doc.changes:

@@ -27,6 +27,7 @@ from uploader.local.quarantine import Quarantine
 from uploader.local.spool import Spool, SpooledBatch
 from uploader.publish import quarantine
 from uploader.publish.cache import WriteCache
+from uploader.publish.listed import ListedIndex
 from uploader.publish.status import RetryState, StatusFile
 from uploader.recorder import (
     NO_METRICS,
@@ -93,6 +94,7 @@ class Uploader:
         self.rand = rand
         self._last_logged: dict[str, float] = {}
         self._written = WriteCache()
+        self._listed = ListedIndex(spool.ids_dir, lambda day: [e.batch_id for e in spool.pending_batches(day)])
         self.archive_policy = archive or ArchivePolicy()
         self._archive = Archive(spool)
         self._quarantined = Quarantine(spool)
@@ -161,7 +163,7 @@ class Uploader:
             result = publish.append_batches(self.store, self.prefix, self.tz, [e for e, _ in readable],
                                             self.clock(), self._written,
                                             on_streamed=lambda header: progress(next(streamed)),
-                                            compression=self.compression)
+                                            compression=self.compression, listed=self._listed)
         except UnreadableBatch as exc:
             # Found while streaming: nothing was written. Hold that batch back; the rest go next time.
             self._unreadable(exc, report)
@@ -302,6 +304,8 @@ class Uploader:
             self.metrics.day_closed(CloseReport(day, closing.counters, _used(closing.capabilities)))
             log.info("day_closed day=%s", day)
             closed.append(day)
+        if closed:
+            self._listed.prune(self.clock().timestamp())  # days long closed take no more uploads
         return closed
 
 

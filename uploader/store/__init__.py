@@ -61,8 +61,11 @@ class Store(Protocol):
         """Size, ETag and user metadata of ``key``; None if it does not exist."""
         ...
 
-    def get(self, key: str, suffix: int | None = None) -> tuple[bytes, ObjectInfo]:
-        """The object's bytes (only the last ``suffix`` bytes if given) and its info.
+    def get(
+        self, key: str, suffix: int | None = None, *, span: tuple[int, int] | None = None
+    ) -> tuple[bytes, ObjectInfo]:
+        """The object's bytes and its info: only the last ``suffix`` bytes if given, or only bytes
+        ``span`` = (start, end) if given (end excluded and cut at the object's end; start within it).
 
         ``ObjectInfo.size`` is always the whole object's size. Raises ObjectNotFound if missing.
         """
@@ -102,16 +105,18 @@ class Store(Protocol):
         if_match: str | None = None,
         if_none_match: bool = False,
         source: str | None = None,
+        start: int = 0,
     ) -> str | None:
-        """Write the object as the first ``keep`` bytes of ``source`` (default: ``key`` itself, as
-        it is now) followed by ``pieces``.
+        """Write the object as ``keep`` bytes of ``source`` (default: ``key`` itself, as it is now)
+        from byte ``start`` on (default: its first bytes), followed by ``pieces``.
 
         Returns the new ETag as the write's own answer gave it, or None where the server does not
         say (Ceph RGW completes multipart uploads with an empty ETag).
 
         The kept bytes stay on the server (never sent by the client; S3 copies them in ranges
-        of at most 512 MiB, all in the one write); ``keep`` is 0 or at least MIN_PART_SIZE (S3
-        copies no smaller first part: ValueError). ``source`` is another key of the same bucket,
+        of at most 512 MiB, all in the one write); ``keep`` is 0 or at least
+        ``capabilities().min_copy`` (S3 copies no part below 5 MiB: ValueError), and ``start +
+        keep`` within the source's size. ``source`` is another key of the same bucket,
         read as it is when copied: the conditions are on ``key`` only. ``pieces`` are streamed, so
         memory stays bounded whatever their total. Conditions as for ``put``; PreconditionFailed
         when one does not hold, where the server lets that be checked (else a HEAD just before

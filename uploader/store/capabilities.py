@@ -72,6 +72,10 @@ class Capabilities:
     ``suffix_range``: GET with ``Range: bytes=-N`` returns only the last N bytes.
     ``complete_etag``: CompleteMultipartUpload answers with the new object's ETag.
 
+    ``min_copy``: the fewest bytes a write may keep by copying them on the server (``compose``'s
+    ``keep``): S3's smallest part, 5 MiB; 0 where any range is copied (the directory backend copies
+    locally), so nothing needs padding to reach it. A trait of the backend, not probed.
+
     ``probed_at`` is a POSIX time (0: never probed, e.g. the directory backend);
     ``conclusive`` is False when a passing fault left some finding unsure; ``notes`` holds, per
     capability found missing, what the server answered.
@@ -88,6 +92,7 @@ class Capabilities:
     # Why the server did not store the probe object with the encryption asked for; "" when it
     # did, or none was asked. Not a path choice: every write is refused while it is set.
     encryption_problem: str = ""
+    min_copy: int = MIN_PART_SIZE
     probed_at: float = 0.0
     conclusive: bool = True
     notes: dict[str, str] = field(default_factory=dict, compare=False)

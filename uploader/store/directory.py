@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,7 +32,7 @@ from uploader.config import DEFAULT_PREFIX
 from uploader.errors import ObjectNotFound, PreconditionFailed, StoreRejected, StoreUnavailable
 from uploader.files import fsync_dir
 from uploader.store import FULL_CAPABILITIES, ObjectInfo, normalize_etag, probe_prefix
-from uploader.store.capabilities import MIN_PART_SIZE, Capabilities
+from uploader.store.capabilities import Capabilities
 
 __all__ = ["DirectoryStore"]
 
@@ -39,10 +40,14 @@ log = logging.getLogger(__name__)
 
 _INTERNAL = ".uploader"
 _CHUNK = 1024 * 1024
+# Everything the S3 path uses, and a copy of any size: the kept bytes are copied locally, so there
+# is no smallest part (and a gzip day needs no padding, DESIGN §5.10).
+_CAPABILITIES = replace(FULL_CAPABILITIES, min_copy=0)
 
 
 class DirectoryStore:
-    """A Store whose bucket is a local folder; honours every capability the S3 path uses."""
+    """A Store whose bucket is a local folder; honours every capability the S3 path uses, and
+    copies kept bytes of any size."""
 
     def __init__(self, root: Path | str, prefix: str = DEFAULT_PREFIX) -> None:
         self.root = Path(root)
@@ -58,7 +63,7 @@ class DirectoryStore:
         pass  # a folder has no certificate; one that cannot be written fails the first write plainly
 
     def capabilities(self, refresh: bool = False) -> Capabilities:
-        return FULL_CAPABILITIES
+        return _CAPABILITIES
 
     def remove_leftovers(
         self, older_than_s: float = 0.0, uploads: bool = True, *, writer_started: bool = False
@@ -79,12 +84,19 @@ class DirectoryStore:
         with self._locked():
             return self._info(key)
 
-    def get(self, key: str, suffix: int | None = None) -> tuple[bytes, ObjectInfo]:
+    def get(
+        self, key: str, suffix: int | None = None, *, span: tuple[int, int] | None = None
+    ) -> tuple[bytes, ObjectInfo]:
+        if span is not None and (suffix is not None or span[1] <= span[0]):
+            raise ValueError(f"get: a suffix or a span of at least one byte, not {suffix=} {span=}")
         with self._locked():
             info = self._info(key)
             if info is None:
                 raise ObjectNotFound(f"no object {key} in {self.root}")
             with self._translate(key), open(self._path(key), "rb") as f:
+                if span is not None:
+                    f.seek(span[0])
+                    return f.read(span[1] - span[0]), info
                 if suffix is not None and suffix < info.size:
                     f.seek(info.size - suffix)
                 return f.read(), info
@@ -148,17 +160,16 @@ class DirectoryStore:
         if_match: str | None = None,
         if_none_match: bool = False,
         source: str | None = None,
+        start: int = 0,
     ) -> str | None:
-        if keep and keep < MIN_PART_SIZE:
-            raise ValueError(f"keep={keep}: S3 cannot copy a part smaller than {MIN_PART_SIZE} bytes")
         origin = source or key  # where the kept bytes come from
         with self._locked():
             if keep:
                 info = self._info(origin)
                 if info is None:
                     raise ObjectNotFound(f"no object {origin} in {self.root}")
-                if keep > info.size:
-                    raise ValueError(f"keep={keep} is beyond the size of {origin}, {info.size}")
+                if start + keep > info.size:
+                    raise ValueError(f"bytes {start}..{start + keep} are beyond the size of {origin}, {info.size}")
             self._check(key, if_match, if_none_match)
 
             def write(f: BinaryIO) -> str:
@@ -166,6 +177,7 @@ class DirectoryStore:
                 digest = hashlib.md5(usedforsecurity=False)
                 if keep:
                     with open(self._path(origin), "rb") as src:
+                        src.seek(start)
                         left = keep
                         while left:
                             chunk = src.read(min(_CHUNK, left))

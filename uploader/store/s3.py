@@ -177,11 +177,18 @@ class S3Store:
             return None
         return _info(key, r, int(r["ContentLength"]))
 
-    def get(self, key: str, suffix: int | None = None) -> tuple[bytes, ObjectInfo]:
+    def get(
+        self, key: str, suffix: int | None = None, *, span: tuple[int, int] | None = None
+    ) -> tuple[bytes, ObjectInfo]:
+        if span is not None and (suffix is not None or span[1] <= span[0]):
+            raise ValueError(f"get: a suffix or a span of at least one byte, not {suffix=} {span=}")
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if suffix is not None:
             args["Range"] = f"bytes=-{max(suffix, 1)}"
-        with self._translate("GET", key, feature="suffix_range" if suffix is not None else None):
+        elif span is not None:
+            args["Range"] = f"bytes={span[0]}-{span[1] - 1}"
+        # A server refusing ranges is one without suffix reads (the form the probe tries).
+        with self._translate("GET", key, feature=None if suffix is None and span is None else "suffix_range"):
             r = self._read(lambda: self.client.get_object(**args))
             body: bytes = r["Body"].read()
         size = len(body)
@@ -191,6 +198,8 @@ class S3Store:
         elif suffix is not None:
             # The server ignored the Range header and sent everything: keep only what was asked.
             body = body[-suffix:] if suffix else b""
+        elif span is not None:
+            body = body[span[0]:span[1]]  # the same
         return body, _info(key, r, size)
 
     @contextmanager
@@ -247,9 +256,10 @@ class S3Store:
         if_match: str | None = None,
         if_none_match: bool = False,
         source: str | None = None,
+        start: int = 0,
     ) -> str | None:
         return s3_compose.compose(self, key, keep, pieces, metadata, if_match=if_match, if_none_match=if_none_match,
-                                  source=source)
+                                  source=source, start=start)
 
     def _check_encryption(self, key: str) -> None:
         """Refuse every write while the server is known not to apply the configured encryption:
@@ -363,8 +373,9 @@ class S3Store:
         caps = Prober(client, self.client, self.bucket, self.probe_prefix, self._translate,
                       lambda answer: mismatch(self.encryption, answer)).run()
         self._remember(caps, save=True)
+        found = {k: v for k, v in caps.to_json().items() if k not in ("notes", "probed_at", "conclusive", "min_copy")}
         log.info("store.probed where=%s conclusive=%s %s", self.describe(), caps.conclusive,
-                 " ".join(f"{k}={v}" for k, v in caps.to_json().items() if k not in ("notes", "probed_at", "conclusive")))
+                 " ".join(f"{k}={v}" for k, v in found.items()))
         return caps
 
     def _remember(self, caps: Capabilities, *, save: bool) -> None:

@@ -1,13 +1,14 @@
 """Composing an S3 object (part of the S3 backend): kept bytes copied server-side, new bytes streamed.
 
-``compose`` writes ``key`` as the first ``keep`` bytes of an object already in the bucket (the key
-itself, or ``source``) followed by streamed pieces. Small writes are one PUT; larger ones are one
-multipart upload: the kept bytes by UploadPartCopy, in equal ranges of at most the store's
-``copy_part_size`` (a copy answers only when it is done, so each must finish well within the read
-timeout, and S3 copies at most 5 GiB per part), then the pieces in PART_SIZE parts. Every part is
-in the one upload, so ``CompleteMultipartUpload`` stays the one guarded commit; any failure
-aborts the upload, and a process killed mid-way leaves an unfinished upload that
-``S3Store.remove_leftovers`` removes, never a changed object.
+``compose`` writes ``key`` as ``keep`` bytes of an object already in the bucket (the key itself, or
+``source``), its first ones or those from ``start`` on, followed by streamed pieces. Small writes
+are one PUT; larger ones are one multipart upload: the kept bytes by UploadPartCopy, in equal
+ranges of at most the store's ``copy_part_size`` (a copy answers only when it is done, so each
+must finish well within the read timeout, and S3 copies at most 5 GiB per part), then the pieces
+in PART_SIZE parts (none if there are no new bytes). Every part is in the one upload, so
+``CompleteMultipartUpload`` stays the one guarded commit; any failure aborts the upload, and a
+process killed mid-way leaves an unfinished upload that ``S3Store.remove_leftovers`` removes,
+never a changed object.
 
 S3's limits are the store's attributes (``copy_part_size``, ``max_parts``, ``max_object_size``),
 so the tests run this same code on small objects with the limits lowered. The copy takes at most
@@ -46,7 +47,7 @@ def content_type(key: str) -> str:
 
 def compose(
     store: S3Store, key: str, keep: int, pieces: Iterable[bytes], metadata: dict[str, str], *,
-    if_match: str | None, if_none_match: bool, source: str | None,
+    if_match: str | None, if_none_match: bool, source: str | None, start: int = 0,
 ) -> str | None:
     """``Store.compose`` on S3: see the protocol for the contract."""
     if keep and keep < MIN_PART_SIZE:
@@ -59,11 +60,14 @@ def compose(
         if second is None:  # it all fits one request
             return store._put(key, first, metadata, if_match, if_none_match)
         parts = itertools.chain([second], parts)
+        del second  # held by the chain until sent, not by this frame for the whole write
         if not caps.multipart:
             return _put_spilled(store, key, itertools.chain([first], parts), metadata, if_match, if_none_match)
     # A day at the limit is refused before anything is copied (most appends are one part).
     _refuse_past_limit(store, key, keep + len(first))
-    return _multipart(store, key, keep, source, itertools.chain([first], parts), metadata, if_match, if_none_match)
+    parts = itertools.chain([first], parts)
+    del first
+    return _multipart(store, key, keep, source, start, parts, metadata, if_match, if_none_match)
 
 
 def copy_ranges(keep: int, part_size: int, max_parts: int) -> list[tuple[int, int]]:
@@ -92,12 +96,14 @@ def copy_ranges(keep: int, part_size: int, max_parts: int) -> list[tuple[int, in
 
 
 def _multipart(
-    store: S3Store, key: str, keep: int, source: str | None, parts: Iterator[bytes], metadata: dict[str, str],
-    if_match: str | None, if_none_match: bool,
+    store: S3Store, key: str, keep: int, source: str | None, start: int, parts: Iterator[bytes],
+    metadata: dict[str, str], if_match: str | None, if_none_match: bool,
 ) -> str | None:
-    """One multipart upload: the copy parts, then the new parts, then the one guarded Complete."""
+    """One multipart upload: the copy parts (``keep`` bytes of the source from ``start`` on), then
+    the new parts, then the one guarded Complete."""
     caps = store.capabilities()
-    ranges = copy_ranges(keep, store.copy_part_size, store.max_parts)
+    ranges = [(start + first, start + last)
+              for first, last in copy_ranges(keep, store.copy_part_size, store.max_parts)]
     store._check_encryption(key)
     with store._translate("CreateMultipartUpload", key, feature="multipart"):
         upload_id = store.client.create_multipart_upload(
@@ -113,7 +119,8 @@ def _multipart(
     except BaseException:
         store._abort(key, upload_id)
         raise
-    log.debug("store.composed key=%s copied=%d copy_parts=%d parts=%d", key, keep, len(ranges), len(done))
+    log.debug("store.composed key=%s copied=%d from=%d copy_parts=%d parts=%d", key, keep, start, len(ranges),
+              len(done))
     # Ceph RGW answers with an empty ETag: say "unknown" rather than HEAD for one, which
     # could be another writer's object.
     return normalize_etag(r["ETag"]) if caps.complete_etag and r.get("ETag") else None
@@ -122,7 +129,7 @@ def _multipart(
 def _copy_parts(
     store: S3Store, key: str, upload_id: str, source: str, ranges: list[tuple[int, int]], guard: str | None,
 ) -> list[dict[str, Any]]:
-    """Parts 1.. of the upload, each an UploadPartCopy of one range of ``source``."""
+    """Parts 1.. of the upload, each an UploadPartCopy of one range (first, last byte) of ``source``."""
     done: list[dict[str, Any]] = []
     for number, (first, last) in enumerate(ranges, start=1):
         copy: dict[str, Any] = {
@@ -139,10 +146,13 @@ def _copy_parts(
 def _upload_parts(
     store: S3Store, key: str, upload_id: str, parts: Iterator[bytes], number: int, keep: int,
 ) -> list[dict[str, Any]]:
-    """The new bytes as parts ``number``.., one part in memory at a time."""
+    """The new bytes as parts ``number``.., one part in memory at a time; none when there are no new
+    bytes (a copy alone, e.g. a gzip day's padding dropped)."""
     done: list[dict[str, Any]] = []
     size = keep
     for body in parts:
+        if not body:
+            continue  # only ever the one empty part of no bytes at all: the copy parts make the object
         size += len(body)
         _refuse_past_limit(store, key, size)
         if number > store.max_parts:
@@ -151,6 +161,7 @@ def _upload_parts(
             done.append(part_entry(number, store.client.upload_part(
                 Bucket=store.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)))
         number += 1
+        del body  # not held while the next part is joined
     return done
 
 
@@ -215,7 +226,8 @@ def _in_parts(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
         buffer.append(piece)
         held += len(piece)
         if held >= size:
-            yield b"".join(buffer)
-            buffer, held, yielded = [], 0, True
+            joined, buffer, held, yielded = b"".join(buffer), [], 0, True
+            yield joined  # the pieces already let go: one part in memory, not two
+            del joined
     if held or not yielded:
         yield b"".join(buffer)
