@@ -211,6 +211,8 @@ def test_a_lost_write_is_found_among_the_batches_due_now_whichever_waited_out_a_
     waiting = ListedIndex(spooled=lambda day: ["d", "f"])  # d and f still in backoff: not in this append
     waiting.remember("k", daily.ListedIds(["a", "b"]))
     assert list(waiting.listed(no_store, "k", DAY, meta, ["g"])) == ["a", "b", "d", "f"]
+    first = {"total_uploads_today": 1, "batch_ids_sha256": daily.ids_digest(["a"])}  # the day's first write
+    assert list(ListedIndex().listed(no_store, "k", DAY, first, ["a", "b"])) == ["a"]
 
 
 @pytest.mark.parametrize("pad", [0, 60_000], ids=["small-day", "large-day"])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -129,6 +129,16 @@ class ListedIds:
         for batch_id in more:
             grown.update(batch_id.encode("utf-8") + b"\n")
         return grown.hexdigest()
+
+    def run_giving(self, more: Sequence[str], digest: object) -> int | None:
+        """How many of ``more``, taken from the first, added to these ids give ``digest`` (None:
+        no such run); one pass, however long ``more`` is."""
+        grown = self._hash.copy()
+        for count, batch_id in enumerate(more, 1):
+            grown.update(batch_id.encode("utf-8") + b"\n")
+            if grown.hexdigest() == digest:
+                return count
+        return None
 
     def matches(self, meta: dict[str, Any]) -> bool:
         """Whether these are the ids whose digest the metadata ``meta`` holds."""

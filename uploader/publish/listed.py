@@ -54,20 +54,19 @@ class ListedIndex:
     ) -> ListedIds:
         """The ids the document of ``day`` at ``key`` lists (a copy the caller may extend), given
         its tail's metadata ``meta`` and the ids of the batches about to be appended, in order."""
-        known = self._known.get(key) or self._load(key)
-        if known is not None:
-            if known.matches(meta):
-                return known.copy()
-            spooled = dict.fromkeys([*self._spooled(day), *batch_ids])
-            landed = _landed(known, meta, [b for b in spooled if b not in known])
-            if landed is not None:
-                log.info("publish.listed_recovered key=%s ids=%d", key, len(landed))
-                found = known.copy()
-                for batch_id in landed:
-                    found.add(batch_id)
-                return found
-        if not meta.get("total_uploads_today") and ListedIds().matches(meta):
-            return ListedIds()
+        known = self._known.get(key)
+        if known is None:
+            known = self._load(key) or ListedIds()  # none kept: maybe our first write's answer was lost
+        if known.matches(meta):
+            return known.copy()
+        spooled = dict.fromkeys([*self._spooled(day), *batch_ids])
+        landed = _landed(known, meta, [b for b in spooled if b not in known])
+        if landed is not None:
+            log.info("publish.listed_recovered key=%s ids=%d", key, len(landed))
+            found = known.copy()
+            for batch_id in landed:
+                found.add(batch_id)
+            return found
         return self._read(store, key, meta)
 
     def remember(self, key: str, ids: ListedIds) -> None:
@@ -158,9 +157,9 @@ def _landed(known: ListedIds, meta: dict[str, Any], spooled: list[str]) -> Seque
     due, so a first run of them is tried first (a backlog's group commit), then every
     subsequence of the first few (some waited out a backoff while later ones were written)."""
     want = meta.get("batch_ids_sha256")
-    for size in range(1, len(spooled) + 1):
-        if known.digest_with(spooled[:size]) == want:
-            return spooled[:size]
+    run = known.run_giving(spooled, want)
+    if run is not None:
+        return spooled[:run]
     few = spooled[:_MAX_TRIED]
     for size in range(len(few) - 1, 0, -1):
         for chosen in itertools.combinations(few, size):
