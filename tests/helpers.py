@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -39,6 +40,19 @@ if TYPE_CHECKING:  # the benchmarks import this module without the tests' folder
 T = TypeVar("T")
 NY = pytz.timezone("America/New_York")
 SERVERS = ("moto", "ceph")  # the real S3 servers every S3 test runs on (conftest starts them)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def uploader(*args: str, timeout: float = 180, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """One `uploader` command as a user runs it, from this tree (stdout and stderr captured
+    unless ``stdout`` is given)."""
+    kw.setdefault("capture_output", "stdout" not in kw)
+    if "stdout" in kw:
+        kw.setdefault("stderr", subprocess.PIPE)
+    return subprocess.run([sys.executable, "-m", "uploader.cli", *args], text=True, timeout=timeout, cwd=REPO,
+                          check=False, **kw)
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def wrong_pair(s3_server: S3Server) -> Iterator[dict[str, str]]:
         yield {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
         return
     iam = boto3.client("iam", endpoint_url=s3_server.endpoint, region_name="us-east-1")
-    name = f"uploader-{os.getpid()}-{id(iam)}"
+    # A fresh name each time: moto keeps its users for the session, and id() of a client is
+    # reused once the last one is freed, which made two tests meet on one name.
+    name = f"uploader-{uuid.uuid4().hex[:12]}"
     iam.create_user(UserName=name)
     iam.put_user_policy(
         UserName=name, PolicyName="s3",

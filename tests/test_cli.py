@@ -15,10 +15,9 @@ import tempfile
 from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import NY, read_only, wait_for, write_config
+from helpers import NY, read_only, uploader, wait_for, write_config
 
 from uploader import daily
 from uploader.cli import COMMANDS, build_parser, main
@@ -33,14 +32,6 @@ DAY = date(2025, 7, 10)
 FETCHES = 100  # of about 3 KiB each: far more than a pipe's 64 KiB buffer
 NOBODY = 65534
 
-
-def uploader(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """One `uploader` command as a user runs it (stdout and stderr captured unless given)."""
-    kw.setdefault("capture_output", "stdout" not in kw)
-    if "stdout" in kw:
-        kw.setdefault("stderr", subprocess.PIPE)
-    return subprocess.run([sys.executable, "-m", "uploader.cli", *args], text=True, timeout=120, cwd=REPO,
-                          check=False, **kw)
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], code: int) -> str:

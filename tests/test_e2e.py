@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytz
-from helpers import NY, make_s3_store, spooled_ids, wait_for, write_config
+from helpers import NY, make_s3_store, spooled_ids, uploader, wait_for, write_config
 
 from uploader import daily
 from uploader.config import load_config
@@ -26,10 +26,6 @@ from uploader.store import open_store
 REPO = Path(__file__).resolve().parent.parent
 SIMULATOR = REPO / "scripts" / "simulate_pipeline.py"
 
-
-def uploader(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "uploader.cli", *args], capture_output=True, text=True,
-                          timeout=120, **kw)
 
 
 def start_run(config: Path) -> subprocess.Popen:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_s3_store, read_day, write_config
+from helpers import make_s3_store, read_day, uploader, write_config
 from rig import chaos
 from rig.s3servers import KMS_KEY_ID, S3Server
 
@@ -43,10 +43,6 @@ def https_store(server: S3Server, bucket: str, encryption: Encryption) -> S3Stor
     assert server.https_endpoint and server.ca_path
     return make_s3_store(str(server.https_endpoint), bucket, ca_bundle=str(server.ca_path), encryption=encryption)
 
-
-def uploader(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "uploader.cli", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
 
 
 def key_file(folder: Path, data: bytes = KEY, mode: int = 0o600) -> Path:
@@ -199,7 +195,7 @@ def test_encrypted_days_under_kill_9_chaos_then_verify_and_export(
     `export` read back (with the key for SSE-C). Which append paths a run takes depends on where
     the kills fall; tests/test_encryption.py's store tests take each path deterministically."""
     s3: S3Server = request.getfixturevalue(f"{server}_server")
-    summary = chaos.run(duration=15, seed=5, kill_interval=1.5, rate=15, fault_rate=0.3, down_every=8,
+    summary = chaos.run(duration=10, seed=5, kill_interval=1.2, rate=15, fault_rate=0.3, down_every=8,
                         fetch_kib=32, span_hours=1, workdir=tmp_path / "chaos", server=s3,
                         encryption=encryption, https=True, compression=compression)
     print(summary.line())

@@ -324,7 +324,7 @@ def test_gzip_days_under_kill_9_chaos_read_back_by_gunzip_and_duckdb(tmp_path: P
     `gzip -d` and loaded with json, and read by DuckDB, has the fetches and counters `verify`
     finds. (On Ceph RGW the same runs with SSE-C: tests/test_encryption.py.)"""
     s3 = moto_server
-    summary = chaos.run(duration=15, seed=7, kill_interval=1.5, rate=15, fault_rate=0.3, down_every=8,
+    summary = chaos.run(duration=12, seed=7, kill_interval=1.2, rate=15, fault_rate=0.3, down_every=8,
                         fetch_kib=32, span_hours=1, workdir=tmp_path / "chaos", server=s3, compression="gzip")
     print(summary.line())
     assert summary.problems == [], summary.problems[:20]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_s3_store, spooled_ids, stored_days, wait_for, write_config
+from helpers import make_s3_store, spooled_ids, stored_days, uploader, wait_for, write_config
 from rig.s3servers import S3Server
 
 from uploader.config import load_config
@@ -36,9 +36,6 @@ def tls_store(ceph_server: S3Server, tls_bucket: str) -> S3Store:
     """The production S3 store on Ceph RGW's https endpoint, trusting the rig's CA."""
     return make_s3_store(str(ceph_server.https_endpoint), tls_bucket, ca_bundle=str(ceph_server.ca_path))
 
-
-def uploader(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "uploader.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def https_config(tmp_path: Path, server: S3Server, bucket: str, **s3: Any) -> Path:

@@ -21,18 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import SERVERS, terminate, wait_for, write_config
+from helpers import SERVERS, terminate, uploader, wait_for, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "corpus" / "upgrade-0.1.0"
 DOC_NAME = re.compile(r"all_api_json_log_(\d{4}-\d{2}-\d{2})\.json")
 RECORD = re.compile(rb"=== FETCH START: (\S+) \| [^\n]* ===\n(.*?)\n=== FETCH END: \1 \| [^\n]* ===\n", re.S)
 
-
-def uploader(*args: str) -> subprocess.CompletedProcess[str]:
-    """One CLI command, run as an operator would (from the tree holding this test)."""
-    return subprocess.run([sys.executable, "-m", "uploader.cli", *args], capture_output=True, text=True,
-                          timeout=180, cwd=REPO)
 
 
 @dataclass
