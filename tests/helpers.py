@@ -51,8 +51,9 @@ def uploader(*args: str, timeout: float = 180, **kw: Any) -> subprocess.Complete
     kw.setdefault("capture_output", "stdout" not in kw)
     if "stdout" in kw:
         kw.setdefault("stderr", subprocess.PIPE)
-    return subprocess.run([sys.executable, "-m", "uploader.cli", *args], text=True, timeout=timeout, cwd=REPO,
-                          check=False, **kw)
+    kw.setdefault("cwd", REPO)
+    return subprocess.run([sys.executable, "-m", "uploader.cli", *args], text=True, timeout=timeout, check=False,
+                          **kw)
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:

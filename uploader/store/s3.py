@@ -6,7 +6,8 @@ default chain. Which optional features the server honours is found by ``s3_probe
 use and remembered (in the spool's memo when given, for a day). A request that uses a feature and gets an answer
 other than a yes, a precondition failure or a passing fault stops the store using that feature
 (``CapabilityLost``), so the caller retries on the fallback path instead of failing the upload.
-Writing an object as kept bytes copied server-side plus new ones is ``s3_compose``'s.
+Writing an object as kept bytes copied server-side plus new ones is ``s3_compose``'s; the
+bucket-wide operations (versioning, lifecycle rules, leftovers) are ``s3_bucket``'s.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -46,14 +46,13 @@ from uploader.errors import (
     StoreRejected,
 )
 from uploader.s3_config import Encryption, SseMode
-from uploader.store import ObjectInfo, normalize_etag, probe_prefix, s3_compose
+from uploader.store import ObjectInfo, normalize_etag, probe_prefix, s3_bucket, s3_compose
 from uploader.store.capabilities import COPY_PART_SIZE, MAX_OBJECT_SIZE, MAX_PARTS, Capabilities
 from uploader.store.lifecycle import BucketLifecycle
 from uploader.store.memo import CapabilityMemo
 from uploader.store.s3_encryption import EncryptingClient, applied, mismatch, refusal_hint
 from uploader.store.s3_errors import (
     CREDENTIALS_REFUSED,
-    IDENTITY,
     botocore_error,
     certificate_error,
     client_error,
@@ -304,19 +303,20 @@ class S3Store:
         return sorted(key for key, _ in self._list(prefix))
 
     def versioning(self) -> str:
-        where = f"GetBucketVersioning s3://{self.bucket}"
-        with self._translate("GetBucketVersioning", ""):
-            try:
-                status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
-            except ClientError as exc:
-                code, http = error_code(exc)
-                if code in IDENTITY or http in (401, 403) and code != "AccessDenied":
-                    raise client_error(exc, where, self.bucket, self.endpoint_url) from exc
-                # A server that cannot say (not implemented, not allowed) is no reason to stop.
-                fix = f"; grant the key {permission_for('GetBucketVersioning')} on bucket {self.bucket}" \
-                    if code == "AccessDenied" else ""
-                return f"unknown (the server answered {code}, HTTP {http}{fix})"
-        return {"Enabled": "enabled", "Suspended": "suspended"}.get(str(status), "off")
+        return s3_bucket.versioning(self)
+
+    def remove_leftovers(
+        self, older_than_s: float = 0.0, uploads: bool = True, *, writer_started: bool = False
+    ) -> builtins.list[str]:
+        return s3_bucket.remove_leftovers(self, older_than_s, uploads, writer_started=writer_started)
+
+    def lifecycle(self) -> BucketLifecycle:
+        """The bucket's lifecycle rules as the server gives them (S3 only: not in the Store protocol)."""
+        return s3_bucket.lifecycle(self)
+
+    def set_lifecycle(self, config: BucketLifecycle) -> None:
+        """Replace the bucket's whole lifecycle configuration (no rules: remove it)."""
+        s3_bucket.set_lifecycle(self, config)
 
     def capabilities(self, refresh: bool = False) -> Capabilities:
         now = time.time()
@@ -332,36 +332,6 @@ class S3Store:
                     self._remember(remembered, save=False)
                     return remembered
             return self._probe()
-
-    def remove_leftovers(
-        self, older_than_s: float = 0.0, uploads: bool = True, *, writer_started: bool = False
-    ) -> builtins.list[str]:
-        cutoff = datetime.now(UTC).timestamp() - older_than_s
-        removed: builtins.list[str] = []
-        for key, modified in self._list(self.probe_prefix + "/"):
-            if modified <= cutoff:
-                self.delete(key)
-                removed.append(key)
-        if not uploads:
-            return removed
-        prefix = self.prefix + "/"
-        with self._translate("ListMultipartUploads", prefix):
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
-            unfinished = [u for page in pages for u in page.get("Uploads", [])]
-        for u in unfinished:
-            # Not every server dates uploads truly (moto says 2010): the age is a second guard, the
-            # caller being the prefix's only writer (or it not running) is the first. A probe's
-            # upload may be a running `uploader check`'s, so only its age can tell.
-            dead = writer_started and not u["Key"].startswith(self.probe_prefix + "/")
-            if dead or u["Initiated"].timestamp() <= cutoff:
-                try:
-                    # Not _abort: a refusal (a permission missing) is this clean-up's failure to report.
-                    with self._translate("AbortMultipartUpload", u["Key"]):
-                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
-                except ObjectNotFound:
-                    continue  # completed or aborted meanwhile
-                removed.append(f"{u['Key']} (unfinished multipart upload)")
-        return removed
 
     # -- capabilities --------------------------------------------------------------------------
 
@@ -463,32 +433,6 @@ class S3Store:
             self._client = None
         log.info("store.credentials_refused where=%s answer=%s action=read-credentials-again-next-try",
                  self.describe(), answer)
-
-    # -- lifecycle (S3 only: not part of the Store protocol) -------------------------------------
-
-    def lifecycle(self) -> BucketLifecycle:
-        """The bucket's lifecycle rules as the server gives them; none configured: no rules."""
-        with self._translate("GetBucketLifecycleConfiguration", ""):
-            try:
-                r = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
-            except ClientError as exc:
-                if error_code(exc)[0] == "NoSuchLifecycleConfiguration":
-                    return BucketLifecycle()
-                raise
-        return BucketLifecycle(tuple(r.get("Rules", [])), r.get("TransitionDefaultMinimumObjectSize"))
-
-    def set_lifecycle(self, config: BucketLifecycle) -> None:
-        """Replace the bucket's whole lifecycle configuration (no rules: remove it)."""
-        op = "PutBucketLifecycleConfiguration" if config.rules else "DeleteBucketLifecycle"
-        with self._translate(op, ""):
-            if not config.rules:
-                self.client.delete_bucket_lifecycle(Bucket=self.bucket)
-                return
-            args: dict[str, Any] = {"Bucket": self.bucket, "LifecycleConfiguration": {"Rules": list(config.rules)}}
-            if config.transition_default_minimum_object_size:
-                args["TransitionDefaultMinimumObjectSize"] = config.transition_default_minimum_object_size
-            self.client.put_bucket_lifecycle_configuration(**args)
-
 
 class _Reading(io.RawIOBase):
     """A GET's body as a file whose read errors are the store's own (StoreUnavailable)."""
