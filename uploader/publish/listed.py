@@ -7,7 +7,8 @@ ids themselves are kept here, in memory for the days in use and in ``<spool>/ids
 line, added after each write, never fsynced), and used only when their digest is the one the
 tail holds: a lost, stale or foreign copy costs one read of the whole document, never a batch
 stored twice or left out. After a write whose answer was lost, the tail's digest is matched by
-adding this append's batches, in order, to what was known, so a retry reads nothing either.
+adding to what was known some of the day's batches still in the spool (a first run of them, or
+any subsequence of the first few), so a retry reads nothing either.
 """
 
 from __future__ import annotations
