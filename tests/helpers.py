@@ -129,6 +129,35 @@ def write_config(tmp_path: Path, *, s3: tuple[str, str] | None = None, quick: bo
     return path
 
 
+def write_streams_config(tmp_path: Path, streams: dict[str, list[str]], destinations: dict[str, dict[str, Any]],
+                         **sections: dict[str, Any]) -> Path:
+    """A config.toml with [streams.NAME] (file data/NAME.json, spool data/spool/NAME, shipping to
+    the destinations listed) and [destinations.NAME] tables: ``{"backend": "directory", "path":
+    P}``, or ``{"backend": "s3", "endpoint": URL, "bucket": B}`` with the tests' quick settings."""
+    body: dict[str, dict[str, Any]] = {"spool": {"retry_interval_s": 1, "max_backoff_s": 2}, "metrics": {"listen": ""}}
+    for name, dest in destinations.items():
+        if dest["backend"] == "directory":
+            body[f"destinations.{name}"] = {"backend": "directory"}
+            body[f"destinations.{name}.directory"] = {"path": dest["path"]}
+        else:
+            body[f"destinations.{name}"] = {"backend": "s3"}
+            body[f"destinations.{name}.s3"] = {
+                "endpoint_url": dest["endpoint"], "bucket": dest["bucket"], "region": "us-east-1",
+                "addressing_style": "path", "max_attempts": 1, "connect_timeout_s": 1, "read_timeout_s": 5}
+    for name, dests in streams.items():
+        body[f"streams.{name}"] = {"file": f"data/{name}.json", "spool": f"data/spool/{name}", "destinations": dests}
+    for name, values in sections.items():
+        body.setdefault(name.replace("__", "."), {}).update(values)
+    lines = []
+    for name, values in body.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 class FakeClock:
     """An injectable clock the test moves by hand."""
 

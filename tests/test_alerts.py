@@ -1,9 +1,13 @@
-"""The shipped Prometheus alert rules: valid for promtool, and each rule unit-tested with promtool."""
+"""The shipped Prometheus alert rules: valid for promtool, each rule unit-tested with promtool, and
+each keeping the stream and destination it fires for."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "scripts" / "uploader-alerts.yml"
@@ -32,3 +36,20 @@ def test_every_rule_fires_and_stays_quiet_as_unit_tested(promtool):
     assert [a for a in ALERTS if f"alertname: {a}\n" not in tested] == []
     assert sorted(ALERTS) == sorted(line.split(":", 1)[1].strip() for line in RULES.read_text().splitlines()
                                     if line.strip().startswith("- alert:"))
+
+
+def test_every_uploader_rule_keeps_and_names_its_stream_and_destination():
+    """Rules over uploader_* series aggregate and match by stream (and by destination wherever they
+    aggregate), so one stream's trouble fires for it alone; their summaries name both."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    assert [g["name"] for g in groups] == ["all-api-uploader"]
+    for rule in groups[0]["rules"]:
+        expr, summary = rule["expr"], rule["annotations"]["summary"]
+        if "uploader_" not in expr:
+            assert 'job="all-api-uploader"' in expr, rule["alert"]  # UploaderDown, UploaderAbsent
+            continue
+        for clause, labels in re.findall(r"\b(by|on)\s*\(([^)]*)\)", expr):
+            kept = {label.strip() for label in labels.split(",")}
+            assert {"job", "instance", "stream"} <= kept, (rule["alert"], clause, kept)
+            assert clause == "on" or "destination" in kept, (rule["alert"], clause, kept)
+        assert "{{ $labels.stream }}" in summary and "{{ $labels.destination }}" in summary, rule["alert"]

@@ -19,7 +19,8 @@ RANKS = {
     "service": 5,
     "entry": 6,
 }
-BASE = {"uploader", "uploader.errors", "uploader.config", "uploader.s3_config", "uploader.files", "uploader.stamps",
+BASE = {"uploader", "uploader.errors", "uploader.config", "uploader.config.tables", "uploader.config.streams",
+        "uploader.s3_config", "uploader.files", "uploader.stamps",
         "uploader.schedule", "uploader.retry", "uploader.recorder"}
 ENTRY = {"uploader.cli", "uploader.logs", "uploader.fetchlog"}
 FORBIDDEN = {("service", "commands")}  # the service runs; the operator commands are the CLI's

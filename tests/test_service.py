@@ -151,7 +151,7 @@ def test_a_failed_start_leaves_nothing_running(tmp_path):
     with read_only(tmp_path / "ro"):
         with pytest.raises(UploaderError, match="cannot watch .*ro/data: Read-only file system"):
             service.start()
-        assert not [t.name for t in threading.enumerate() if t.name in ("upload-worker", "watcher")]
+        assert not [t.name for t in threading.enumerate() if t.name.startswith(("upload-worker", "watcher"))]
         with Spool(config.spool.dir).locked("test"):
             pass  # the lock was released
         run = subprocess.run([sys.executable, "-m", "uploader.cli", "run", "--config", str(tmp_path / "config.toml")],

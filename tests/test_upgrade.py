@@ -15,13 +15,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import SERVERS, terminate, uploader, wait_for, write_config
+from helpers import SERVERS, terminate, uploader, wait_for, write_config, write_streams_config
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "corpus" / "upgrade-0.1.0"
@@ -266,3 +267,36 @@ def test_0_1_0_config_loads_unchanged(tmp_path):
         assert uploader("verify", day, "--config", config).returncode == 0
     assert stored == spooled
     assert sorted((root / "data" / "spool" / "batches").iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", ["directory", *SERVERS])
+def test_waiting_0_1_0_spool_taken_over_by_a_mirrored_stream(tmp_path, request, backend):
+    """The 0.1.0 spool, named as the spool of a stream that ships to its old store and to a new
+    mirror: `run` uploads every batch 0.1.0 left waiting, and the records it had not cut, to both,
+    each fetch once in each, and empties the spool only once both have them."""
+    inst = install(tmp_path, "waiting", backend, request)
+    storage = tomllib.loads((inst.root / "config.toml").read_text())["storage"]
+    old = ({"backend": "directory", "path": storage["directory"]["path"]} if storage["backend"] == "directory" else
+           {"backend": "s3", "endpoint": storage["s3"]["endpoint_url"], "bucket": storage["s3"]["bucket"]})
+    write_streams_config(inst.root, {"all_api": ["old", "mirror"]},
+                         {"old": old, "mirror": {"backend": "directory", "path": "data/mirror"}},
+                         day={"timezone": inst.expected["timezone"]},
+                         streams__all_api={"spool": "data/spool", "prefix": "logs",
+                                           "batch_size": inst.expected["batch_size"]})
+    old_documents = inst.documents
+
+    def mirror_documents() -> dict[str, dict[str, Any]]:
+        folder = inst.root / "data" / "mirror" / "logs"
+        found = sorted(folder.glob("all_api_json_log_*.json")) if folder.is_dir() else []
+        return {p.name[len("all_api_json_log_"):-len(".json")]: json.loads(p.read_bytes()) for p in found}
+
+    inst.documents = lambda: {**old_documents(), **{f"m{d}": v for d, v in mirror_documents().items()}}
+    expected = dict(inst.expected["days"])
+    inst.expected = {**inst.expected, "days": {**expected, **{f"m{d}": v for d, v in expected.items()}}}
+    run_service_until_done(inst)
+    for documents in (old_documents, mirror_documents):
+        inst.documents = documents
+        inst.expected = {**inst.expected, "days": expected}
+        assert_stored_exactly_once(inst)
+    assert_nothing_left_behind(inst)
+    assert not list((inst.spool / "delivered").iterdir())

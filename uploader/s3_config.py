@@ -86,6 +86,9 @@ class S3Config:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_attempts: int = 3
+    # A named profile of boto3's shared files (~/.aws/credentials, ~/.aws/config) whose keys this
+    # store uses: two destinations at two providers need two key pairs. None: boto3's chain.
+    profile: str | None = None
     # A PEM file of the CA(s) that sign the endpoint's certificate (a private CA), else the
     # system's trust store. Verification is never switched off.
     ca_bundle: Path | None = None
@@ -169,6 +172,7 @@ def s3_config(v: dict[str, Any], required: bool, resolve: Callable[[str], Path])
         connect_timeout_s=float(v["connect_timeout_s"]),
         read_timeout_s=float(v["read_timeout_s"]),
         max_attempts=v["max_attempts"],
+        profile=v["profile"] or None,
         ca_bundle=_check_ca_bundle(resolve(v["ca_bundle"])) if v["ca_bundle"] is not None else None,
         **_encryption(v, resolve),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +39,13 @@ class Quarantine:
         self.folder = spool.quarantine_dir
         self.sent_folder = spool.sent_dir
 
-    def pending(self) -> list[tuple[QuarantineItem, Path]]:
-        """Spans not yet in the bucket, oldest first, with the path to pass to ``mark_sent``."""
+    def pending(self, skip: Collection[str] = ()) -> list[tuple[QuarantineItem, Path]]:
+        """Spans not yet in the bucket, oldest first, with the path to pass to ``mark_sent``;
+        ``skip``: names of those already sent to this destination."""
         out = []
         for p in sorted(self.folder.glob("*.bin")):
+            if p.name in skip:
+                continue
             try:
                 item = QuarantineItem.from_files(p.stem, p.read_bytes(), p.with_suffix(".json").read_bytes())
             except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -27,6 +27,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from uploader.errors import UploaderError
 from uploader.local.cut import CutOutcome, Cutter
@@ -77,7 +78,12 @@ class Watcher:
         cutter: Cutter,
         on_cut: Callable[[CutOutcome], None] = lambda outcome: None,
         rescan_s: float = 60.0,
+        name: str = "watcher",
+        observer: BaseObserver | None = None,
     ) -> None:
+        """``observer``: a started watchdog observer shared with other watchers (one inotify
+        instance and thread for every stream of a service), stopped by its owner; by default
+        the watcher has its own."""
         self.cutter = cutter
         self.path = cutter.path
         self.batch_size = cutter.batch_size
@@ -89,8 +95,9 @@ class Watcher:
         self._stopping = threading.Event()
         self._requests: list[tuple[date | None, Future[list[CutOutcome]]]] = []
         self._requests_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
-        self._observer = Observer()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._own_observer = observer is None
+        self._observer: BaseObserver = Observer() if observer is None else observer
         self._error_logged: str | None = None
 
     def start(self) -> None:
@@ -100,7 +107,8 @@ class Watcher:
             folder.mkdir(parents=True, exist_ok=True)
             self._observer.schedule(_Wake(self.path, self.poke), str(folder), recursive=False,
                                     event_filter=list(WAKE_EVENTS))
-            self._observer.start()
+            if self._own_observer:
+                self._observer.start()
         except OSError as exc:
             raise UploaderError(
                 f"cannot watch {folder}: {exc.strerror or exc}",
@@ -109,6 +117,10 @@ class Watcher:
             ) from None
         self._thread.start()
         self.poke()
+
+    def trouble(self) -> str | None:
+        """Why the file cannot be watched or cut right now (None: it can), as last logged."""
+        return self._error_logged
 
     def poke(self) -> None:
         """Ask the watcher thread to look at the file (any thread may call this)."""
@@ -126,8 +138,11 @@ class Watcher:
         """Stop watching; a cut under way finishes first. Safe on a watcher that never started."""
         self._stopping.set()
         self._wake.set()
-        self._observer.stop()
-        for thread in (self._thread, self._observer):
+        threads: list[threading.Thread] = [self._thread]
+        if self._own_observer:
+            self._observer.stop()
+            threads.append(self._observer)
+        for thread in threads:
             if thread.is_alive():
                 thread.join(timeout)
 

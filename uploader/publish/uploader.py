@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
+from pathlib import Path
 
 import pytz
 
@@ -23,6 +24,7 @@ from uploader.config import Compression, Config
 from uploader.errors import StoreError, StoreRejected, UnreadableBatch
 from uploader.local.archive import Archive, ArchivePolicy
 from uploader.local.batch import BatchHeader
+from uploader.local.delivery import DeliveryQueue
 from uploader.local.quarantine import Quarantine
 from uploader.local.spool import Spool, SpooledBatch
 from uploader.publish import quarantine
@@ -82,8 +84,13 @@ class Uploader:
         archive: ArchivePolicy | None = None,
         metrics: Recorder = NO_METRICS,
         compression: Compression = Compression.NONE,
+        queue: DeliveryQueue | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        """``queue``: what this destination has yet to acknowledge (every spooled batch where the
+        stream has one destination); ``state_dir``: its own state (ids/), the spool by default."""
         self.spool = spool
+        self.queue = queue or DeliveryQueue.only(spool)
         self.store = store
         self.prefix = prefix
         self.tz = tz
@@ -94,7 +101,8 @@ class Uploader:
         self.rand = rand
         self._last_logged: dict[str, float] = {}
         self._written = WriteCache()
-        self._listed = ListedIndex(spool.ids_dir, lambda day: [e.batch_id for e in spool.pending_batches(day)])
+        self._listed = ListedIndex((state_dir or spool.root) / "ids",
+                                   lambda day: [e.batch_id for e in self.queue.pending_batches(day)])
         self.archive_policy = archive or ArchivePolicy()
         self._archive = Archive(spool)
         self._quarantined = Quarantine(spool)
@@ -111,15 +119,18 @@ class Uploader:
         status: StatusFile,
         clock: Callable[[], datetime] = lambda: datetime.now(pytz.utc),
         metrics: Recorder = NO_METRICS,
+        queue: DeliveryQueue | None = None,
     ) -> Uploader:
-        """The uploader `run` and the one-shot commands use, set up from the config."""
+        """The uploader `run` and the one-shot commands use, set up from the config (one
+        stream's destination)."""
         archive = ArchivePolicy(config.spool.archive_days * 86400.0, int(config.spool.archive_max_mb * (1 << 20)))
         return cls(spool, store, config.storage.prefix, config.day.tz, status, config.spool.max_backoff_s,
-                   clock=clock, archive=archive, metrics=metrics, compression=config.storage.compression)
+                   clock=clock, archive=archive, metrics=metrics, compression=config.storage.compression,
+                   queue=queue, state_dir=config.state)
 
     def next_due(self) -> float | None:
         """POSIX time when the earliest spooled batch may be tried, None if the spool is empty."""
-        pending = self.spool.pending_batches()
+        pending = self.queue.pending_batches()
         if not pending:
             return None
         return min(self.status.retry_state(e.batch_id).next_at for e in pending)
@@ -133,7 +144,7 @@ class Uploader:
     ) -> DrainReport:
         """Upload every due batch, oldest first, one append per day group; stop at a store error."""
         report = DrainReport()
-        pending = self.spool.pending_batches(day)
+        pending = self.queue.pending_batches(day)
         now_ts = self.clock().timestamp()
         due = [e for e in pending if ignore_backoff or self.status.retry_state(e.batch_id).next_at <= now_ts]
         for group in _groups(due):
@@ -143,7 +154,7 @@ class Uploader:
                 self._failed(group, exc, report)
                 break  # the store is failing: later groups would only fail the same way
             progress(report.batches + report.failed)
-        report.left = len(self.spool.pending_batches(day))
+        report.left = len(self.queue.pending_batches(day))
         return report
 
     def _upload_group(
@@ -202,6 +213,14 @@ class Uploader:
     def _retire(self, uploaded: list[SpooledBatch]) -> None:
         """Take acknowledged batches out of the queue: into the archive (kept for `uploader repair`,
         which is pruned here), or deleted where no archive is kept."""
+        with self.queue.acknowledged([e.path.name for e in uploaded]) as everywhere:
+            # Where the stream has other destinations, a batch moves once all of them have it.
+            done = set(everywhere)
+            self._move_out([e for e in uploaded if e.path.name in done])
+
+    def _move_out(self, uploaded: list[SpooledBatch]) -> None:
+        if not uploaded:
+            return
         policy = self.archive_policy
         if not policy.enabled:
             self.spool.remove(uploaded)
@@ -257,13 +276,15 @@ class Uploader:
     def upload_quarantine(self) -> int:
         """Send quarantined bytes to ``<prefix>/quarantine/``; keep them locally as well."""
         sent = 0
-        for item, path in self._quarantined.pending():
+        for item, path in self._quarantined.pending(skip=self.queue.marked()):
             try:
                 key = quarantine.upload_quarantine(self.store, self.prefix, item)
             except StoreError as exc:
                 log.debug("quarantine_upload_failed name=%s error=%s", item.name, exc)
                 break
-            self._quarantined.mark_sent(path)
+            with self.queue.acknowledged([path.name]) as everywhere:
+                if everywhere:
+                    self._quarantined.mark_sent(path)
             log.info("quarantine_uploaded key=%s bytes=%d reason=%r", key, len(item.raw), item.reason)
             sent += 1
         return sent
@@ -292,7 +313,7 @@ class Uploader:
         """Close each day whose batches are all uploaded; return the days closed."""
         closed = []
         for day in sorted(days):
-            if self.spool.pending_batches(day):
+            if self.queue.pending_batches(day):
                 continue  # not yet: closing now would make its remaining uploads "late"
             try:
                 closing = publish.close_day(self.store, self.prefix, self.tz, day, self.clock(), self._written,

@@ -201,4 +201,5 @@ def open_store(storage: StorageConfig, state_dir: Path | None = None) -> Store:
         spill_dir=state_dir,
         ca_bundle=str(s3.ca_bundle) if s3.ca_bundle is not None else None,
         encryption=s3.encryption,
+        profile=s3.profile,
     )

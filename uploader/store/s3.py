@@ -72,14 +72,14 @@ _LOADER_LOCK = threading.Lock()
 _LOADER: Any = None
 
 
-def _new_session() -> boto3.session.Session:
+def _new_session(profile: str | None = None) -> boto3.session.Session:
     global _LOADER
     with _LOADER_LOCK:
         if _LOADER is None:
             _LOADER = botocore.loaders.create_loader()
         core = botocore.session.get_session()
         core.register_component("data_loader", _LOADER)
-    return boto3.session.Session(botocore_session=core)
+    return boto3.session.Session(botocore_session=core, profile_name=profile)
 
 
 class S3Store:
@@ -102,8 +102,10 @@ class S3Store:
         spill_dir: Path | None = None,
         ca_bundle: str | None = None,
         encryption: Encryption = Encryption(),
+        profile: str | None = None,
     ) -> None:
         self.bucket = bucket
+        self.profile = profile  # a named profile of boto3's files for this store's keys; None: the chain's default
         self.endpoint_url = endpoint_url
         self.ca_bundle = ca_bundle  # a PEM file of trusted CAs; None: the system's (never unverified)
         self.prefix = prefix.strip("/")
@@ -162,7 +164,7 @@ class S3Store:
         """The boto3 S3 client, built on first use (tests hook its events to count bytes)."""
         with self._lock:
             if self._client is None:
-                self._client = self._sse.install(_new_session().client(
+                self._client = self._sse.install(_new_session(self.profile).client(
                     "s3", endpoint_url=self.endpoint_url, config=self._boto_config, verify=self.ca_bundle))
             return self._client
 
@@ -339,7 +341,7 @@ class S3Store:
         # The probe repeats a faulted request itself, on fresh objects (see s3_probe).
         once = self._boto_config.merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}))
         client = self._sse.install(
-            _new_session().client("s3", endpoint_url=self.endpoint_url, config=once, verify=self.ca_bundle))
+            _new_session(self.profile).client("s3", endpoint_url=self.endpoint_url, config=once, verify=self.ca_bundle))
         caps = Prober(client, self.client, self.bucket, self.probe_prefix, self._translate,
                       lambda answer: mismatch(self.encryption, answer)).run()
         self._remember(caps, save=True)

@@ -15,6 +15,7 @@ from botocore.exceptions import (
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
+    ProfileNotFound,
 )
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
@@ -148,6 +149,9 @@ def botocore_error(exc: BotoCoreError, where: str, endpoint_url: str | None) -> 
     untrusted = _certificate_failure(exc)
     if untrusted is not None:
         return certificate_error(where, endpoint_url, untrusted)
+    if isinstance(exc, ProfileNotFound):
+        return StoreRejected(f"{where}: the AWS profile {exc.kwargs.get('profile')!r} is not in ~/.aws/credentials or "
+                             "~/.aws/config", "add the profile there, or fix the s3 table's profile")
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return StoreRejected(
             f"no usable S3 credentials found for {where}",

@@ -1,10 +1,9 @@
-"""Configuration: defaults, then config.toml, then validation; every error names its key."""
+"""The tables of config.toml: their dataclasses, schema, and the checks that name a bad key."""
 
 from __future__ import annotations
 
-import os
-import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import time
 from enum import StrEnum
@@ -20,18 +19,25 @@ from uploader.stamps import DEFAULT_TIMEZONE
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "SCHEMA",
     "Compression",
-    "Config",
-    "WatchConfig",
     "DayConfig",
+    "DirectoryConfig",
+    "MetricsConfig",
+    "S3Config",
     "SpoolConfig",
     "StorageConfig",
-    "DirectoryConfig",
-    "S3Config",
-    "MetricsConfig",
-    "load_config",
-    "default_config_path",
-    "is_loopback_url",
+    "WatchConfig",
+    "apply_schema",
+    "check_watch_file",
+    "day_config",
+    "keys_named",
+    "watch_config",
+    "metrics_config",
+    "parse_time",
+    "refuse_credentials",
+    "spool_config",
+    "storage_config",
 ]
 
 # Any key whose name looks like one of these is a credential and is refused wherever it appears.
@@ -106,17 +112,7 @@ class StorageConfig:
     compression: Compression = field(default_factory=lambda: Compression.NONE)
 
 
-@dataclass(frozen=True)
-class Config:
-    watch: WatchConfig
-    day: DayConfig
-    spool: SpoolConfig
-    storage: StorageConfig
-    source: Path | None = None
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-
-
-def _table(cls: type, **types: Any) -> dict[str, tuple[Any, Any]]:
+def table(cls: type, **types: Any) -> dict[str, tuple[Any, Any]]:
     """key -> (type(s), default) for one TOML table; the default is the dataclass field's, as
     TOML writes it (a path as a string, a time as HH:MM:SS), so each default is written once."""
     defaults = {f.name: f.default for f in fields(cls)}
@@ -129,92 +125,56 @@ def _table(cls: type, **types: Any) -> dict[str, tuple[Any, Any]]:
 
 _NUMBER = (int, float)
 # A nested dict is a sub-table.
-_SCHEMA: dict[str, Any] = {
-    "watch": _table(WatchConfig, file=str, batch_size=int),
-    "day": _table(DayConfig, timezone=str, close_out_at=str),
-    "spool": _table(SpoolConfig, dir=str, retry_interval_s=_NUMBER, max_backoff_s=_NUMBER, archive_days=_NUMBER,
+SCHEMA: dict[str, Any] = {
+    "watch": table(WatchConfig, file=str, batch_size=int),
+    "day": table(DayConfig, timezone=str, close_out_at=str),
+    "spool": table(SpoolConfig, dir=str, retry_interval_s=_NUMBER, max_backoff_s=_NUMBER, archive_days=_NUMBER,
                     archive_max_mb=_NUMBER),
     "storage": {
-        **_table(StorageConfig, backend=str, prefix=str, retention_days=int),
+        **table(StorageConfig, backend=str, prefix=str, retention_days=int),
         "compression": (str, "none"),
-        "directory": _table(DirectoryConfig, path=str),
-        "s3": _table(S3Config, bucket=str, endpoint_url=str, region=str, addressing_style=str,
+        "directory": table(DirectoryConfig, path=str),
+        "s3": table(S3Config, bucket=str, endpoint_url=str, region=str, addressing_style=str,
                      request_checksum_calculation=str, response_checksum_validation=str,
                      allow_insecure_http=bool, connect_timeout_s=_NUMBER, read_timeout_s=_NUMBER,
                      max_attempts=int, ca_bundle=str, server_side_encryption=str, kms_key=str,
-                     sse_customer_key_file=str),
+                     sse_customer_key_file=str, profile=str),
     },
-    "metrics": _table(MetricsConfig, listen=str, allow_remote=bool, healthz_max_pending_age_s=_NUMBER),
+    "metrics": table(MetricsConfig, listen=str, allow_remote=bool, healthz_max_pending_age_s=_NUMBER),
 }
 
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", (int, float): "a number"}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", (int, float): "a number",
+               list: "a list"}
 
 
-def default_config_path() -> Path:
-    """``$UPLOADER_CONFIG``, else ``./config.toml``."""
-    return Path(os.environ.get("UPLOADER_CONFIG") or "config.toml")
+def watch_config(file: Path, batch_size: int, where: str = "watch") -> WatchConfig:
+    if batch_size < 1:
+        raise ConfigError(f"{where}.batch_size", f"must be at least 1, got {batch_size}")
+    check_watch_file(file, f"{where}.file")
+    return WatchConfig(file=file, batch_size=batch_size)
 
 
-def load_config(path: Path | str | None = None) -> Config:
-    """Read, validate and resolve a config file; raise ConfigError naming the bad key."""
-    path = Path(path) if path is not None else default_config_path()
+def day_config(timezone: str, close_out_at: str, where: str = "day") -> DayConfig:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            str(path), "file not found", "pass --config PATH or set UPLOADER_CONFIG"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), f"cannot read: {exc}", "check the path and permissions") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML ({exc})", "fix the syntax") from None
-    return config_from_dict(raw, base=path.resolve().parent, source=path)
-
-
-def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None) -> Config:
-    """Validate a parsed TOML table and build the Config; relative paths resolve against ``base``."""
-    _refuse_credentials(raw, "")
-    values = _apply_schema(raw, _SCHEMA, "")
-
-    def resolve(p: str) -> Path:
-        return (base / Path(p).expanduser()).resolve()
-
-    w, d = values["watch"], values["day"]
-    if w["batch_size"] < 1:
-        raise ConfigError("watch.batch_size", f"must be at least 1, got {w['batch_size']}")
-    try:
-        pytz.timezone(d["timezone"])
+        pytz.timezone(timezone)
     except pytz.UnknownTimeZoneError:
         raise ConfigError(
-            "day.timezone", f"unknown time zone {d['timezone']!r}", "use an IANA name like America/New_York"
+            f"{where}.timezone", f"unknown time zone {timezone!r}", "use an IANA name like America/New_York"
         ) from None
-    close_out_at = _parse_time("day.close_out_at", d["close_out_at"])
-    spool = _spool_config(values["spool"], resolve)
-    storage = _storage_config(values["storage"], resolve)
-    metrics = _metrics_config(values["metrics"])
-    watch_file = resolve(w["file"])
-    _check_watch_file(watch_file)
-    return Config(
-        watch=WatchConfig(file=watch_file, batch_size=w["batch_size"]),
-        day=DayConfig(timezone=d["timezone"], close_out_at=close_out_at),
-        spool=spool,
-        storage=storage,
-        source=source,
-        metrics=metrics,
-    )
+    return DayConfig(timezone=timezone, close_out_at=parse_time(f"{where}.close_out_at", close_out_at))
 
 
-def _spool_config(s: dict[str, Any], resolve: Callable[[str], Path]) -> SpoolConfig:
+def spool_config(s: dict[str, Any], dir: Path, where: str = "spool") -> SpoolConfig:
     for key in ("retry_interval_s", "max_backoff_s"):
         if s[key] <= 0:
-            raise ConfigError(f"spool.{key}", f"must be greater than 0, got {s[key]}")
+            raise ConfigError(f"{where}.{key}", f"must be greater than 0, got {s[key]}")
     for key in ("archive_days", "archive_max_mb"):
         if s[key] < 0:
-            raise ConfigError(f"spool.{key}", f"must not be negative, got {s[key]}", "use 0 to keep no archive")
+            raise ConfigError(f"{where}.{key}", f"must not be negative, got {s[key]}", "use 0 to keep no archive")
     if s["max_backoff_s"] < s["retry_interval_s"]:
-        raise ConfigError("spool.max_backoff_s", "must not be smaller than spool.retry_interval_s")
+        raise ConfigError(f"{where}.max_backoff_s", f"must not be smaller than {where}.retry_interval_s")
     return SpoolConfig(
-        dir=resolve(s["dir"]),
+        dir=dir,
         retry_interval_s=float(s["retry_interval_s"]),
         max_backoff_s=float(s["max_backoff_s"]),
         archive_days=float(s["archive_days"]),
@@ -222,7 +182,7 @@ def _spool_config(s: dict[str, Any], resolve: Callable[[str], Path]) -> SpoolCon
     )
 
 
-def _storage_config(st: dict[str, Any], resolve: Callable[[str], Path]) -> StorageConfig:
+def storage_config(st: dict[str, Any], resolve: Callable[[str], Path]) -> StorageConfig:
     if st["backend"] not in ("directory", "s3"):
         raise ConfigError("storage.backend", f"unknown backend {st['backend']!r}", 'use "directory" or "s3"')
     prefix = st["prefix"].strip("/")
@@ -240,7 +200,7 @@ def _storage_config(st: dict[str, Any], resolve: Callable[[str], Path]) -> Stora
                          retention_days=retention, compression=Compression(st["compression"]))
 
 
-def _check_watch_file(path: Path) -> None:
+def check_watch_file(path: Path, key: str = "watch.file") -> None:
     """Refuse a watch.file that can never be a file: a folder at the path, or a file where one
     of its folders should be. Checked here, not when `run` starts, so every command (`check`
     after installing, first of all) names the key with exit 2 before anything runs. A missing
@@ -254,14 +214,14 @@ def _check_watch_file(path: Path) -> None:
     except OSError:
         return  # a path this user may not look at: not a config mistake as such; `run` meets it
     if is_dir:
-        raise ConfigError("watch.file", f"{path} is a folder, not a file",
+        raise ConfigError(key, f"{path} is a folder, not a file",
                           "give the path of the file the pipeline appends to, e.g. data/all_api.json")
     if in_file:
-        raise ConfigError("watch.file", f"{folder} is a file, so {path} cannot be created",
+        raise ConfigError(key, f"{folder} is a file, so {path} cannot be created",
                           "choose a path whose folders are folders")
 
 
-def _metrics_config(v: dict[str, Any]) -> MetricsConfig:
+def metrics_config(v: dict[str, Any]) -> MetricsConfig:
     age = v["healthz_max_pending_age_s"]
     if age <= 0:
         raise ConfigError("metrics.healthz_max_pending_age_s", f"must be greater than 0, got {age}")
@@ -289,7 +249,7 @@ def _metrics_config(v: dict[str, Any]) -> MetricsConfig:
                          healthz_max_pending_age_s=float(age))
 
 
-def _refuse_credentials(table: dict[str, Any], where: str) -> None:
+def refuse_credentials(table: dict[str, Any], where: str) -> None:
     for key, value in table.items():
         name = f"{where}.{key}" if where else key
         lowered = key.lower()
@@ -300,10 +260,10 @@ def _refuse_credentials(table: dict[str, Any], where: str) -> None:
             raise ConfigError(name, "an SSE-C key does not belong in the config file",
                               "write it to a file of its own (mode 600) and set storage.s3.sse_customer_key_file")
         if isinstance(value, dict):
-            _refuse_credentials(value, name)
+            refuse_credentials(value, name)
 
 
-def _apply_schema(raw: dict[str, Any], schema: dict[str, Any], where: str) -> dict[str, Any]:
+def apply_schema(raw: dict[str, Any], schema: dict[str, Any], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in raw:
         if key not in schema:
@@ -316,7 +276,7 @@ def _apply_schema(raw: dict[str, Any], schema: dict[str, Any], where: str) -> di
             sub = raw.get(key, {})
             if not isinstance(sub, dict):
                 raise ConfigError(name, "must be a table", f"write it as [{name}]")
-            out[key] = _apply_schema(sub, spec, name)
+            out[key] = apply_schema(sub, spec, name)
             continue
         types, default = spec
         if key not in raw:
@@ -331,7 +291,7 @@ def _apply_schema(raw: dict[str, Any], schema: dict[str, Any], where: str) -> di
     return out
 
 
-def _parse_time(name: str, text: str) -> time:
+def parse_time(name: str, text: str) -> time:
     try:
         value = time.fromisoformat(text)
     except ValueError:
@@ -339,3 +299,15 @@ def _parse_time(name: str, text: str) -> time:
     if value is None or value.tzinfo is not None:  # the zone is [day] timezone's, never an offset
         raise ConfigError(name, f"not a time of day: {text!r}", 'use HH:MM:SS, e.g. "00:00:30"')
     return value
+
+
+@contextmanager
+def keys_named(old: str, new: str) -> Iterator[None]:
+    """Checks written for one table (``storage.``) reused for another (``destinations.X.``): a
+    refusal names the key as the operator wrote it, in the message and in its hint."""
+    try:
+        yield
+    except ConfigError as exc:
+        field = new + exc.field.removeprefix(old) if exc.field.startswith(old) else exc.field
+        hint = exc.hint.replace(old, new) if exc.hint else exc.hint
+        raise ConfigError(field, exc.reason.replace(old, new), hint) from None

@@ -1,0 +1,145 @@
+"""Many streams, each mirrored to two destinations, in one service, on Ceph RGW and moto.
+
+Every fetch of every stream lands exactly once in every destination; a destination that is down
+holds back only its own uploads (the stream's other destination and the other streams go on),
+keeps the stream's batches spooled until it has them, and catches up alone when it returns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import stored_days, wait_for, write_streams_config
+from rig.faultproxy import FaultProxy
+
+from uploader.config import load_config
+from uploader.fetchlog import FetchWriter
+from uploader.service import Service
+
+
+def fetch_ids(server: Any, bucket: str, prefix: str) -> Counter[str]:
+    """How many times each fetch id is stored in the day documents under ``prefix``."""
+    found: Counter[str] = Counter()
+    for day in stored_days(server.admin, bucket, prefix):
+        assert not day.problems, day.problems
+        found.update(day.fetch_ids)
+    return found
+
+
+def write(config_dir: Path, stream: str, n: int) -> list[str]:
+    writer = FetchWriter(config_dir / "data" / f"{stream}.json")
+    return [writer.append({"stream": stream, "i": i}, i % 4) for i in range(n)]
+
+
+def spooled(config_dir: Path, stream: str, folder: str = "batches") -> list[str]:
+    return sorted(p.name for p in (config_dir / "data" / "spool" / stream / folder).iterdir())
+
+
+def test_two_streams_each_mirrored_store_every_fetch_once_everywhere(tmp_path, ceph_server, moto_server):
+    """Streams a and b, each on Ceph RGW and on moto: all four documents hold every fetch of
+    their stream once, and each batch leaves the spool only once both destinations have it."""
+    ceph_bucket, moto_bucket = ceph_server.new_bucket(), moto_server.new_bucket()
+    path = write_streams_config(
+        tmp_path, {"a": ["ceph", "moto"], "b": ["ceph", "moto"]},
+        {"ceph": {"backend": "s3", "endpoint": ceph_server.endpoint, "bucket": ceph_bucket},
+         "moto": {"backend": "s3", "endpoint": moto_server.endpoint, "bucket": moto_bucket}},
+        streams__a={"batch_size": 5}, streams__b={"batch_size": 4})
+    service = Service(load_config(path))
+    service.start()
+    try:
+        written = {"a": write(tmp_path, "a", 35), "b": write(tmp_path, "b", 24)}
+        for stream, ids in written.items():
+            for server, bucket in ((ceph_server, ceph_bucket), (moto_server, moto_bucket)):
+                wait_for(lambda: sum(fetch_ids(server, bucket, f"{stream}_rotating_logs").values()) >= len(ids),
+                         timeout=30, what=f"stream {stream} in {server.name}")
+                assert fetch_ids(server, bucket, f"{stream}_rotating_logs") == Counter(ids)
+        wait_for(lambda: not spooled(tmp_path, "a") and not spooled(tmp_path, "b"), what="spools emptied")
+    finally:
+        service.stop()
+    assert len(spooled(tmp_path, "a", "archive")) == 7 and len(spooled(tmp_path, "b", "archive")) == 6
+    # Marks go with the batch: nothing is left to say who has what.
+    for stream in ("a", "b"):
+        spool = tmp_path / "data" / "spool" / stream
+        assert not list((spool / "delivered").iterdir()) and not list((spool / "destinations/moto/delivered").iterdir())
+        assert json.loads((spool / "destinations/moto/status.json").read_text())["last_success"]["batches"] > 0
+
+
+@pytest.fixture
+def mirror_down(tmp_path, ceph_server, moto_server):
+    """Stream a on Ceph RGW and on a mirror (moto behind a proxy that can go down); stream b on
+    Ceph RGW and a moto backup of its own."""
+    buckets = {"ceph": ceph_server.new_bucket(), "mirror": moto_server.new_bucket(), "backup": moto_server.new_bucket()}
+    with FaultProxy((moto_server.host, moto_server.port)) as proxy:
+        path = write_streams_config(
+            tmp_path, {"a": ["ceph", "mirror"], "b": ["ceph", "backup"]},
+            {"ceph": {"backend": "s3", "endpoint": ceph_server.endpoint, "bucket": buckets["ceph"]},
+             "mirror": {"backend": "s3", "endpoint": proxy.url, "bucket": buckets["mirror"]},
+             "backup": {"backend": "s3", "endpoint": moto_server.endpoint, "bucket": buckets["backup"]}},
+            streams__a={"batch_size": 5}, streams__b={"batch_size": 5})
+        yield load_config(path), proxy, buckets
+
+
+def test_a_destination_down_holds_back_only_itself_and_catches_up_alone(tmp_path, mirror_down, ceph_server,
+                                                                         moto_server):
+    config, proxy, buckets = mirror_down
+    service = Service(config)
+    service.start()
+    try:
+        proxy.go_down()
+        written = {"a": write(tmp_path, "a", 20), "b": write(tmp_path, "b", 20)}
+        healthy = [(ceph_server, buckets["ceph"], "a"), (ceph_server, buckets["ceph"], "b"),
+                   (moto_server, buckets["backup"], "b")]
+        for server, bucket, stream in healthy:
+            wait_for(lambda: fetch_ids(server, bucket, f"{stream}_rotating_logs") == Counter(written[stream]),
+                     timeout=20, what=f"stream {stream} in {bucket} while the mirror is down")
+        assert not fetch_ids(moto_server, buckets["mirror"], "a_rotating_logs")
+        # The mirror has none of a's batches, so they all wait in a's spool; b's spool is empty.
+        assert len(spooled(tmp_path, "a")) == 4 and not spooled(tmp_path, "b")
+        mirror_state = tmp_path / "data" / "spool" / "a" / "destinations" / "mirror"
+        status = json.loads((mirror_state / "status.json").read_text())
+        assert status["last_error"] and not status["last_error"]["permanent"]
+        assert len(list((tmp_path / "data" / "spool" / "a" / "delivered").iterdir())) == 4
+
+        proxy.come_up()
+        wait_for(lambda: fetch_ids(moto_server, buckets["mirror"], "a_rotating_logs") == Counter(written["a"]),
+                 timeout=30, what="the mirror catching up")
+        wait_for(lambda: not spooled(tmp_path, "a"), what="a's batches archived once both have them")
+    finally:
+        proxy.come_up()
+        service.stop()
+    # Nothing was stored twice anywhere while the mirror came back.
+    for server, bucket, stream in [*healthy, (moto_server, buckets["mirror"], "a")]:
+        assert fetch_ids(server, bucket, f"{stream}_rotating_logs") == Counter(written[stream])
+    assert len(spooled(tmp_path, "a", "archive")) == 4
+
+
+def test_a_destination_uses_the_keys_of_its_own_profile(tmp_path, monkeypatch, ceph_server):
+    """Two providers need two key pairs: a destination's `profile` picks its keys from boto3's
+    shared files, over the environment's; a profile that is not there is one clear refusal."""
+    from uploader.config import config_from_dict
+    from uploader.errors import StoreRejected
+    from uploader.store import open_store
+
+    creds = tmp_path / "credentials"
+    creds.write_text("[other-provider]\naws_access_key_id = AKIAFAKEFAKEFAKEFAKE\n"
+                     "aws_secret_access_key = fake-secret-not-a-real-one\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    bucket = ceph_server.new_bucket()
+
+    def store(profile: str | None):  # noqa: ANN202
+        s3 = {"endpoint_url": ceph_server.endpoint, "bucket": bucket, "region": "us-east-1",
+              "addressing_style": "path", "max_attempts": 1}
+        if profile:
+            s3["profile"] = profile
+        config = config_from_dict({"storage": {"backend": "s3", "s3": s3}}, base=tmp_path)
+        return open_store(config.storage)
+
+    store(None).put("logs/x", b"the environment's keys", {})  # the suite's keys, from the environment
+    with pytest.raises(StoreRejected, match="InvalidAccessKeyId|credentials|refused"):
+        store("other-provider").put("logs/y", b"the profile's keys, which Ceph does not know", {})
+    with pytest.raises(StoreRejected, match="profile 'missing' is not in"):
+        store("missing").put("logs/z", b"no such profile", {})
