@@ -21,12 +21,12 @@ RANKS = {
 }
 BASE = {"uploader", "uploader.errors", "uploader.config", "uploader.config.tables", "uploader.config.streams",
         "uploader.s3_config", "uploader.files", "uploader.stamps",
-        "uploader.schedule", "uploader.retry", "uploader.recorder"}
+        "uploader.schedule", "uploader.retry", "uploader.recorder", "uploader.threads"}
 ENTRY = {"uploader.cli", "uploader.logs", "uploader.fetchlog"}
 FORBIDDEN = {("service", "commands")}  # the service runs; the operator commands are the CLI's
 
 PURE = {
-    "uploader.stamps", "uploader.schedule", "uploader.retry", "uploader.recorder",
+    "uploader.stamps", "uploader.schedule", "uploader.retry", "uploader.recorder", "uploader.threads",
     "uploader.local.records", "uploader.local.batch", "uploader.local.plan",
     "uploader.store.capabilities", "uploader.store.lifecycle",
     "uploader.daily", "uploader.daily.reading", "uploader.daily.salvage", "uploader.daily.repair_plan", "uploader.daily.verifier",

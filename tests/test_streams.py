@@ -143,3 +143,34 @@ def test_a_destination_uses_the_keys_of_its_own_profile(tmp_path, monkeypatch, c
         store("other-provider").put("logs/y", b"the profile's keys, which Ceph does not know", {})
     with pytest.raises(StoreRejected, match="profile 'missing' is not in"):
         store("missing").put("logs/z", b"no such profile", {})
+
+
+def test_each_log_line_of_a_service_thread_names_its_stream_and_destination():
+    """The modules that log know no stream: the line names the one its thread works for."""
+    import io
+    import logging
+    import threading
+
+    from uploader.logs import NameTheStream
+    from uploader.threads import thread_name
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(NameTheStream())
+    log = logging.getLogger("test.streams.names")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for name in (thread_name("upload-worker", "odds", "backup"), thread_name("watcher", "odds"), "other"):
+            t = threading.Thread(target=log.info, args=("upload day=%s", "2026-11-29"), name=name)
+            t.start()
+            t.join()
+        log.info("close_out stream=odds through=2026-11-28")
+    finally:
+        log.removeHandler(handler)
+    assert out.getvalue().splitlines() == [
+        "upload day=2026-11-29 stream=odds destination=backup",
+        "upload day=2026-11-29 stream=odds",
+        "upload day=2026-11-29",
+        "close_out stream=odds through=2026-11-28",
+    ]

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytz
 
-__all__ = ["DropWatchdogShutdownNoise", "JsonFormatter", "RedactSecrets", "redact", "setup_logging"]
+from uploader.threads import whose
+
+__all__ = ["DropWatchdogShutdownNoise", "JsonFormatter", "NameTheStream", "RedactSecrets", "redact", "setup_logging"]
 
 # Whatever the log level, these never get to print request headers (which carry the key id).
 _QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "apscheduler", "watchdog")
@@ -52,6 +54,20 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class NameTheStream(logging.Filter):
+    """Add the stream (and destination) a service thread works for to each of its lines, unless
+    the line names them already: one process serves many streams, and the modules that log do
+    not know which."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = whose(record.threadName or "")
+        if fields:
+            text = record.getMessage()
+            if " stream=" not in text:
+                record.msg, record.args = f"{text} {fields}", None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, event and its key=value fields."""
 
@@ -82,6 +98,7 @@ class DropWatchdogShutdownNoise(logging.Filter):
 def setup_logging(level: str, fmt: str) -> None:
     """Send every log record to stderr at ``level`` and above, as ``fmt`` ("text" or "json") lines."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(NameTheStream())
     handler.addFilter(RedactSecrets())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
     root = logging.getLogger()

@@ -24,6 +24,7 @@ from uploader.local.spool import Spool
 from uploader.local.watcher import Watcher
 from uploader.recorder import NO_METRICS, Recorder
 from uploader.service.worker import DestinationWorker
+from uploader.threads import thread_name
 
 __all__ = ["StreamRunner"]
 
@@ -53,7 +54,8 @@ class StreamRunner:
         ]
         self.cutter = Cutter(stream.watch.file, self.spool, self.tz, stream.watch.batch_size, clock=clock,
                              metrics=metrics_of(stream.destinations[0].name))
-        self.watcher = Watcher(self.cutter, on_cut=self._on_cut, name=f"watcher:{stream.name}", observer=observer)
+        self.watcher = Watcher(self.cutter, on_cut=self._on_cut, name=thread_name("watcher", stream.name),
+                               observer=observer)
         self._closed_out_through: date | None = None
 
     def today(self) -> date:

@@ -21,6 +21,7 @@ from uploader.publish.status import StatusFile
 from uploader.publish.uploader import Uploader
 from uploader.recorder import Recorder
 from uploader.store import LEFTOVER_AGE_S, open_store
+from uploader.threads import thread_name
 
 __all__ = ["DestinationWorker"]
 
@@ -48,8 +49,8 @@ class DestinationWorker:
         self._kick = threading.Event()
         self._stopping = threading.Event()
         self._final_drain = False
-        self._thread = threading.Thread(target=self._loop, name=f"upload-worker:{config.stream}/{self.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=thread_name("upload-worker", config.stream, self.name))
         self._closed_through: date | None = None
         # A killed predecessor's unfinished appends go first (one listing); the rest once a day.
         self._tidy_at_start = True
