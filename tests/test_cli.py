@@ -303,16 +303,16 @@ def test_a_read_only_spool_says_so(config_path: Path, read_only_spool: Path) -> 
 
 
 @pytest.mark.parametrize("argv", [
-    ["--config", "x.toml", "--log-level", "DEBUG", "--log-format", "json", "status"],
-    ["status", "--config", "x.toml", "--log-level", "DEBUG", "--log-format", "json"],
-    ["--config", "x.toml", "status", "--log-level", "DEBUG", "--log-format", "json"],
+    ["--config", "x.toml", "--stream", "odds", "--log-level", "DEBUG", "--log-format", "json", "status"],
+    ["status", "--config", "x.toml", "--stream", "odds", "--log-level", "DEBUG", "--log-format", "json"],
+    ["--config", "x.toml", "status", "--log-level", "DEBUG", "--stream", "odds", "--log-format", "json"],
 ])
 def test_global_options_before_or_after_the_command(argv: list[str]) -> None:
     """Given before the command, a value is not reset by the command's default; after works too."""
     args = build_parser().parse_args(argv)
-    assert (args.config, args.log_level, args.log_format) == (Path("x.toml"), "DEBUG", "json")
+    assert (args.config, args.stream, args.log_level, args.log_format) == (Path("x.toml"), "odds", "DEBUG", "json")
     defaults = build_parser().parse_args(["status"])
-    assert (defaults.config, defaults.log_level, defaults.log_format) == (None, "INFO", "text")
+    assert (defaults.config, defaults.stream, defaults.log_level, defaults.log_format) == (None, None, "INFO", "text")
 
 
 def test_config_before_the_command_in_a_real_run(config_path: Path) -> None:
@@ -347,6 +347,7 @@ def test_status_with_no_service_and_an_empty_spool(config_path: Path) -> None:
     assert (done.returncode, done.stderr) == (0, "")
     assert "service        not running" in done.stdout and "0 batch(es) pending (-)" in done.stdout
     report = json.loads(uploader("status", "--json", "--config", str(config_path)).stdout)
+    assert (report["stream"], report["destination"]) == ("all_api", "default")  # a config without [streams]
     assert report["spool_depth"] == 0 and report["retrying"] == {} and report["last_error"] is None
     assert report["quarantine"] == {"spans": 0, "bytes": 0, "not_sent": {"spans": 0, "bytes": 0},
                                     "sent": {"spans": 0, "bytes": 0}}

@@ -12,8 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import pytz
-from helpers import NY, FakeClock, wait_for, write_config
+from helpers import NY, FakeClock, healthz, scrape, value, wait_for, write_config
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rig.faultproxy import FaultProxy
@@ -57,31 +55,6 @@ TOKYO = pytz.timezone("Asia/Tokyo")
 # A legacy config (no [streams]) is one stream, all_api, shipping to one destination, default.
 S = {"stream": "all_api"}
 SD = {**S, "destination": "default"}
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(port: int) -> Samples:
-    """Every sample /metrics serves, parsed by prometheus_client's own parser."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
-
-
-def healthz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, "not answering"
-
 
 def run_uploader(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "uploader.cli", *args], capture_output=True, text=True, timeout=60,

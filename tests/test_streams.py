@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import stored_days, wait_for, write_streams_config
+from helpers import healthz, scrape, stored_days, value, wait_for, write_streams_config
 from rig.faultproxy import FaultProxy
 
 from uploader.config import load_config
@@ -125,7 +125,7 @@ def test_a_destination_uses_the_keys_of_its_own_profile(tmp_path, monkeypatch, c
     from uploader.store import open_store
 
     creds = tmp_path / "credentials"
-    creds.write_text("[other-provider]\naws_access_key_id = AKIAFAKEFAKEFAKEFAKE\n"
+    creds.write_text("[other-provider]\naws_access_key_id = obviously-fake-key-id\n"
                      "aws_secret_access_key = fake-secret-not-a-real-one\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
     bucket = ceph_server.new_bucket()
@@ -174,3 +174,41 @@ def test_each_log_line_of_a_service_thread_names_its_stream_and_destination():
         "upload day=2026-11-29",
         "close_out stream=odds through=2026-11-28",
     ]
+
+
+def test_a_gone_bucket_and_an_unreadable_file_trouble_only_their_own_stream(tmp_path, moto_server, unused_port):
+    """Stream a's bucket is deleted, stream c's file becomes a folder: stream b uploads on as if
+    nothing happened, and /healthz and /metrics name a's destination and c, each with its reason."""
+    gone = moto_server.new_bucket()
+    path = write_streams_config(
+        tmp_path, {"a": ["gone"], "b": ["local"], "c": ["other"]},
+        {"gone": {"backend": "s3", "endpoint": moto_server.endpoint, "bucket": gone},
+         "local": {"backend": "directory", "path": "data/bucket-b"},
+         "other": {"backend": "directory", "path": "data/bucket-c"}},
+        metrics={"listen": f"127.0.0.1:{unused_port}", "healthz_max_pending_age_s": 1},
+        streams__a={"batch_size": 2}, streams__b={"batch_size": 2}, streams__c={"batch_size": 2})
+    config = load_config(path)  # it would refuse a folder at c's path: made one after, as a mistake would
+    moto_server.admin.delete_bucket(Bucket=gone)
+    (tmp_path / "data" / "c.json").mkdir(parents=True)
+    service = Service(config)
+    service.start()
+    try:
+        write(tmp_path, "a", 4)
+        b_ids = write(tmp_path, "b", 10)
+        folder = tmp_path / "data" / "bucket-b" / "b_rotating_logs"
+        wait_for(lambda: sum(json.loads(p.read_bytes())["daily_metadata"]["total_fetches_today"]
+                             for p in folder.glob("*.json")) == 10 if folder.is_dir() else False,
+                 what="stream b uploaded while a and c are in trouble")
+        status, reason = wait_for(lambda: (h := healthz(unused_port))[0] == 503 and "stream c" in h[1] and
+                                  "stream a destination gone" in h[1] and h, timeout=20, what="/healthz naming a and c")
+        assert "Is a directory" in reason and "oldest pending batch" in reason and "stream b" not in reason
+        samples = scrape(unused_port)
+        assert value(samples, "uploader_stream_trouble", stream="c") == 1
+        assert value(samples, "uploader_stream_trouble", stream="b") == 0
+        assert value(samples, "uploader_append_failures_total", stream="a", destination="gone", kind="permanent") >= 1
+        assert value(samples, "uploader_batches_uploaded_total", stream="b", destination="local") == 5
+        assert len(spooled(tmp_path, "a")) == 2  # kept, retried with backoff
+    finally:
+        service.stop()
+    assert sorted(b_ids) == sorted(json.loads(p.read_bytes())["uploads"][i]["fetch_data"][j]["FETCH_HEADER"]["fetch_id"]
+                                   for p in folder.glob("*.json") for i in range(5) for j in range(2))

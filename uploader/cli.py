@@ -1,13 +1,17 @@
 """Command line: argument parsing, signals, printing, and error-to-exit-code mapping.
 
 Each command is parse, call, print: the work is in ``uploader.commands`` (and the service's in
-``uploader.service``); what it returns is printed here and mapped to an ``ExitCode``.
+``uploader.service``); what it returns is printed here and mapped to an ``ExitCode``. Every
+command acts on every stream of the config, or on the one ``--stream`` names; those on day
+documents on every destination of each, or on the one ``--destination`` names
+(``uploader.commands.targets``).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -15,21 +19,21 @@ import signal
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from datetime import date, datetime
+from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
 from uploader import __version__
-from uploader.commands.check import run_check
+from uploader.commands.check import check_selection
 from uploader.commands.export import FORMATS, ExportOutcome, export
-from uploader.commands.repair import Message, RepairOutcome, repair_day
-from uploader.commands.verify import audit, render_audit, render_day, verify_day
+from uploader.commands.repair import Message, repair_selection
+from uploader.commands.targets import Selection, repair_targets, select, select_one
+from uploader.commands.verify import audit_selection, verify_selection
 from uploader.config import Config, default_config_path, load_config
 from uploader.errors import ConfigError, ExitCode, UploaderError, UsageError
 from uploader.logs import redact, setup_logging
-from uploader.store import open_store
 
 # Three imports stay inside the commands that use them; at the top, every command would pay
 # for them, `--help` (~100 ms) included. uploader.service (APScheduler, watchdog, the metrics
@@ -43,13 +47,20 @@ __all__ = ["main"]
 log = logging.getLogger(__name__)
 
 
-def _print(lines: Iterable[str], err: bool = False) -> None:
-    for line in lines:
-        print(line, file=sys.stderr if err else sys.stdout)
-
-
 def _exit_code(ok: bool) -> ExitCode:
     return ExitCode.OK if ok else ExitCode.PROBLEMS
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # a line as soon as it is known: verify --all's days, repair's plan
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _selection(config: Config, args: argparse.Namespace) -> Selection:
+    return select(config, args.stream, getattr(args, "destination", None))
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -58,6 +69,9 @@ def _exit_code(ok: bool) -> ExitCode:
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from uploader.service import Service
 
+    streams = config.select(args.stream)  # an unknown name: bad usage
+    if args.stream is not None and config.declared:
+        config = dataclasses.replace(config, declared=streams).view(streams[0])
     stop = threading.Event()
     signals = {"count": 0}
 
@@ -82,69 +96,56 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from uploader.commands.status import build_status, render_status
+    from uploader.commands.status import build_overview, render_overview, render_status
 
-    report = build_status(config)
+    overview = build_overview(_selection(config, args))
+    # One stream and one destination: the form of before streams (plus "stream" and "destination").
+    one = overview.streams[0] if len(overview.streams) == 1 else None
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(one.to_dict() if one else overview.to_dict(), indent=2))
     else:
-        sys.stdout.write(render_status(report))
-    return _exit_code(not report.problems)
+        sys.stdout.write(render_status(one) if one else render_overview(overview))
+    return _exit_code(not overview.problems)
 
 
 def cmd_replay(config: Config, args: argparse.Namespace) -> int:
-    from uploader.commands.replay import exclusive_uploader, replay
+    from uploader.commands.replay import replay_selection
 
-    with exclusive_uploader(config, "uploader replay", dry_run=args.dry_run) as uploader:
-        result = replay(uploader, args.day, dry_run=args.dry_run)
-        _print(result.lines)
-        _print(result.errors, err=True)
-        return _exit_code(result.ok)
+    return _exit_code(replay_selection(_selection(config, args), args.day, dry_run=args.dry_run, say=_say, err=_err))
 
 
 def cmd_check(config: Config, args: argparse.Namespace) -> int:
-    return run_check(config, say=print, fix=args.fix)
+    return check_selection(_selection(config, args), _say, _err, fix=args.fix)
 
 
 def cmd_close_day(config: Config, args: argparse.Namespace) -> int:
-    from uploader.commands.replay import close_day, exclusive_uploader
+    from uploader.commands.replay import close_day_selection
 
-    with exclusive_uploader(config, "uploader close-day") as uploader:
-        result = close_day(uploader, args.day)
-        _print(result.lines)
-        _print(result.errors, err=True)
-        return _exit_code(result.ok)
+    return _exit_code(close_day_selection(_selection(config, args), args.day, say=_say, err=_err))
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
-    store = open_store(config.storage)
-    prefix = config.storage.prefix
+    selection = _selection(config, args)
     if args.day is not None:
-        one = verify_day(store, prefix, args.day)
-        _print(render_day(one), err=one.missing)
-        return _exit_code(one.ok)
-    today = datetime.now(config.day.tz).date()
-    report = audit(store, prefix, today, since=args.since, on_day=lambda day: print(day.line(), flush=True))
-    _print(render_audit(report, prefix))
-    return _exit_code(bool(report.days) and report.ok)  # no day at all: a wrong prefix or bucket
+        return _exit_code(verify_selection(selection, args.day, say=_say, err=_err))
+    return _exit_code(audit_selection(selection, args.since, say=_say, err=_err))
 
 
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
-    result = export(config, args.day, args.format, args.output, sys.stdout.buffer)
+    target = select_one(config, args.stream, args.destination, "export")
+    result = export(target.config, args.day, args.format, args.output, sys.stdout.buffer)
     print(result.message, file=sys.stderr)
     return _exit_code(result.outcome is ExportOutcome.WRITTEN)
 
 
 def cmd_repair(config: Config, args: argparse.Namespace) -> int:
-    from uploader.commands.replay import exclusive_uploader
+    targets = repair_targets(config, args.stream, args.destination, args.source)
 
     def say(message: Message) -> None:
-        print(message.text, file=sys.stderr if message.error else sys.stdout)
-
-    with exclusive_uploader(config, "uploader repair", dry_run=args.dry_run) as uploader:
         # Printed as it comes, so the plan is on the screen before the write begins.
-        result = repair_day(config, uploader.store, uploader.spool, args.day, dry_run=args.dry_run, on_message=say)
-        return _exit_code(result.outcome in (RepairOutcome.SOUND, RepairOutcome.DRY_RUN) or result.verified)
+        (_err if message.error else _say)(message.text)
+
+    return _exit_code(repair_selection(targets, args.day, dry_run=args.dry_run, on_message=say, say=_say, err=_err))
 
 
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
@@ -177,18 +178,20 @@ class _Parser(argparse.ArgumentParser):
 _DAY_HELP = "YYYY-MM-DD, a day in the zone of [day] timezone"
 # When each command exits 1 (docs/DESIGN.md §9 says the same), for its --help.
 _EXIT_1 = {
-    "run": "the spool is in use, or start-up failed on the spool or the store",
-    "status": "a batch is being retried, or today's counters cannot be read",
-    "replay": "the service holds the spool, or a batch is left, or an error occurred",
-    "check": "the store failed one of the checks, or --fix could not install the lifecycle rules",
-    "close-day": "the service holds the spool, a batch of the day could not be uploaded, or the close failed",
-    "verify": "no document, a problem, a missing day, a stray object or a past day left open",
+    "run": "a stream's spool is in use, or start-up failed on a spool or a store",
+    "status": "a batch is being retried, or today's counters cannot be read (the output names which stream and "
+              "destination)",
+    "replay": "the service holds a stream's spool, or a batch is left for a destination, or an error occurred",
+    "check": "a store failed one of the checks, or --fix could not install the lifecycle rules",
+    "close-day": "the service holds a stream's spool, a batch of the day could not be uploaded to a destination, "
+                 "or a close failed",
+    "verify": "no document, a problem, a missing day, a stray object or a past day left open; with DAY, also a "
+              "stream's destinations holding different batches, fetches or counters",
     "export": "no document, or it stops being valid JSON",
     "repair": "the service holds the spool, nothing to rebuild from, an archived batch is unreadable, "
-              "the document changed meanwhile, or the result does not verify",
+              "the document changed meanwhile, the target holds batches --from's document lacks, "
+              "or the result does not verify",
 }
-
-
 def _epilog(command: str | None = None) -> str:
     """What the exit codes mean (after the options in --help)."""
     one = f"problems found or work left undone: {_EXIT_1[command]}" if command else \
@@ -200,7 +203,7 @@ def _epilog(command: str | None = None) -> str:
 
 
 def _global_options(for_command: bool) -> _Parser:
-    """--config, --log-level and --log-format, accepted before and after the command.
+    """--config, --stream, --log-level and --log-format, accepted before and after the command.
 
     The command's copy defaults to SUPPRESS: argparse copies a subparser's defaults over the
     main parser's results, which would undo a value given before the command.
@@ -211,11 +214,18 @@ def _global_options(for_command: bool) -> _Parser:
     p = _Parser(add_help=False)  # of the subparsers' own type, as add_parser(parents=...) is typed
     p.add_argument("--config", type=Path, default=default(None), metavar="PATH",
                    help="config file (default: $UPLOADER_CONFIG, then ./config.toml)")
+    p.add_argument("--stream", default=default(None), metavar="NAME",
+                   help="act on this stream of the config only (default: every stream)")
     p.add_argument("--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="least severe log lines shown, on stderr (default: INFO)")
     p.add_argument("--log-format", default=default("text"), choices=["text", "json"],
                    help="text lines (default) or one JSON object per line")
     return p
+
+
+def _destination(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--destination", default=None, metavar="NAME",
+                   help=f"act on this destination of the stream only (default: {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,30 +239,43 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, epilog=_epilog(name),
                               formatter_class=argparse.RawDescriptionHelpFormatter, parents=[command_options])
 
-    add("run", "run the service until SIGTERM/SIGINT")
-    add("status", "spool depth, pending per day, quarantine, today's counters, last success / error").add_argument(
-        "--json", action="store_true", help="machine-readable output")
-    p = add("replay", "upload the spool now, with progress")
+    add("run", "run the service until SIGTERM/SIGINT (every stream, or --stream's)")
+    p = add("status", "per stream and destination: spool depth, pending per day, quarantine, today's counters, "
+            "last success / error")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _destination(p, "every destination")
+    p = add("replay", "upload the spool now, to each destination, with progress")
     p.add_argument("--day", type=_day, default=None, help="only batches of this day (YYYY-MM-DD)")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
-    add("check", "put/get/delete a probe object, report what the server supports and the bucket's "
-        "lifecycle rules").add_argument(
-        "--fix", action="store_true",
-        help="install or update this uploader's lifecycle rules (other rules on the bucket are kept)")
-    add("close-day", "upload a day's spooled batches and mark its document closed").add_argument(
-        "day", type=_day, help=f"the day to close ({_DAY_HELP})")
-    p = add("verify", "re-count daily documents and check them against their metadata")
+    _destination(p, "every destination")
+    p = add("check", "put/get/delete a probe object, report what the server supports and the bucket's "
+            "lifecycle rules, for each destination")
+    p.add_argument("--fix", action="store_true",
+                   help="install or update this uploader's lifecycle rules (other rules on the bucket are kept)")
+    _destination(p, "every destination")
+    p = add("close-day", "upload a day's spooled batches and mark its document closed, on each destination")
+    p.add_argument("day", type=_day, help=f"the day to close ({_DAY_HELP})")
+    _destination(p, "every destination")
+    p = add("verify", "re-count daily documents and check them against their metadata; with DAY, also that a "
+            "stream's destinations hold the same day")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("day", type=_day, nargs="?", default=None, help="one day (YYYY-MM-DD)")
     which.add_argument("--all", action="store_true", help="every day under the prefix, gaps and stray objects")
     which.add_argument("--since", type=_day, default=None, help="every day from this one on (YYYY-MM-DD)")
-    p = add("export", "stream a day's fetches out of the store")
+    _destination(p, "every destination")
+    p = add("export", "stream a day's fetches out of one stream's destination")
     p.add_argument("day", type=_day, help=f"the day to export ({_DAY_HELP})")
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="jsonl (default) or bookended (the local file's)")
     p.add_argument("--output", type=Path, default=None, metavar="FILE", help="file to write (default: stdout)")
-    p = add("repair", "rebuild a damaged or lost day document from the bucket and the local archive")
+    _destination(p, "the stream's first")
+    p = add("repair", "rebuild a damaged or lost day document from the bucket (or another destination's, "
+            "--from) and the local archive")
     p.add_argument("day", type=_day, help=f"the day to rebuild ({_DAY_HELP})")
     p.add_argument("--dry-run", action="store_true", help="say what would change; write nothing")
+    p.add_argument("--from", dest="source", default=None, metavar="DEST",
+                   help="rebuild from destination DEST's document (the target: --destination, or the stream's "
+                        "other destination when it has two)")
+    _destination(p, "every destination; with --from, the one rebuilt")
     return parser
 
 

@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 
+from uploader.commands.targets import Selection, run_each
 from uploader.config import Config
 from uploader.daily import day_of_key
 from uploader.errors import EncryptionRefused, ExitCode, StoreError
@@ -15,21 +16,31 @@ from uploader.local.spool import Spool
 from uploader.store import LEFTOVER_AGE_S, Store, lifecycle, open_store, probe_prefix
 from uploader.store.capabilities import Capabilities
 
-__all__ = ["run_check"]
+__all__ = ["check_selection", "run_check"]
 
 log = logging.getLogger(__name__)
+
+
+def check_selection(selection: Selection, say: Callable[[str], None], err: Callable[[str], None],
+                    fix: bool = False) -> ExitCode:
+    """``run_check`` on every selected destination, each headed when there are several; OK if
+    every store is usable."""
+    ok = run_each(((t, None) for t in selection.targets), lambda t, _: run_check(t.config, say, fix) == ExitCode.OK,
+                  many=selection.many, say=say, err=err)
+    return ExitCode.OK if ok else ExitCode.PROBLEMS
 
 
 def run_check(config: Config, say: Callable[[str], None], fix: bool = False) -> ExitCode:
     """Exercise the configured store, reporting each step to ``say`` as it happens (a line at a
     time); OK if usable, PROBLEMS if not.
 
-    The capability findings are saved in the spool, so the next `uploader run` starts without
-    probing. Any store failure becomes ONE line saying what is wrong and what to do. The bucket's
-    lifecycle rules are only read, unless ``fix``: then ours are installed or brought up to date
-    (the bucket's other rules kept) before the report.
+    The capability findings are saved in the destination's state folder (``config.state``), so
+    the next `uploader run` starts without probing. Any store failure becomes ONE line saying
+    what is wrong and what to do. The bucket's lifecycle rules are only read, unless ``fix``:
+    then ours are installed or brought up to date (the bucket's other rules kept) before the
+    report.
     """
-    store = open_store(config.storage, config.spool.dir)
+    store = open_store(config.storage, config.state)
     say(f"uploader check: {store.describe()} (prefix {config.storage.prefix})")
     # While `uploader run` works, its appends' multipart uploads and a young probe object may be
     # work in flight: leave those to it (it tidies them itself once a day).

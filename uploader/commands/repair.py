@@ -4,6 +4,12 @@ The transaction: read the archived batches of the day, salvage the document's re
 plan the document the day should have (``daily.repair_plan``), write it with the same condition
 an append uses (the ETag read, or "absent"), then verify it as `uploader verify` would.
 
+The document salvaged is the one written, or, with ``--from`` (a ``Source``), another destination's
+of the same stream: the plan is made from that one (and the archive), and written to the target
+on the target's own condition (its ETag, or "absent") unless the target already holds the same
+batches in the same order with the same counters; a target holding batches the plan lacks is
+refused rather than cut short.
+
 Memory stays bounded whatever the size of the day: the plan is made from one pass over the
 archive and one over the document (``salvaged``), keeping only what it needs of each entry; the
 write reads the document again (the same ETag, so the same bytes), hands each kept entry's line
@@ -13,18 +19,20 @@ streamed ``Store.compose``; ``uploader verify`` re-reads the result as a stream.
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
-from typing import BinaryIO
 
 import pytz
 
 from uploader import daily
+from uploader.commands.agree import COUNTERS, DocumentIds
+from uploader.commands.bucket_lines import BucketLines, ReadChanged
+from uploader.commands.spools import stream_spools
+from uploader.commands.targets import RepairTargets, Target, run_each
 from uploader.commands.verify import verify_day
 from uploader.config import Config
 from uploader.daily.reading import paused_collector
@@ -33,21 +41,21 @@ from uploader.daily.repair_plan import (
     Planned,
     RepairPlan,
     document_pieces,
-    entry_line,
     kept_batch,
     kept_entry,
     plan_repair,
 )
-from uploader.daily.salvage import Salvage, Salvaged, salvaged
+from uploader.daily.salvage import Salvage, salvaged
 from uploader.errors import ObjectNotFound, PreconditionFailed, SpoolError, UnreadableBatch
 from uploader.local.archive import Archive
 from uploader.local.batch import BatchHeader
+from uploader.local.delivery import DeliveryQueue
 from uploader.local.spool import Spool, SpooledBatch
 from uploader.publish.cache import CountedBody
 from uploader.publish.forms import DayForm, find_form
-from uploader.store import Store
+from uploader.store import Store, open_store
 
-__all__ = ["Message", "RepairOutcome", "RepairResult", "repair_day"]
+__all__ = ["Message", "RepairOutcome", "RepairResult", "Source", "repair_day", "repair_selection"]
 
 
 class RepairOutcome(Enum):
@@ -59,6 +67,7 @@ class RepairOutcome(Enum):
     ARCHIVE_UNREADABLE = "archive-unreadable"  # an archived batch of the day cannot be read
     NOTHING_TO_REBUILD_FROM = "nothing-to-rebuild-from"  # no document and no archived batch
     CHANGED_MEANWHILE = "changed-meanwhile"  # the conditional write lost to another writer
+    TARGET_AHEAD = "target-ahead"  # --from: the target holds batches its source and the archive lack
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,14 @@ class Message:
 
     text: str
     error: bool = False
+
+
+@dataclass(frozen=True)
+class Source:
+    """Another destination of the stream, whose document a repair rebuilds from (``--from``)."""
+
+    name: str
+    store: Store
 
 
 @dataclass
@@ -78,6 +95,23 @@ class RepairResult:
     verified: bool = False
 
 
+def repair_selection(targets: RepairTargets, day: date, *, dry_run: bool, on_message: Callable[[Message], None],
+                     say: Callable[[str], None], err: Callable[[str], None]) -> bool:
+    """`uploader repair DAY` on every target (each stream's spool locked once unless a dry run);
+    False if any was left unrepaired or does not verify."""
+    selection, src = targets.selection, targets.source
+    with stream_spools(selection, "uploader repair", lock=not dry_run) as spools:
+        def work(target: Target, queue: DeliveryQueue) -> bool:
+            view = target.config
+            source = Source(src.name, open_store(src.storage, src.state_dir)) if src is not None else None
+            result = repair_day(view, open_store(view.storage, view.state), queue.spool, day, dry_run=dry_run,
+                                on_message=on_message, queue=queue, source=source)
+            return result.outcome in (RepairOutcome.SOUND, RepairOutcome.DRY_RUN) or result.verified
+
+        return run_each(((t, s.queue(t)) for s in spools for t in s.targets), work, many=selection.many,
+                        say=say, err=err)
+
+
 def repair_day(
     config: Config,
     store: Store,
@@ -86,43 +120,97 @@ def repair_day(
     *,
     dry_run: bool = False,
     on_message: Callable[[Message], None] = lambda message: None,
+    queue: DeliveryQueue | None = None,
+    source: Source | None = None,
 ) -> RepairResult:
-    """Rebuild ``day``'s document; the caller holds the spool lock unless it is a dry run.
+    """Rebuild ``day``'s document in ``store``; the caller holds the spool lock unless it is a dry run.
 
-    Each message is handed to ``on_message`` as soon as it is known, so the plan is shown
-    before the write begins, and kept in the result as well.
+    ``source``: rebuild it from that destination's document instead of its own. ``queue``: the
+    destination's (for the batches of the day still waiting; default: the spool's). Each message
+    is handed to ``on_message`` as soon as it is known, so the plan is shown before the write
+    begins, and kept in the result as well.
     """
     # The day's form: the document's, where it has one (a day keeps its form), else the configured.
     form, _ = find_form(store, config.storage.prefix, day, config.storage.compression, None)
     key = form.key
     out = _Transcript(on_message)
+    read = _reading(store, form, config, source, out)
     try:
         batches = _archived(spool, day)
     except SpoolError as exc:
         return _unreadable(exc, out)
-    found, bucket, etag = _salvage(store, key)
+    found, bucket, read.etag = _salvage(read.store, read.key)
+    held = {kept.identity for kept in bucket}
     try:
-        archived = _kept_batches(batches, {kept.identity for kept in bucket})
+        archived = _kept_batches(batches, held)
     except SpoolError as exc:
         return _unreadable(exc, out)
+    archived += _spooled_seqs(spool, day, held)
     if found is None and not archived:
-        out.say(f"repair: nothing to rebuild {day} from: no document {key} in the bucket and no archived "
+        out.say(f"repair: nothing to rebuild {day} from: no document {read.key} in {read.where} and no archived "
                 f"batch of that day in {spool.archive_dir}", error=True)
         return out.end(RepairOutcome.NOTHING_TO_REBUILD_FROM)
     plan = plan_repair(day, config.day.timezone, found, bucket, archived, datetime.now(pytz.utc), config.day.tz)
     for line in plan.report():
         out.say(f"repair: {line}")
-    pending = spool.pending_batches(day)
+    pending = (queue or spool).pending_batches(day)
     if pending:
         out.say(f"repair: {len(pending)} batch(es) of {day} still wait in the spool; `uploader replay` "
                 f"uploads them (not part of this repair)")
-    if not plan.changed:
+    etag = read.etag
+    if source is not None:
+        etag, ended = _against_target(store, form, plan, config.destination, source.name, out)
+        if ended is not None:
+            return ended
+    elif not plan.changed:
         out.say(f"repair: {key} is sound; nothing to change")
         return out.end(RepairOutcome.SOUND)
     if dry_run:
         out.say("repair: dry run; nothing written")
         return out.end(RepairOutcome.DRY_RUN)
-    return _write(store, form, plan, etag, _Sources({e.seq: e for e, _ in batches}, spool.root), out)
+    return _write(store, form, plan, etag, _Sources({e.seq: e for e, _ in batches}, spool.root), out, read)
+
+
+@dataclass
+class _Read:
+    """The document a repair salvages: the target's own, or its source's (``--from``)."""
+
+    store: Store
+    key: str
+    where: str  # "the bucket", or the source destination's name
+    etag: str | None = None  # as salvaged
+
+
+def _reading(store: Store, form: DayForm, config: Config, source: Source | None, out: _Transcript) -> _Read:
+    if source is None:
+        return _Read(store, form.key, "the bucket")
+    # The source's day keeps its own form, which need not be the target's.
+    found, _ = find_form(source.store, config.storage.prefix, form.day, config.storage.compression, None)
+    out.say(f"repair: rebuilding {config.destination}'s {form.key} from {source.name}'s {found.key}")
+    return _Read(source.store, found.key, source.name)
+
+
+def _against_target(store: Store, form: DayForm, plan: RepairPlan, target: str, source: str,
+                    out: _Transcript) -> tuple[str | None, RepairResult | None]:
+    """The target's ETag for the write's condition, and a result when nothing is to be written:
+    it holds the plan already, or batches the plan would drop."""
+    info = store.head(form.key)
+    held = DocumentIds()
+    report = verify_day(store, form.prefix, form.day, form.key, ids=held)
+    planned = [p.kept.batch_id for p in plan.entries]
+    wanted = {"closed": plan.metadata["closed"], **plan.after}
+    if report.ok and held.batch_ids == planned and held.counters == {name: wanted[name] for name in COUNTERS}:
+        out.say(f"repair: {target}'s {form.key} already holds what {source}'s does; nothing to change")
+        return None, out.end(RepairOutcome.SOUND)
+    kept = set(planned)
+    extra = [b for b in dict.fromkeys(held.batch_ids) if isinstance(b, str) and b not in kept]
+    if extra:
+        out.say(f"repair: {target}'s {form.key} holds {len(extra)} batch(es) that {source}'s document and the "
+                f"local archive lack (first: {extra[0]}); rebuilding it from {source} would drop them, so nothing "
+                f"was written. Try: `uploader repair {form.day} --from {target} --destination {source}`, or "
+                f"remove {form.key} from {target} first if they are not wanted", error=True)
+        return None, out.end(RepairOutcome.TARGET_AHEAD)
+    return (info.etag if info is not None else None), None
 
 
 class _Transcript:
@@ -163,6 +251,21 @@ def _kept_batches(batches: list[tuple[SpooledBatch, BatchHeader]], in_bucket: se
     return [kept_batch(header if header.batch_id in in_bucket else entry.load()) for entry, header in batches]
 
 
+def _spooled_seqs(spool: Spool, day: date, held: set[str]) -> list[Kept]:
+    """The day's batches still in the spool that the document holds (uploaded to it, not yet to
+    every destination of the stream), known by their headers: only their seqs count, so the plan
+    keeps them in their place rather than first (as it keeps entries the archive no longer has)."""
+    kept = []
+    for entry in spool.pending_batches(day):
+        try:
+            header = entry.header()
+        except SpoolError:
+            continue  # only its place is at stake: it stays where the document has it
+        if header.batch_id in held:
+            kept.append(kept_batch(header))
+    return kept
+
+
 def _salvage(store: Store, key: str) -> tuple[Salvage | None, list[Kept], str | None]:
     """What the bucket's document still holds (what the plan needs of each complete entry, in
     the document's order), and the ETag the write is conditional on."""
@@ -188,14 +291,17 @@ class _Sources:
 
 
 def _write(
-    store: Store, form: DayForm, plan: RepairPlan, etag: str | None, sources: _Sources, out: _Transcript
+    store: Store, form: DayForm, plan: RepairPlan, etag: str | None, sources: _Sources, out: _Transcript,
+    read: _Read,
 ) -> RepairResult:
-    """Write the planned document if the bucket's is still the one read, then verify it."""
+    """Write the planned document if the target's is still the one read (and the document
+    salvaged still the one planned from), then verify it."""
     key = form.key
     try:
-        written = _compose(store, form, plan, etag, sources)
-    except PreconditionFailed:
-        out.say(f"repair: {key} changed while it was being repaired; nothing was overwritten. "
+        written = _compose(store, form, plan, etag, sources, read)
+    except PreconditionFailed as exc:
+        changed = read.key if isinstance(exc, ReadChanged) else key  # the one salvaged, or the target
+        out.say(f"repair: {changed} changed while it was being repaired; nothing was overwritten. "
                 f"Try: stop whatever else writes to this bucket prefix, then run repair again", error=True)
         return out.end(RepairOutcome.CHANGED_MEANWHILE)
     except UnreadableBatch as exc:  # an archived batch that could be read for the plan no longer can
@@ -205,14 +311,14 @@ def _write(
     return out.end(RepairOutcome.WRITTEN, verified=check.ok)
 
 
-def _compose(store: Store, form: DayForm, plan: RepairPlan, etag: str | None, sources: _Sources) -> int:
+def _compose(store: Store, form: DayForm, plan: RepairPlan, etag: str | None, sources: _Sources, read: _Read) -> int:
     """Stream the planned document into the store, conditional like an append (the store checks
     by HEAD where the server would not); the bytes written."""
     with ExitStack() as stack:
-        lines: _BucketLines | None = None
+        lines: BucketLines | None = None
         if any(not p.kept.archived for p in plan.entries):
             # Opened before the write starts: a store may hold a lock while it takes the pieces.
-            lines = _reread(stack, store, form.key, etag, plan, sources.spill_dir)
+            lines = _reread(stack, read, plan, sources.spill_dir)
 
         def bucket_line(planned: Planned) -> bytes:
             assert lines is not None  # opened when the plan keeps a bucket entry
@@ -225,71 +331,14 @@ def _compose(store: Store, form: DayForm, plan: RepairPlan, etag: str | None, so
         return body.sent
 
 
-def _reread(
-    stack: ExitStack, store: Store, key: str, etag: str | None, plan: RepairPlan, spill_dir: Path
-) -> _BucketLines:
-    """The bucket's document read a second time, if it still is the one salvaged."""
+def _reread(stack: ExitStack, read: _Read, plan: RepairPlan, spill_dir: Path) -> BucketLines:
+    """The salvaged document read a second time, if it still is the one salvaged."""
     try:
-        stream, info = stack.enter_context(store.stream(key))
+        stream, info = stack.enter_context(read.store.stream(read.key))
     except ObjectNotFound as exc:
-        raise PreconditionFailed(f"{key} was removed since it was salvaged") from exc
-    if info.etag != etag:
-        raise PreconditionFailed(f"{key} changed since it was salvaged")
-    lines = _BucketLines(salvaged(stream, Salvage(), parse=False), plan, spill_dir)
+        raise ReadChanged(f"{read.key} was removed since it was salvaged") from exc
+    if info.etag != read.etag:
+        raise ReadChanged(f"{read.key} changed since it was salvaged")
+    lines = BucketLines(salvaged(stream, Salvage(), parse=False), plan, spill_dir)
     stack.callback(lines.close)
     return lines
-
-
-class _BucketLines:
-    """The kept entries of the bucket's document, read again in the document's order, handed out
-    in the plan's: the lines of our layout as they were stored (``entry_line``).
-
-    The plan keeps the document's order except where the archive's seqs say otherwise; an entry met
-    before its turn waits in a spill file in the spool folder (never in memory) until it comes.
-    """
-
-    def __init__(self, found: Iterator[Salvaged], plan: RepairPlan, spill_dir: Path) -> None:
-        self._found = found
-        self._wanted = {p.kept.origin: p for p in plan.entries if not p.kept.archived}
-        self._spill_dir = spill_dir
-        self._spill: BinaryIO | None = None
-        self._aside: dict[int, tuple[int, int]] = {}  # place -> (offset, length) in the spill file
-        self._end = 0
-
-    def take(self, planned: Planned) -> bytes:
-        """The line of the entry ``planned`` names; PreconditionFailed if the document no longer
-        holds it (it cannot, read under the same ETag, unless the server changed it regardless)."""
-        place = planned.kept.origin
-        if place in self._aside:
-            return self._from_spill(place)
-        for entry in self._found:
-            wanted = self._wanted.get(entry.place)
-            if wanted is None:
-                continue  # damaged, stored twice, or not an entry
-            line = entry_line(wanted, entry.text, entry.value)
-            if entry.place == place:
-                return line
-            self._to_spill(entry.place, line)
-        raise PreconditionFailed(f"the document read again lacks the upload found at {place} before")
-
-    def _to_spill(self, place: int, line: bytes) -> None:
-        try:
-            if self._spill is None:
-                self._spill = tempfile.TemporaryFile(dir=self._spill_dir)  # noqa: SIM115 - closed by close()
-            self._spill.seek(self._end)
-            self._spill.write(line)
-        except OSError as exc:
-            raise SpoolError(f"repair cannot set an upload aside in {self._spill_dir}: {exc.strerror}",
-                             "free space on the spool's filesystem, then run repair again") from exc
-        self._aside[place] = (self._end, len(line))
-        self._end += len(line)
-
-    def _from_spill(self, place: int) -> bytes:
-        assert self._spill is not None
-        offset, length = self._aside.pop(place)
-        self._spill.seek(offset)
-        return self._spill.read(length)
-
-    def close(self) -> None:
-        if self._spill is not None:
-            self._spill.close()

@@ -1,25 +1,27 @@
 """`uploader replay` and `uploader close-day`: the spool uploaded now, by a one-shot command.
 
-Both use the uploader `run` uses (``exclusive_uploader``), so they refuse while the service
-holds the spool lock, and retry nothing: a batch the store refuses stays spooled for later.
+Both use the uploader `run` uses, one per selected destination (``uploaders``), so they refuse
+while the service holds a stream's spool lock, and retry nothing: a batch the store refuses stays
+spooled for later. Each destination uploads what it has not acknowledged yet (its queue); a batch
+leaves the spool once every destination of its stream has it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 
 from uploader.commands.progress import Progress
-from uploader.config import Config
-from uploader.local.spool import Spool
+from uploader.commands.spools import stream_spools
+from uploader.commands.targets import Selection, Target, run_each
 from uploader.publish.status import StatusFile
 from uploader.publish.uploader import Uploader
 from uploader.store import open_store
 
-__all__ = ["ReplayResult", "close_day", "exclusive_uploader", "replay"]
+__all__ = ["ReplayResult", "close_day", "close_day_selection", "replay", "replay_selection", "uploaders"]
 
 
 @dataclass
@@ -32,16 +34,48 @@ class ReplayResult:
 
 
 @contextmanager
-def exclusive_uploader(config: Config, what: str, *, dry_run: bool = False) -> Iterator[Uploader]:
-    """An uploader for a one-shot command, refusing while `uploader run` holds the spool lock.
+def uploaders(selection: Selection, what: str, *, dry_run: bool = False) -> Iterator[list[tuple[Target, Uploader]]]:
+    """An uploader for each selected destination, for a one-shot command, refusing while
+    `uploader run` holds a selected stream's spool lock (``stream_spools``).
 
-    A dry run writes nothing, so it takes no lock: the documented way is to look first, with
-    the service running, and stop it only for the real thing.
+    A dry run writes nothing, so it takes no lock: the documented way is to look first, with the
+    service running, and stop it only for the real thing.
     """
-    spool = Spool(config.spool.dir)
-    with nullcontext() if dry_run else spool.locked(what):
-        status = StatusFile(config.spool.dir / "status.json")
-        yield Uploader.for_config(config, spool, open_store(config.storage, config.spool.dir), status)
+    with stream_spools(selection, what, lock=not dry_run) as spools:
+        made = []
+        for s in spools:
+            for t in s.targets:
+                view = t.config
+                status = StatusFile(view.state / "status.json")
+                made.append((t, Uploader.for_config(view, s.spool, open_store(view.storage, view.state), status,
+                                                    queue=s.queue(t))))
+        yield made
+
+
+def replay_selection(selection: Selection, day: date | None, *, dry_run: bool, say: Callable[[str], None],
+                     err: Callable[[str], None]) -> bool:
+    """`uploader replay` on every selected destination; False if any left work or failed."""
+    with uploaders(selection, "uploader replay", dry_run=dry_run) as made:
+        def work(target: Target, uploader: Uploader) -> bool:
+            return _said(replay(uploader, day, dry_run=dry_run), say, err)
+
+        return run_each(made, work, many=selection.many, say=say, err=err)
+
+
+def close_day_selection(selection: Selection, day: date, *, say: Callable[[str], None],
+                        err: Callable[[str], None]) -> bool:
+    """`uploader close-day` on every selected destination; False if any could not close."""
+    with uploaders(selection, "uploader close-day") as made:
+        return run_each(made, lambda target, uploader: _said(close_day(uploader, day), say, err),
+                        many=selection.many, say=say, err=err)
+
+
+def _said(result: ReplayResult, say: Callable[[str], None], err: Callable[[str], None]) -> bool:
+    for line in result.lines:
+        say(line)
+    for line in result.errors:
+        err(line)
+    return result.ok
 
 
 def replay(uploader: Uploader, day: date | None = None, *, dry_run: bool = False) -> ReplayResult:
@@ -49,7 +83,7 @@ def replay(uploader: Uploader, day: date | None = None, *, dry_run: bool = False
 
     A dry run only lists what would be uploaded. Progress goes to stderr as it happens.
     """
-    pending = uploader.spool.pending_batches(day)
+    pending = uploader.queue.pending_batches(day)
     if dry_run:
         lines = [f"would upload {n} batch(es) for {d}" for d, n in sorted(Counter(e.day for e in pending).items())]
         lines.append(f"dry run: {len(pending)} batch(es) pending, nothing uploaded")

@@ -1,7 +1,11 @@
 """`uploader status`: the spool, the archive, the quarantine, today's counters, the last success and error.
 
-``build_status`` gathers the report (what ``--json`` prints, via ``StatusReport.to_dict``);
-``render_status`` is its text form. Neither takes the spool lock: status runs beside the service.
+``build_status`` gathers one destination's report (what ``--json`` prints for one stream and one
+destination, via ``StatusReport.to_dict``); ``render_status`` is its text form. ``build_overview``
+gathers every selected stream's destinations (``--json`` with several: ``StatusOverview.to_dict``),
+``render_overview`` the text, a section for each. None takes the spool lock: status runs beside
+the service. The spool depth, retries, last success / error and today's counters are the
+destination's own; the quarantine and the archive are its stream's.
 """
 
 from __future__ import annotations
@@ -12,22 +16,27 @@ from datetime import datetime
 from typing import Any
 
 from uploader import daily
+from uploader.commands.spools import stream_spools
+from uploader.commands.targets import Selection
 from uploader.config import Config
 from uploader.errors import StoreError
 from uploader.local.archive import Archive
+from uploader.local.delivery import DeliveryQueue
 from uploader.local.quarantine import Quarantine
 from uploader.local.spool import Spool
 from uploader.publish.forms import head_day
 from uploader.publish.status import StatusFile
 from uploader.store import open_store
 
-__all__ = ["StatusReport", "build_status", "render_status"]
+__all__ = ["StatusOverview", "StatusReport", "build_overview", "build_status", "render_overview", "render_status"]
 
 
 @dataclass
 class StatusReport:
-    """The status as ``--json`` prints it; the field order is the JSON's."""
+    """One stream's destination, as ``--json`` prints it; the field order is the JSON's."""
 
+    stream: str
+    destination: str
     service_running: bool
     spool: str
     spool_depth: int
@@ -43,19 +52,54 @@ class StatusReport:
     @property
     def problems(self) -> bool:
         """A batch is being retried, or today's counters could not be read (exit 1)."""
-        return bool(self.retrying) or "error" in self.today
+        return bool(self.problem_list)
+
+    @property
+    def problem_list(self) -> list[str]:
+        """What makes it a problem, for the line that names it."""
+        found = [f"{len(self.retrying)} batch(es) being retried"] if self.retrying else []
+        return found + (["today's counters cannot be read"] if "error" in self.today else [])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def build_status(config: Config) -> StatusReport:
-    """Read the spool, status.json and today's document's user metadata (one HEAD)."""
-    spool = Spool(config.spool.dir)
-    pending = spool.pending_batches()
-    snap = StatusFile(config.spool.dir / "status.json").snapshot()
+@dataclass
+class StatusOverview:
+    """Several destinations' reports (``--json``'s shape with more than one): ``service_running``
+    is true if a process holds any selected stream's spool lock; ``problems`` name which report
+    has one."""
+
+    service_running: bool
+    streams: list[StatusReport]
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"stream {r.stream}, destination {r.destination}: {'; '.join(r.problem_list)}"
+                for r in self.streams if r.problems]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"service_running": self.service_running, "streams": [r.to_dict() for r in self.streams],
+                "problems": self.problems}
+
+
+def build_overview(selection: Selection) -> StatusOverview:
+    """``build_status`` of every selected destination, stream after stream."""
+    with stream_spools(selection, "uploader status", lock=False) as spools:
+        reports = [build_status(t.config, s.queue(t)) for s in spools for t in s.targets]
+    return StatusOverview(any(r.service_running for r in reports), reports)
+
+
+def build_status(config: Config, queue: DeliveryQueue | None = None) -> StatusReport:
+    """Read the spool, the destination's status.json and today's document's user metadata (one
+    HEAD). ``queue``: what the destination has not acknowledged (default: the whole spool)."""
+    spool = queue.spool if queue is not None else Spool(config.spool.dir)
+    pending = (queue or DeliveryQueue.only(spool, config.state)).pending_batches()
+    snap = StatusFile(config.state / "status.json").snapshot()
     today = datetime.now(config.day.tz).date()
     report = StatusReport(
+        stream=config.stream,
+        destination=config.destination,
         service_running=spool.is_locked(),
         spool=str(config.spool.dir),
         spool_depth=len(pending),
@@ -90,6 +134,16 @@ def _quarantine_status(spool: Spool) -> dict[str, Any]:
     return {"spans": q.not_sent_spans + q.sent_spans, "bytes": q.not_sent_bytes + q.sent_bytes,
             "not_sent": {"spans": q.not_sent_spans, "bytes": q.not_sent_bytes},
             "sent": {"spans": q.sent_spans, "bytes": q.sent_bytes}}
+
+
+def render_overview(overview: StatusOverview) -> str:
+    """A section for each report, headed by its stream and destination; then which have problems."""
+    out = []
+    for r in overview.streams:
+        out.append(f"stream {r.stream}, destination {r.destination}:\n")
+        out += ["  " + line for line in render_status(r).splitlines(keepends=True)]
+    out += [f"PROBLEMS: {problem}\n" for problem in overview.problems]
+    return "".join(out)
 
 
 def render_status(report: StatusReport) -> str:

@@ -1,26 +1,33 @@
 """`uploader verify`: re-count daily documents as they stream by, and audit the whole prefix.
 
 One day: every upload re-counted against its metadata and the object's user metadata (no
-document is ever loaded whole). Every day (``--all`` / ``--since``): each document under the
+document is ever loaded whole); where a stream has several destinations, their documents are
+compared as they stream (``agree``). Every day (``--all`` / ``--since``): each document under the
 prefix, plus the days missing between the first and the last, the objects that do not follow
-the naming, and past days left open.
+the naming, and past days left open. ``verify_selection`` and ``audit_selection`` do either for
+every selected stream and destination.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
+from uploader.commands.agree import DocumentIds, compare
+from uploader.commands.targets import Selection, Target, run_each
 from uploader.daily import day_key, day_of_key
 from uploader.daily.reading import DocumentError, paused_collector, read_document
 from uploader.daily.verifier import Verifier
 from uploader.errors import ObjectNotFound
 from uploader.publish.forms import day_document_key, pad_key
-from uploader.store import Store, probe_prefix
+from uploader.store import Store, open_store, probe_prefix
 
-__all__ = ["AuditReport", "DayReport", "audit", "render_audit", "render_day", "verify_day"]
+__all__ = ["AuditReport", "DayReport", "audit", "audit_selection", "render_audit", "render_day", "verify_day",
+           "verify_selection"]
+
+Say = Callable[[str], None]
 
 
 @dataclass
@@ -60,9 +67,12 @@ class AuditReport:
         return all(d.ok for d in self.days) and not self.stray and not self.left_open
 
 
-def verify_day(store: Store, prefix: str, day: date, key: str | None = None) -> DayReport:
+def verify_day(
+    store: Store, prefix: str, day: date, key: str | None = None, ids: DocumentIds | None = None
+) -> DayReport:
     """Re-count one day's document as it streams (bounded memory; plain or gzip). ``key``: where
-    it is, if known (else looked for under both forms' keys)."""
+    it is, if known (else looked for under both forms' keys); ``ids``: also kept there, to compare
+    the document with another destination's."""
     key = key or day_document_key(store, prefix, day)
     report = DayReport(day, key)
     checker = Verifier()
@@ -72,13 +82,19 @@ def verify_day(store: Store, prefix: str, day: date, key: str | None = None) -> 
             for kind, value in read_document(stream):
                 if kind == "upload":
                     checker.add(value)
+                    if ids is not None:
+                        ids.add(value)
                 else:
                     meta = value
     except ObjectNotFound:
         report.missing = True
+        if ids is not None:
+            ids.missing = True
         return report
     except DocumentError as exc:
         checker.problems.append(f"{exc} (after {checker.uploads} uploads); `uploader repair {day}` rebuilds it")
+    if ids is not None:
+        ids.finish(meta)
     report.problems = checker.finish(meta, info.metadata, day)
     report.uploads, report.fetches, report.matches = checker.uploads, checker.fetches, checker.matches
     report.closed = bool(meta.get("closed")) if isinstance(meta, dict) else None
@@ -141,3 +157,51 @@ def render_audit(report: AuditReport, prefix: str) -> list[str]:
     lines.append(f"verify: {len(report.days)} day(s), {bad} with problems or missing, {len(report.stray)} stray "
                  f"object(s), {len(report.left_open)} left open")
     return lines
+
+
+def verify_selection(selection: Selection, day: date, *, say: Say, err: Say) -> bool:
+    """`uploader verify DAY` on every selected destination, then, for each stream with several,
+    whether they hold the same day; False at any problem, missing document or difference."""
+    ok = True
+    for stream, targets in selection:
+        docs: list[tuple[str, DocumentIds]] = []
+        ok = run_each(((t, docs if len(targets) > 1 else None) for t in targets), _verify_one(day, say, err),
+                      many=selection.many, say=say, err=err) and ok
+        if len(docs) > 1 and not all(ids.missing for _, ids in docs):  # none has it: said above
+            agreement = compare(docs)
+            lines = agreement.lines(day.isoformat())
+            if len(selection.groups) > 1:
+                lines[0] = f"stream {stream.name}: {lines[0]}"
+            for line in lines:
+                say(line)
+            ok = agreement.ok and ok
+    return ok
+
+
+def _verify_one(day: date, say: Say, err: Say) -> Callable[[Target, list[tuple[str, DocumentIds]] | None], bool]:
+    def work(target: Target, docs: list[tuple[str, DocumentIds]] | None) -> bool:
+        ids = DocumentIds() if docs is not None else None
+        c = target.config
+        one = verify_day(open_store(c.storage), c.storage.prefix, day, ids=ids)
+        for line in render_day(one):
+            (err if one.missing else say)(line)
+        if docs is not None and ids is not None:
+            docs.append((target.destination.name, ids))
+        return one.ok
+    return work
+
+
+def audit_selection(selection: Selection, since: date | None, *, say: Say, err: Say) -> bool:
+    """`uploader verify --all` / `--since` on every selected destination (each day said as it is
+    verified); False at any problem, or where a destination holds no document at all (a wrong
+    prefix or bucket)."""
+    def work(target: Target, _: None) -> bool:
+        c = target.config
+        today = datetime.now(c.day.tz).date()
+        report = audit(open_store(c.storage), c.storage.prefix, today, since=since,
+                       on_day=lambda one: say(one.line()))
+        for line in render_audit(report, c.storage.prefix):
+            say(line)
+        return bool(report.days) and report.ok
+
+    return run_each(((t, None) for t in selection.targets), work, many=selection.many, say=say, err=err)

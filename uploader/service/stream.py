@@ -127,16 +127,17 @@ class StreamRunner:
         try:
             while (outcome := self.cutter.cut(close_through=yesterday)).more or outcome.batches:
                 pass
-        except SpoolError as exc:
-            # Not fatal: the file keeps the records and the watcher retries on the next event.
+        except (SpoolError, OSError) as exc:
+            # Not fatal, for this stream or the others: the file keeps the records, and the
+            # watcher retries on the next event (and reports the trouble while it lasts).
             log.error("startup_cut_failed stream=%s error=%s", self.name, exc)
 
     def _close_past_days(self, through: date) -> None:
         """Queue for closing every past day some destination has open or still has batches of."""
         today = self.today()
-        spooled = {e.day for e in self.spool.pending_batches()}
         for worker in self.workers:
-            days = {date.fromisoformat(d) for d in worker.status.open_days()} | spooled
+            days = {date.fromisoformat(d) for d in worker.status.open_days()}
+            days |= {e.day for e in worker.queue.pending_batches()}
             worker.close({d for d in days if d < today}, through)
         self._closed_out_through = through
 
