@@ -30,7 +30,7 @@ PURE = {
     "uploader.local.records", "uploader.local.batch", "uploader.local.plan",
     "uploader.store.capabilities", "uploader.store.lifecycle",
     "uploader.daily", "uploader.daily.reading", "uploader.daily.salvage", "uploader.daily.repair_plan", "uploader.daily.verifier",
-    "uploader.publish.plan", "uploader.daily.gzip_form",
+    "uploader.publish.plan", "uploader.daily.gzip_form", "uploader.commands.agree",
 }
 # What a pure module may not import: disk, network, processes, threads, clocks, logging, and
 # the libraries that do those.
