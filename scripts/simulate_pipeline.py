@@ -5,6 +5,7 @@
     python scripts/simulate_pipeline.py --rate 5 --count 35  # 35 fetches, 5 per second
     python scripts/simulate_pipeline.py --day 2025-07-10     # timestamps on that day (backfill)
     python scripts/simulate_pipeline.py --ledger out.jsonl   # record fetch_id, day, matches per fetch
+    python scripts/simulate_pipeline.py --stream odds        # into the file of the config's stream "odds"
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytz
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from uploader.config import default_config_path, load_config  # noqa: E402  (path set just above)
-from uploader.errors import ConfigError  # noqa: E402
+from uploader.errors import UploaderError  # noqa: E402
 from uploader.fetchlog import FetchWriter  # noqa: E402
 
 SPORTS = ["basketball_nba", "americanfootball_nfl", "icehockey_nhl", "baseball_mlb", "soccer_epl"]
@@ -55,6 +56,7 @@ def fake_api_data(rng: random.Random, target_bytes: int) -> tuple[dict, int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=None, help="config whose [watch] file and zone to use")
+    p.add_argument("--stream", default=None, help="the config's stream whose file and zone to use (default: its first)")
     p.add_argument("--file", type=Path, default=None, help="write here instead of the config's file")
     p.add_argument("--rate", type=float, default=1.0, help="fetches per second (0 = as fast as possible)")
     p.add_argument("--count", type=int, default=0, help="stop after this many fetches (0 = run until Ctrl-C)")
@@ -69,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     if path is None or args.config is not None:
         try:
             config = load_config(args.config or default_config_path())
-        except ConfigError as exc:
+            stream = config.select(args.stream)[0]
+        except UploaderError as exc:
             print(f"simulate_pipeline: {exc}", file=sys.stderr)
             return 2
-        timezone = config.day.timezone
-        path = path or config.watch.file
+        timezone = stream.day.timezone
+        path = path or stream.watch.file
     path.parent.mkdir(parents=True, exist_ok=True)
     tz = pytz.timezone(timezone)
     writer = FetchWriter(path, timezone)

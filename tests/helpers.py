@@ -332,9 +332,9 @@ def build_batch(
 
 # -- day documents as stored, re-counted as they stream back -------------------------------------
 
-# The day in a day document's key (whatever the prefix), as ``daily.day_key`` names it.
-_KEY_DAY = re.compile(re.escape(daily.KEY_TEMPLATE.split("{prefix}")[1]).replace(
-    re.escape("{day}"), r"(\d{4}-\d{2}-\d{2})") + r"(?:\.gz)?$")
+# The day in a day document's key, whatever its prefix and its stream's document name
+# (``daily.day_key``): the YYYY-MM-DD in the key's last part, which ends in .json (.json.gz gzip).
+_KEY_DAY = re.compile(r"(\d{4}-\d{2}-\d{2})[^/]*\.json(?:\.gz)?$")
 
 
 @dataclass

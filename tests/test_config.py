@@ -123,3 +123,93 @@ def test_bad_retention_days_is_refused_naming_the_key(tmp_path, value, expect):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(caught.value).startswith(f"config storage.retention_days: {expect}")
+
+
+# -- streams.NAME.document_name ------------------------------------------------------------------
+
+_TWO_STREAMS = """
+[destinations.main]
+backend = "directory"
+[streams.all_api]
+file = "data/all_api.json"
+spool = "data/spool/all_api"
+destinations = ["main"]
+[streams.odds]
+file = "data/odds.json"
+spool = "data/spool/odds"
+destinations = ["main"]
+"""
+
+
+def test_document_name_defaults_per_stream_and_is_read_when_given(tmp_path):
+    """Without document_name a stream's day documents are "<NAME>_json_log_{date}.json" (all_api
+    keeps the seed's name, as does a config without [streams]); a name given is carried on every
+    destination's StorageConfig as written."""
+    from uploader import daily
+    from uploader.config import StorageConfig
+    from uploader.store import lifecycle
+
+    path = tmp_path / "c.toml"
+    path.write_text("[storage]\n")
+    assert load_config(path).storage.document_name == "all_api_json_log_{date}.json"
+    # The seed's name is written in three layers that may not import each other: kept equal.
+    assert StorageConfig().document_name == daily.DEFAULT_NAME == lifecycle.DEFAULT_DOCUMENT_NAME
+    path.write_text(_TWO_STREAMS)
+    names = {s.name: s.destinations[0].storage.document_name for s in load_config(path).streams}
+    assert names == {"all_api": "all_api_json_log_{date}.json", "odds": "odds_json_log_{date}.json"}
+    path.write_text(_TWO_STREAMS + 'document_name = "Odds-v2_{date}.feed.json"\n')
+    names = {s.name: s.destinations[0].storage.document_name for s in load_config(path).streams}
+    assert names == {"all_api": "all_api_json_log_{date}.json", "odds": "Odds-v2_{date}.feed.json"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expect"),
+    [
+        ('""', "must hold {date} exactly once"),
+        ('"odds.json"', "must hold {date} exactly once"),
+        ('"odds_{date}_{date}.json"', "must hold {date} exactly once"),
+        ('"odds_{day}_{date}.json"', "no other brace"),
+        ('"odds_{date}}.json"', "no other brace"),
+        ('"odds_{date}"', "does not end in .json"),
+        ('"odds_{date}.json.gz"', "does not end in .json"),
+        ('"odds/{date}.json"', "holds a '/'"),
+        ('"odds {date}.json"', "holds ' '"),
+        ('"odds\\t{date}.json"', "holds '\\t'"),
+        ('"odds_é_{date}.json"', "holds 'é'"),
+        ('"{date}.json"', "does not start with a letter or digit"),
+        ('"{date}_odds.json"', "does not start with a letter or digit"),
+        ('".odds_{date}.json"', "does not start with a letter or digit"),
+        ('"_{date}.json"', "does not start with a letter or digit"),
+        ('"quarantine{date}.json"', "begins as quarantine/ does"),
+        ('"q{date}.json"', "begins as quarantine/ does"),
+        ("7", "must be a string"),
+    ],
+)
+def test_bad_document_name_is_refused_naming_the_key(tmp_path, value, expect):
+    """A document name that is not one path component of printable ASCII holding {date} once,
+    ending in .json, starting with a letter or digit and not as quarantine/ does, is refused
+    naming streams.NAME.document_name, with a hint showing a good one."""
+    path = tmp_path / "c.toml"
+    path.write_text(_TWO_STREAMS + f"document_name = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.field == "streams.odds.document_name"
+    assert str(caught.value).startswith("config streams.odds.document_name: ") and expect in caught.value.reason
+    if value != "7":
+        assert 'write it like "odds_json_log_{date}.json"' in (caught.value.hint or "")
+
+
+@pytest.mark.parametrize(("table", "key"), [("storage", "storage.document_name"),
+                                            ("destinations.main", "destinations.main.document_name")])
+def test_document_name_belongs_to_a_stream_only(tmp_path, table, key):
+    """document_name is a stream's key: in [storage] (which keeps the seed's name) or in a
+    destination it is an unknown key, refused by name; `check` says so in one line, exit 2."""
+    path = tmp_path / "config.toml"
+    line = 'document_name = "x_{date}.json"\n'
+    path.write_text(f"[storage]\n{line}" if table == "storage" else
+                    _TWO_STREAMS.replace("[destinations.main]\n", f"[destinations.main]\n{line}"))
+    proc = subprocess.run([sys.executable, "-m", "uploader.cli", "check", "--config", str(path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert f"{key}: unknown key" in proc.stderr

@@ -61,7 +61,8 @@ def store_of(config: Config, name: str, dest: str) -> Store:
 
 
 def key_of(config: Config, name: str) -> str:
-    return daily.day_key(stream(config, name).destinations[0].storage.prefix, DAY)
+    storage = stream(config, name).destinations[0].storage
+    return daily.day_key(storage.prefix, DAY, name=storage.document_name)
 
 
 def document(config: Config, name: str, dest: str) -> tuple[list[str], dict[str, Any]]:

@@ -133,11 +133,11 @@ def _encryption(store: Store, config: Config, caps: Capabilities, say: Callable[
         say(f"  PROBLEMS: the server does not apply it (the probe object was {caps.encryption_problem}); "
             "every upload is refused until the server or storage.s3's encryption settings change")
         return False
-    prefix = config.storage.prefix
+    prefix, name = config.storage.prefix, config.storage.document_name
     kinds: Counter[str] = Counter()
     other: list[str] = []
     for key in store.list(prefix.strip("/") + "/"):
-        if day_of_key(prefix, key) is None:
+        if day_of_key(prefix, key, name) is None:
             continue
         try:
             info = store.head(key)
@@ -174,17 +174,17 @@ def _lifecycle(store: Store, config: Config, fix: bool, say: Callable[[str], Non
     from uploader.store.s3 import S3Store  # boto3: only for an S3 check, not every command's start
 
     assert isinstance(store, S3Store)
-    prefix, retention = config.storage.prefix, config.storage.retention_days
+    prefix, retention, name = config.storage.prefix, config.storage.retention_days, config.storage.document_name
     bucket = store.lifecycle()
     if fix:
-        if lifecycle.compare(bucket, prefix, retention).changed:
-            store.set_lifecycle(lifecycle.merge(bucket, prefix, retention))
+        if lifecycle.compare(bucket, prefix, retention, name).changed:
+            store.set_lifecycle(lifecycle.merge(bucket, prefix, retention, name))
             log.info("check.lifecycle_installed prefix=%s retention_days=%s", prefix, retention)
             say("bucket lifecycle: our rules installed (the bucket's other rules kept as they were)")
             bucket = store.lifecycle()  # report what the server now holds, not what was sent
         else:
             say("bucket lifecycle: our rules are already as configured; nothing written")
-    found = lifecycle.compare(bucket, prefix, retention)
+    found = lifecycle.compare(bucket, prefix, retention, name)
     kept = "kept for ever" if retention is None else f"expired after {retention} days"
     say(f"bucket lifecycle (rules of this uploader; day documents {kept}):")
     width = max(len(f.rule_id) for f in found.findings)

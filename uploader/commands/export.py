@@ -73,12 +73,13 @@ def export(config: Config, day: date, fmt: str, output: Path | None, stdout: Bin
     from uploader.commands.progress import Progress
 
     store = open_store(config.storage)
-    key = day_key(config.storage.prefix, day)
+    prefix, name = config.storage.prefix, config.storage.document_name
+    key = day_key(prefix, day, name=name)
     where = str(output) if output else "stdout"
     try:
         # --output first: a path that cannot be written is bad usage, whatever the bucket holds.
         with _output(output, stdout) as out:
-            key = day_document_key(store, config.storage.prefix, day)  # plain or gzip
+            key = day_document_key(store, prefix, day, name)  # plain or gzip
             with store.stream(key) as (stream, info), Progress("export", info.size, "bytes", scale=True) as bar:
                 report = export_day(stream, fmt, out, day, config.day.tz, on_read=bar.update)
     except ObjectNotFound:

@@ -131,7 +131,8 @@ def repair_day(
     begins, and kept in the result as well.
     """
     # The day's form: the document's, where it has one (a day keeps its form), else the configured.
-    form, _ = find_form(store, config.storage.prefix, day, config.storage.compression, None)
+    form, _ = find_form(store, config.storage.prefix, day, config.storage.compression, None,
+                        config.storage.document_name)
     key = form.key
     out = _Transcript(on_message)
     read = _reading(store, form, config, source, out)
@@ -185,7 +186,7 @@ def _reading(store: Store, form: DayForm, config: Config, source: Source | None,
     if source is None:
         return _Read(store, form.key, "the bucket")
     # The source's day keeps its own form, which need not be the target's.
-    found, _ = find_form(source.store, config.storage.prefix, form.day, config.storage.compression, None)
+    found, _ = find_form(source.store, form.prefix, form.day, config.storage.compression, None, form.name)
     out.say(f"repair: rebuilding {config.destination}'s {form.key} from {source.name}'s {found.key}")
     return _Read(source.store, found.key, source.name)
 
@@ -196,7 +197,7 @@ def _against_target(store: Store, form: DayForm, plan: RepairPlan, target: str, 
     it holds the plan already, or batches the plan would drop."""
     info = store.head(form.key)
     held = DocumentIds()
-    report = verify_day(store, form.prefix, form.day, form.key, ids=held)
+    report = verify_day(store, form.prefix, form.day, form.key, ids=held, name=form.name)
     planned = [p.kept.batch_id for p in plan.entries]
     wanted = {"closed": plan.metadata["closed"], **plan.after}
     if report.ok and held.batch_ids == planned and held.counters == {name: wanted[name] for name in COUNTERS}:
@@ -306,7 +307,7 @@ def _write(
         return out.end(RepairOutcome.CHANGED_MEANWHILE)
     except UnreadableBatch as exc:  # an archived batch that could be read for the plan no longer can
         return _unreadable(exc, out)
-    check = verify_day(store, form.prefix, form.day, key)
+    check = verify_day(store, form.prefix, form.day, key, name=form.name)
     out.say(f"repair: wrote {key} ({written} bytes); verify: {'OK' if check.ok else '; '.join(check.problems)}")
     return out.end(RepairOutcome.WRITTEN, verified=check.ok)
 

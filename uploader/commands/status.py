@@ -113,7 +113,7 @@ def build_status(config: Config, queue: DeliveryQueue | None = None) -> StatusRe
         today={"date": today.isoformat()},
     )
     try:
-        info = head_day(open_store(config.storage), config.storage.prefix, today)
+        info = head_day(open_store(config.storage), config.storage.prefix, today, config.storage.document_name)
         # The same fields whether or not the document exists yet (a day starts at zero).
         counters = daily.counters_from_user_metadata(info.metadata if info else {})
         counters.pop("date")  # the key's day; a document without our metadata would say null

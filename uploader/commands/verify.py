@@ -17,7 +17,7 @@ from typing import Any
 
 from uploader.commands.agree import DocumentIds, compare
 from uploader.commands.targets import Selection, Target, run_each
-from uploader.daily import day_key, day_of_key
+from uploader.daily import DEFAULT_NAME, day_key, day_of_key
 from uploader.daily.reading import DocumentError, paused_collector, read_document
 from uploader.daily.verifier import Verifier
 from uploader.errors import ObjectNotFound
@@ -68,12 +68,13 @@ class AuditReport:
 
 
 def verify_day(
-    store: Store, prefix: str, day: date, key: str | None = None, ids: DocumentIds | None = None
+    store: Store, prefix: str, day: date, key: str | None = None, ids: DocumentIds | None = None,
+    name: str = DEFAULT_NAME,
 ) -> DayReport:
     """Re-count one day's document as it streams (bounded memory; plain or gzip). ``key``: where
-    it is, if known (else looked for under both forms' keys); ``ids``: also kept there, to compare
-    the document with another destination's."""
-    key = key or day_document_key(store, prefix, day)
+    it is, if known (else looked for under both forms' keys of the document name ``name``);
+    ``ids``: also kept there, to compare the document with another destination's."""
+    key = key or day_document_key(store, prefix, day, name)
     report = DayReport(day, key)
     checker = Verifier()
     meta: Any = None
@@ -107,14 +108,17 @@ def audit(
     today: date,
     since: date | None = None,
     on_day: Callable[[DayReport], None] = lambda report: None,
+    name: str = DEFAULT_NAME,
 ) -> AuditReport:
-    """Verify every daily document under ``prefix`` (from ``since`` on), and the prefix itself."""
+    """Verify every daily document under ``prefix`` (from ``since`` on), and the prefix itself:
+    a key that is not one of the document name ``name``'s, the quarantine's or the uploader's own
+    is stray."""
     prefix = prefix.strip("/")
     known = (f"{prefix}/quarantine/", probe_prefix(prefix) + "/", pad_key(prefix))
     report = AuditReport()
     present: dict[date, list[str]] = {}
     for key in store.list(prefix + "/"):
-        found = day_of_key(prefix, key)
+        found = day_of_key(prefix, key, name)
         if found is not None:
             present.setdefault(found, []).append(key)
         elif not key.startswith(known):
@@ -123,7 +127,8 @@ def audit(
     day = days[0] if days else None
     while day is not None and day <= days[-1]:
         keys = present.get(day, [])
-        one = verify_day(store, prefix, day, keys[0]) if keys else DayReport(day, day_key(prefix, day), missing=True)
+        one = verify_day(store, prefix, day, keys[0]) if keys else \
+            DayReport(day, day_key(prefix, day, name=name), missing=True)
         if len(keys) > 1:  # never written so: a day keeps one form
             one.problems.append(f"stored under {len(keys)} keys ({', '.join(keys)}); keep the one `verify` of each shows "
                                 "complete and remove the other")
@@ -145,13 +150,14 @@ def render_day(one: DayReport) -> list[str]:
             "verify: OK" if one.ok else f"verify: {len(one.problems)} problem(s)"]
 
 
-def render_audit(report: AuditReport, prefix: str) -> list[str]:
+def render_audit(report: AuditReport, prefix: str, name: str = DEFAULT_NAME) -> list[str]:
     """The lines after the days' own (``DayReport.line``): stray objects, days left open, the totals."""
     lines = [f"stray       {key}  (not a daily document, quarantine or probe object)" for key in report.stray]
     lines += [f"left open   {day}  is past and not closed; `uploader close-day {day}` closes it"
               for day in report.left_open]
     if not report.days:
-        lines.append(f"verify: no daily documents under {prefix}/ (check storage.prefix and the bucket)")
+        lines.append(f"verify: no daily documents {prefix}/{name} (check the prefix, the document name and the "
+                     "bucket)")
         return lines
     bad = sum(not d.ok for d in report.days)
     lines.append(f"verify: {len(report.days)} day(s), {bad} with problems or missing, {len(report.stray)} stray "
@@ -182,7 +188,7 @@ def _verify_one(day: date, say: Say, err: Say) -> Callable[[Target, list[tuple[s
     def work(target: Target, docs: list[tuple[str, DocumentIds]] | None) -> bool:
         ids = DocumentIds() if docs is not None else None
         c = target.config
-        one = verify_day(open_store(c.storage), c.storage.prefix, day, ids=ids)
+        one = verify_day(open_store(c.storage), c.storage.prefix, day, ids=ids, name=c.storage.document_name)
         for line in render_day(one):
             (err if one.missing else say)(line)
         if docs is not None and ids is not None:
@@ -199,8 +205,8 @@ def audit_selection(selection: Selection, since: date | None, *, say: Say, err: 
         c = target.config
         today = datetime.now(c.day.tz).date()
         report = audit(open_store(c.storage), c.storage.prefix, today, since=since,
-                       on_day=lambda one: say(one.line()))
-        for line in render_audit(report, c.storage.prefix):
+                       on_day=lambda one: say(one.line()), name=c.storage.document_name)
+        for line in render_audit(report, c.storage.prefix, c.storage.document_name):
             say(line)
         return bool(report.days) and report.ok
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ LEGACY_DESTINATION = "default"
 DESTINATIONS_FOLDER = "destinations"  # under a spool: the state of every destination but the first
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _NAME_HINT = "use letters, digits, '_' and '-' (at most 63), starting with a letter or digit"
+_DATE = "{date}"  # in a document name: the day, YYYY-MM-DD (daily.DATE_FIELD)
+_QUARANTINE = "quarantine/"  # under the prefix, beside the day documents (DESIGN §5.6)
 
 # A stream's own keys; the [day] and [spool] tables give the defaults of the tunables.
 _STREAM_SCHEMA: dict[str, Any] = {
@@ -50,6 +52,7 @@ _STREAM_SCHEMA: dict[str, Any] = {
     "batch_size": SCHEMA["watch"]["batch_size"],
     "prefix": (str, None),
     "compression": SCHEMA["storage"]["compression"],
+    "document_name": (str, None),
     "destinations": (list, None),
     **{key: (kind, None) for key, (kind, _) in SCHEMA["day"].items()},
     **{key: (kind, None) for key, (kind, _) in SCHEMA["spool"].items() if key != "dir"},
@@ -145,6 +148,7 @@ def _stream(name: str, s: dict[str, Any], values: dict[str, Any], defined: dict[
         raise ConfigError(f"{where}.prefix", f"invalid prefix {s['prefix']!r}", "use a plain path like all_api_rotating_logs")
     if s["compression"] not in tuple(Compression):
         raise ConfigError(f"{where}.compression", f"got {s['compression']!r}", 'use "none" or "gzip"')
+    document_name = _document_name(s["document_name"], name)
     names = s["destinations"]
     if names is None or not names:
         raise ConfigError(f"{where}.destinations", "names no destination",
@@ -158,9 +162,42 @@ def _stream(name: str, s: dict[str, Any], values: dict[str, Any], defined: dict[
             raise ConfigError(f"{where}.destinations", f"names {dest!r} twice", "list each destination once")
         with keys_named("storage.", f"destinations.{dest}."):
             storage = storage_config({**defined[dest], "prefix": prefix, "compression": s["compression"]}, resolve)
+        storage = replace(storage, document_name=document_name)
         state = spool.dir if i == 0 else spool.dir / DESTINATIONS_FOLDER / dest
         destinations.append(DestinationConfig(dest, storage, state))
     return StreamConfig(name, watch, day, spool, tuple(destinations))
+
+
+def _document_name(value: str | None, stream: str) -> str:
+    """A stream's day document name, ``"<stream>_json_log_{date}.json"`` unless it gives its own:
+    one path component of printable ASCII holding ``{date}`` once and no other brace, ending in
+    ``.json``. The expiry rule filters on ``<prefix>/`` and the part before ``{date}`` (DESIGN
+    §5.8), so that part must not be empty, nor begin the names of the prefix's other objects
+    (``quarantine/``, ``.uploader-*``): it starts with a letter or digit and is not a start of
+    ``quarantine``."""
+    where = f"streams.{stream}.document_name"
+    default = f"{stream}_json_log_{_DATE}.json"
+    if value is None:
+        return default
+    hint = f'write it like "{default}": the day goes where {_DATE} is'
+    if odd := [c for c in value if not "!" <= c <= "~"]:
+        raise ConfigError(where, f"{value!r} holds {odd[0]!r}", f"use printable ASCII without spaces; {hint}")
+    if "/" in value:
+        raise ConfigError(where, f"{value!r} holds a '/'",
+                          f"name the document alone (folders go in streams.{stream}.prefix); {hint}")
+    if value.count(_DATE) != 1 or "{" in value.replace(_DATE, "") or "}" in value.replace(_DATE, ""):
+        raise ConfigError(where, f"{value!r} must hold {_DATE} exactly once and no other brace", hint)
+    if not value.endswith(".json"):
+        raise ConfigError(where, f"{value!r} does not end in .json", f"{hint} (a gzip day adds .gz)")
+    before = value.partition(_DATE)[0]
+    if not before[:1].isalnum():  # printable ASCII, so a letter or digit
+        raise ConfigError(where, f"{value!r} does not start with a letter or digit",
+                          f"the expiry rule filters on <prefix>/ and what comes before {_DATE}, which would "
+                          f"otherwise take in the quarantine and the uploader's .uploader-* objects; {hint}")
+    if _QUARANTINE.startswith(before):
+        raise ConfigError(where, f"{value!r} begins as {_QUARANTINE} does",
+                          f"the expiry rule on <prefix>/{before} would take in the quarantine too; {hint}")
+    return value
 
 
 def _refuse_shared(streams: tuple[StreamConfig, ...]) -> None:

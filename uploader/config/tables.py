@@ -110,6 +110,9 @@ class StorageConfig:
     retention_days: int | None = None
     # How new day documents are stored; a day keeps the form it was started in.
     compression: Compression = field(default_factory=lambda: Compression.NONE)
+    # The day document's name under the prefix, "{date}" standing for YYYY-MM-DD (daily.day_key):
+    # a stream's own (streams.NAME.document_name); the legacy [storage] table has no such key.
+    document_name: str = "all_api_json_log_{date}.json"
 
 
 def table(cls: type, **types: Any) -> dict[str, tuple[Any, Any]]:

@@ -31,6 +31,8 @@ from uploader.local.batch import Batch, BatchHeader
 from uploader.stamps import format_stamp
 
 __all__ = [
+    "DATE_FIELD",
+    "DEFAULT_NAME",
     "KEY_TEMPLATE",
     "TAIL_MARKER",
     "ListedIds",
@@ -60,24 +62,31 @@ __all__ = [
 ]
 
 
-KEY_TEMPLATE = "{prefix}/all_api_json_log_{day}.json"
+# A day document's name under its prefix: ``DATE_FIELD`` stands for the day, YYYY-MM-DD. Each
+# stream names its own (``streams.NAME.document_name``, checked by the config: the field once,
+# ending in ``.json``, no ``/``); the seed's, and the stream ``all_api``'s, is ``DEFAULT_NAME``.
+DATE_FIELD = "{date}"
+DEFAULT_NAME = "all_api_json_log_{date}.json"
+KEY_TEMPLATE = "{prefix}/" + DEFAULT_NAME.replace(DATE_FIELD, "{day}")  # the seed's key
 HEAD = b'{"uploads": ['
 TAIL_MARKER = b'\n],\n"daily_metadata": '
 _END = b"}\n"
 
 
-def day_key(prefix: str, day: date, gzip: bool = False) -> str:
-    """The object key of one day's document: ``<prefix>/all_api_json_log_YYYY-MM-DD.json``, and
-    ``.json.gz`` for a gzip-compressed day (§5.10)."""
-    key = KEY_TEMPLATE.format(prefix=prefix.strip("/"), day=day.isoformat())
+def day_key(prefix: str, day: date, gzip: bool = False, name: str = DEFAULT_NAME) -> str:
+    """The object key of one day's document: ``<prefix>/<name>`` with the day in place of
+    ``{date}`` (``<prefix>/all_api_json_log_YYYY-MM-DD.json`` by default), and ``.gz`` added for
+    a gzip-compressed day (§5.10)."""
+    key = f"{prefix.strip('/')}/{name.replace(DATE_FIELD, day.isoformat())}"
     return key + gzip_form.SUFFIX if gzip else key
 
 
-def day_of_key(prefix: str, key: str) -> date | None:
-    """The day whose document ``key`` is, plain or gzip, or None for any other key (one that only
-    looks like a day's, e.g. 2025-02-30, included)."""
+def day_of_key(prefix: str, key: str, name: str = DEFAULT_NAME) -> date | None:
+    """The day whose document ``key`` is, by the name pattern ``name``, plain or gzip, or None for
+    any other key (one that only looks like a day's, e.g. 2025-02-30, included)."""
     key = key.removesuffix(gzip_form.SUFFIX)
-    head, _, tail = KEY_TEMPLATE.format(prefix=prefix.strip("/"), day="\0").partition("\0")
+    before, _, tail = name.partition(DATE_FIELD)
+    head = f"{prefix.strip('/')}/{before}"
     if not (key.startswith(head) and key.endswith(tail)) or len(key) != len(head) + 10 + len(tail):
         return None
     text = key[len(head):len(key) - len(tail)]

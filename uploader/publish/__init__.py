@@ -110,6 +110,7 @@ def append_batches(
     on_streamed: Callable[[BatchHeader], None] = lambda header: None,
     compression: Compression = Compression.NONE,
     listed: ListedIndex | None = None,
+    name: str = daily.DEFAULT_NAME,
 ) -> AppendResult:
     """Append all ``batches`` (one day, any order) to that day's document in one write.
 
@@ -117,7 +118,8 @@ def append_batches(
     ``on_streamed`` hears of each as it goes (progress).
     Batches whose batch_id the document already lists are acknowledged, not appended again.
     A new day is stored as ``compression`` says; a day that exists keeps its form. ``listed``
-    knows the ids each day lists (without it, a day is read whole to learn them).
+    knows the ids each day lists (without it, a day is read whole to learn them). ``name``: the
+    stream's document name pattern (``daily.day_key``).
     Raises PreconditionFailed if other writers keep winning, StoreUnavailable / StoreRejected
     from the store, SpoolError for an unreadable batch; in every failure nothing was half-written.
     """
@@ -146,7 +148,7 @@ def append_batches(
 
     edit = _Edit(lambda tail, ids: daily.append_to_tail(tail, unique, now, tz, ids), on_document, fetch_data,
                  [h.batch_id for h in unique])
-    result = _apply(store, prefix, tz, days.pop(), edit, cache, compression, listed)
+    result = _apply(store, prefix, tz, days.pop(), edit, cache, compression, name, listed)
     # The caller logs the operator-facing "upload" line; this is the store-level detail.
     log.debug(
         "publish.appended day=%s stored=%d already=%d path=%s attempts=%d sent=%d received=%d",
@@ -158,7 +160,7 @@ def append_batches(
 
 def close_day(
     store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, now: datetime, cache: WriteCache | None = None,
-    compression: Compression = Compression.NONE,
+    compression: Compression = Compression.NONE, name: str = daily.DEFAULT_NAME,
 ) -> AppendResult:
     """Mark ``day`` closed (creating an empty closed document if it has none); idempotent.
 
@@ -172,7 +174,7 @@ def close_day(
         return daily.MergeResult(daily.close_document(doc, now, tz))
 
     result = _apply(store, prefix, tz, day, _Edit(lambda tail, ids: daily.close_tail(tail, now, tz), on_document),
-                    cache, compression)
+                    cache, compression, name)
     log.info("publish.closed day=%s path=%s attempts=%d", day, result.path, result.attempts)
 
     return drop_padding(store, result, cache)
@@ -208,7 +210,7 @@ class _Attempt:
 
 def _apply(
     store: Store, prefix: str, tz: pytz.BaseTzInfo, day: date, edit: _Edit, cache: WriteCache | None,
-    compression: Compression, listed: ListedIndex | None = None,
+    compression: Compression, name: str, listed: ListedIndex | None = None,
 ) -> AppendResult:
     """Read the day's document, choose the path (``choose_plan``), write. A lost race (412)
     re-reads and retries; so does a feature the server refused, now on its fallback path.
@@ -222,7 +224,7 @@ def _apply(
         caps = store.capabilities()
         # Our own last write is trusted only where the write carrying its ETag is refused if stale.
         mine = cache if caps.conditional_put else None
-        form, info = find_form(store, prefix, day, compression, mine)
+        form, info = find_form(store, prefix, day, compression, mine, name)
         key = form.key
         try:
             seen = read_day(store, key, form, caps, mine.get(key) if mine is not None else None, info)

@@ -29,15 +29,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DayForm:
-    """One day's document in one form: its key, and the form's bytes."""
+    """One day's document in one form: its key (``name``: the stream's document name pattern,
+    ``daily.DEFAULT_NAME`` unless it names its own), and the form's bytes."""
 
     prefix: str
     day: date
     compression: Compression
+    name: str = daily.DEFAULT_NAME
 
     @property
     def key(self) -> str:
-        return daily.day_key(self.prefix, self.day, gzip=self.gzip)
+        return daily.day_key(self.prefix, self.day, gzip=self.gzip, name=self.name)
 
     @property
     def gzip(self) -> bool:
@@ -81,12 +83,13 @@ class DayForm:
 
 
 def find_form(
-    store: Store, prefix: str, day: date, compression: Compression, cache: WriteCache | None
+    store: Store, prefix: str, day: date, compression: Compression, cache: WriteCache | None,
+    name: str = daily.DEFAULT_NAME,
 ) -> tuple[DayForm, ObjectInfo | None]:
-    """The form ``day``'s document is in, and its HEAD (None: our cache knows it, or it has no
-    document yet, and then it takes the configured ``compression``)."""
+    """The form ``day``'s document (named by ``name``) is in, and its HEAD (None: our cache knows
+    it, or it has no document yet, and then it takes the configured ``compression``)."""
     other = Compression.NONE if compression is Compression.GZIP else Compression.GZIP
-    forms = [DayForm(prefix, day, compression), DayForm(prefix, day, other)]
+    forms = [DayForm(prefix, day, compression, name), DayForm(prefix, day, other, name)]
     for form in forms:
         if cache is not None and cache.get(form.key) is not None:
             return form, None
@@ -97,14 +100,14 @@ def find_form(
     return forms[0], None
 
 
-def head_day(store: Store, prefix: str, day: date) -> ObjectInfo | None:
+def head_day(store: Store, prefix: str, day: date, name: str = daily.DEFAULT_NAME) -> ObjectInfo | None:
     """The HEAD of ``day``'s document, whichever form it is in; None if it has none."""
-    return find_form(store, prefix, day, Compression.NONE, None)[1]
+    return find_form(store, prefix, day, Compression.NONE, None, name)[1]
 
 
-def day_document_key(store: Store, prefix: str, day: date) -> str:
+def day_document_key(store: Store, prefix: str, day: date, name: str = daily.DEFAULT_NAME) -> str:
     """The key ``day``'s document is stored under, plain or gzip (the plain one if it has none)."""
-    return find_form(store, prefix, day, Compression.NONE, None)[0].key
+    return find_form(store, prefix, day, Compression.NONE, None, name)[0].key
 
 
 def pad_key(prefix: str) -> str:

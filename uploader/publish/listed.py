@@ -68,7 +68,7 @@ class ListedIndex:
             for batch_id in landed:
                 found.add(batch_id)
             return found
-        return self._read(store, key, meta)
+        return self._read(store, key, day, meta)
 
     def remember(self, key: str, ids: ListedIds) -> None:
         """Note the ids the document at ``key`` lists now (after a write, or a read)."""
@@ -93,14 +93,14 @@ class ListedIndex:
                 pass
         return removed
 
-    def _read(self, store: Store, key: str, meta: dict[str, Any]) -> ListedIds:
-        """Every id the document's entries list, from one streamed read of it."""
+    def _read(self, store: Store, key: str, day: date, meta: dict[str, Any]) -> ListedIds:
+        """Every id the document of ``day`` at ``key`` lists in its entries, from one streamed read
+        of it."""
         started = time.monotonic()
         try:
             with store.stream(key) as (stream, info):
                 ids = daily.listed_in_entries(entry for kind, entry in read_document(stream) if kind == "upload")
         except DocumentError as exc:
-            day = daily.day_of_key(key.rsplit("/", 1)[0], key)
             raise StoreRejected(f"{key} is damaged, so which batches it holds is unknown: {exc}",
                                 f"run: uploader repair {day}") from exc
         if not ids.matches(meta):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytz
 
-from uploader import publish
+from uploader import daily, publish
 from uploader.config import Compression, Config
 from uploader.errors import StoreError, StoreRejected, UnreadableBatch
 from uploader.local.archive import Archive, ArchivePolicy
@@ -86,13 +86,16 @@ class Uploader:
         compression: Compression = Compression.NONE,
         queue: DeliveryQueue | None = None,
         state_dir: Path | None = None,
+        document_name: str = daily.DEFAULT_NAME,
     ) -> None:
         """``queue``: what this destination has yet to acknowledge (every spooled batch where the
-        stream has one destination); ``state_dir``: its own state (ids/), the spool by default."""
+        stream has one destination); ``state_dir``: its own state (ids/), the spool by default;
+        ``document_name``: the stream's day document name pattern (``daily.day_key``)."""
         self.spool = spool
         self.queue = queue or DeliveryQueue.only(spool)
         self.store = store
         self.prefix = prefix
+        self.document_name = document_name
         self.tz = tz
         self.compression = compression  # of new days; a day keeps the form it was started in
         self.status = status
@@ -126,7 +129,7 @@ class Uploader:
         archive = ArchivePolicy(config.spool.archive_days * 86400.0, int(config.spool.archive_max_mb * (1 << 20)))
         return cls(spool, store, config.storage.prefix, config.day.tz, status, config.spool.max_backoff_s,
                    clock=clock, archive=archive, metrics=metrics, compression=config.storage.compression,
-                   queue=queue, state_dir=config.state)
+                   queue=queue, state_dir=config.state, document_name=config.storage.document_name)
 
     def next_due(self) -> float | None:
         """POSIX time when the earliest spooled batch may be tried, None if the spool is empty."""
@@ -174,7 +177,8 @@ class Uploader:
             result = publish.append_batches(self.store, self.prefix, self.tz, [e for e, _ in readable],
                                             self.clock(), self._written,
                                             on_streamed=lambda header: progress(next(streamed)),
-                                            compression=self.compression, listed=self._listed)
+                                            compression=self.compression, listed=self._listed,
+                                            name=self.document_name)
         except UnreadableBatch as exc:
             # Found while streaming: nothing was written. Hold that batch back; the rest go next time.
             self._unreadable(exc, report)
@@ -317,7 +321,7 @@ class Uploader:
                 continue  # not yet: closing now would make its remaining uploads "late"
             try:
                 closing = publish.close_day(self.store, self.prefix, self.tz, day, self.clock(), self._written,
-                                            self.compression)
+                                            self.compression, self.document_name)
             except StoreError as exc:
                 log.warning("close_failed day=%s error=%s (will retry)", day, exc)
                 break

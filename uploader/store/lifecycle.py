@@ -6,6 +6,10 @@ means: read the rules, keep every rule that is not ours exactly as the server ga
 ours, write the lot. A rule is ours when its ID is one this prefix's uploader makes (each ID
 names the prefix: two uploaders on one bucket keep each other's rules, and IDs stay unique,
 which Ceph RGW insists on). Rules are dicts in boto3's shape (``ID``, ``Status``, ``Filter``, ...).
+
+The day documents' rule filters on ``<prefix>/`` and the part of the stream's document name
+before ``{date}`` (``all_api_json_log_`` for the seed's name); its ID does not depend on the name,
+so a rule installed before document names existed stays ours, and is brought up to date.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "DEFAULT_DOCUMENT_NAME",
     "ID_PREFIX",
     "MAX_ID_LENGTH",
     "BucketLifecycle",
@@ -33,12 +38,13 @@ ID_PREFIX = "all-api-uploader-"
 MAX_ID_LENGTH = 255  # Ceph RGW refuses a longer ID (InvalidArgument); AWS documents the same limit
 ABORT_AFTER_DAYS = 1  # an append's multipart upload lives seconds; a day old, it is dead
 
-# kind -> what the rule covers, under "<prefix>/"
+DEFAULT_DOCUMENT_NAME = "all_api_json_log_{date}.json"  # daily.DEFAULT_NAME, the seed's
+_DATE = "{date}"  # daily.DATE_FIELD
+
 _ABORT = "abort-incomplete-multipart"
 _DAYS = "expire-day-documents"
 _QUARANTINE = "expire-quarantine"
 _KINDS = (_ABORT, _DAYS, _QUARANTINE)
-_SUFFIX = {_ABORT: "", _DAYS: "all_api_json_log_", _QUARANTINE: "quarantine/"}
 
 
 @dataclass(frozen=True)
@@ -91,15 +97,20 @@ def owned_ids(prefix: str) -> frozenset[str]:
     return frozenset(rule_id(kind, prefix) for kind in _KINDS)
 
 
-def desired_rules(prefix: str, retention_days: int | None) -> tuple[dict[str, Any], ...]:
+def desired_rules(
+    prefix: str, retention_days: int | None, document_name: str = DEFAULT_DOCUMENT_NAME
+) -> tuple[dict[str, Any], ...]:
     """The rules the config asks for: always abort multipart uploads left unfinished for a day
-    under the prefix; with a retention, expire day documents and quarantined spans that old.
+    under the prefix; with a retention, expire day documents (the keys ``document_name`` starts,
+    up to its ``{date}``) and quarantined spans that old.
 
     Written as ``Filter: {Prefix: ...}``, the form moto and Ceph RGW both accept and give back
     unchanged (RGW turns an empty Filter into the legacy ``Prefix``).
     """
+    under = {_ABORT: "", _DAYS: document_name.partition(_DATE)[0], _QUARANTINE: "quarantine/"}
+
     def rule(kind: str, action: dict[str, Any]) -> dict[str, Any]:
-        return {"ID": rule_id(kind, prefix), "Filter": {"Prefix": f"{prefix}/{_SUFFIX[kind]}"},
+        return {"ID": rule_id(kind, prefix), "Filter": {"Prefix": f"{prefix}/{under[kind]}"},
                 "Status": "Enabled", **action}
 
     rules = [rule(_ABORT, {"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_AFTER_DAYS}})]
@@ -126,11 +137,13 @@ def describe(rule: dict[str, Any]) -> str:
     return text if rule.get("Status") == "Enabled" else f"{text} (disabled)"
 
 
-def compare(bucket: BucketLifecycle, prefix: str, retention_days: int | None) -> Comparison:
+def compare(
+    bucket: BucketLifecycle, prefix: str, retention_days: int | None, document_name: str = DEFAULT_DOCUMENT_NAME
+) -> Comparison:
     """Which of our rules the bucket holds as we would write them, holds otherwise, lacks, or
     holds though the config no longer wants them; and how many rules are not ours."""
     owned = owned_ids(prefix)
-    wanted = desired_rules(prefix, retention_days)
+    wanted = desired_rules(prefix, retention_days, document_name)
     installed: dict[str, dict[str, Any]] = {}
     for rule in bucket.rules:
         if rule.get("ID") in owned:
@@ -147,12 +160,14 @@ def compare(bucket: BucketLifecycle, prefix: str, retention_days: int | None) ->
     return Comparison(tuple(findings), len(bucket.rules) - ours_on_bucket, changed)
 
 
-def merge(bucket: BucketLifecycle, prefix: str, retention_days: int | None) -> BucketLifecycle:
+def merge(
+    bucket: BucketLifecycle, prefix: str, retention_days: int | None, document_name: str = DEFAULT_DOCUMENT_NAME
+) -> BucketLifecycle:
     """The bucket's configuration with our rules replaced by the wanted ones: every other rule
     kept as the server gave it (same dict, same order), ours after them."""
     owned = owned_ids(prefix)
     others = tuple(rule for rule in bucket.rules if rule.get("ID") not in owned)
-    return BucketLifecycle(others + desired_rules(prefix, retention_days),
+    return BucketLifecycle(others + desired_rules(prefix, retention_days, document_name),
                            bucket.transition_default_minimum_object_size)
 
 
