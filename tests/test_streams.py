@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import healthz, scrape, stored_days, value, wait_for, write_streams_config
+import pytz
+from helpers import (
+    FakeClock,
+    build_batch,
+    healthz,
+    make_s3_store,
+    scrape,
+    stored_days,
+    value,
+    wait_for,
+    write_streams_config,
+)
 from rig.faultproxy import FaultProxy
 
 from uploader.config import load_config
@@ -212,3 +224,40 @@ def test_a_gone_bucket_and_an_unreadable_file_trouble_only_their_own_stream(tmp_
         service.stop()
     assert sorted(b_ids) == sorted(json.loads(p.read_bytes())["uploads"][i]["fetch_data"][j]["FETCH_HEADER"]["fetch_id"]
                                    for p in folder.glob("*.json") for i in range(5) for j in range(2))
+
+
+def test_a_failing_destination_backs_off_as_a_whole_not_once_per_cut(tmp_path, moto_server):
+    """Cuts keep waking a destination's worker while its store is down. Each batch has its own
+    backoff, but a batch cut meanwhile has none yet: the destination's own backoff keeps it from
+    being tried at every cut. Nothing is tried before that backoff ends; then one append (which
+    fails again and doubles it); once the store answers, everything goes in one append and the
+    backoff is gone."""
+    from uploader.local.spool import Spool
+    from uploader.publish.status import StatusFile
+    from uploader.publish.uploader import Uploader
+
+    clock = FakeClock(datetime(2026, 11, 29, 15, 0, tzinfo=pytz.utc))
+    spool = Spool(tmp_path / "spool")
+    with FaultProxy((moto_server.host, moto_server.port)) as proxy:
+        uploader = Uploader(spool, make_s3_store(proxy.url, moto_server.new_bucket(), max_attempts=1), "logs",
+                            pytz.utc, StatusFile(tmp_path / "status.json"), max_backoff_s=600, clock=clock,
+                            rand=lambda: 0.0)
+
+        def cut(seq: int) -> None:
+            spool.commit([spool.stage_batch(build_batch(seq, day=date(2026, 11, 29)))])
+
+        proxy.go_down()
+        cut(1)
+        assert uploader.drain().failed == 1 and uploader.resting()
+        for seq in range(2, 12):  # ten cuts, each waking the worker, within the backoff (0.5 s)
+            cut(seq)
+            assert uploader.drain().failed == 0, "a batch cut during the backoff was tried"
+        assert uploader.next_due() == clock.now.timestamp() + 0.5
+        clock.now += timedelta(seconds=0.5)
+        assert uploader.drain().failed == 11  # one append of every batch due, failing again
+        assert uploader.next_due() == clock.now.timestamp() + 1.0  # doubled
+        proxy.come_up()
+        clock.now += timedelta(seconds=1.0)
+        assert uploader.drain().batches == 11 and not uploader.resting()
+        cut(12)
+        assert uploader.drain().batches == 1  # no backoff left after a success

@@ -112,6 +112,11 @@ class Uploader:
         self._archive_bytes: int | None = None  # known after the first prune, then kept up to date
         self._next_prune = 0.0
         self.metrics = metrics
+        # The destination's own backoff, beside each batch's: after a store failure nothing is
+        # tried until it ends, however many batches are cut meanwhile, so a store that is down
+        # costs a request per backoff, not one per cut (reset by the next success).
+        self._store_failures = 0
+        self._store_ready_at = 0.0
 
     @classmethod
     def for_config(
@@ -136,7 +141,16 @@ class Uploader:
         pending = self.queue.pending_batches()
         if not pending:
             return None
-        return min(self.status.retry_state(e.batch_id).next_at for e in pending)
+        return max(self._store_ready_at, min(self.status.retry_state(e.batch_id).next_at for e in pending))
+
+    def resting(self) -> bool:
+        """Whether the store failed last and its backoff has not ended: try nothing of it yet."""
+        return self.clock().timestamp() < self._store_ready_at
+
+    def _store_failed(self) -> None:
+        self._store_failures += 1
+        delay = compute_backoff(self._store_failures, self.max_backoff_s, self.rand())
+        self._store_ready_at = self.clock().timestamp() + delay
 
     def drain(
         self,
@@ -147,6 +161,9 @@ class Uploader:
     ) -> DrainReport:
         """Upload every due batch, oldest first, one append per day group; stop at a store error."""
         report = DrainReport()
+        if not ignore_backoff and self.resting():
+            report.left = len(self.queue.pending_batches(day))
+            return report
         pending = self.queue.pending_batches(day)
         now_ts = self.clock().timestamp()
         due = [e for e in pending if ignore_backoff or self.status.retry_state(e.batch_id).next_at <= now_ts]
@@ -184,6 +201,7 @@ class Uploader:
             self._unreadable(exc, report)
             return
         ms = (time.monotonic() - started) * 1000
+        self._store_failures, self._store_ready_at = 0, 0.0
         self._retire([e for e, _ in readable])
         headers = [h for _, h in readable]
         fetches = sum(h.fetch_count for h in headers)
@@ -243,6 +261,7 @@ class Uploader:
 
     def _failed(self, group: list[SpooledBatch], exc: StoreError, report: DrainReport) -> None:
         message = str(exc)
+        self._store_failed()
         report.failed += len(group)
         report.errors.append(message)
         attempts = 0
@@ -285,6 +304,7 @@ class Uploader:
                 key = quarantine.upload_quarantine(self.store, self.prefix, item)
             except StoreError as exc:
                 log.debug("quarantine_upload_failed name=%s error=%s", item.name, exc)
+                self._store_failed()
                 break
             with self.queue.acknowledged([path.name]) as everywhere:
                 if everywhere:
@@ -324,6 +344,7 @@ class Uploader:
                                             self.compression, self.document_name)
             except StoreError as exc:
                 log.warning("close_failed day=%s error=%s (will retry)", day, exc)
+                self._store_failed()
                 break
             self.status.update(closed=[day.isoformat()])
             self.metrics.day_closed(CloseReport(day, closing.counters, _used(closing.capabilities)))

@@ -111,9 +111,13 @@ class DestinationWorker:
             self._last_pass()
 
     def _pass(self) -> None:
+        if self.uploader.resting():
+            return  # woken by a cut while the store is failing: its backoff decides, not the cuts
         if self._tidy_at_start:
             self._tidy_at_start = not self.uploader.tidy(writer_started=True)
         self.uploader.drain()
+        if self.uploader.resting():
+            return  # the store is failing: quarantine, tidy and closes wait for its backoff too
         self.uploader.upload_quarantine()
         if time.monotonic() >= self._next_tidy:
             self._next_tidy = time.monotonic() + TIDY_EVERY_S
