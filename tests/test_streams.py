@@ -261,3 +261,23 @@ def test_a_failing_destination_backs_off_as_a_whole_not_once_per_cut(tmp_path, m
         assert uploader.drain().batches == 11 and not uploader.resting()
         cut(12)
         assert uploader.drain().batches == 1  # no backoff left after a success
+
+
+def test_a_store_down_from_the_start_is_a_warning_at_its_first_failed_upload(tmp_path, caplog, unused_port):
+    """The start's tidy meets the dead store first and says so at INFO; the first failed upload
+    is still a WARNING, not silenced for a minute as the same message."""
+    import logging
+
+    from uploader.local.spool import Spool
+    from uploader.publish.status import StatusFile
+    from uploader.publish.uploader import Uploader
+
+    spool = Spool(tmp_path / "spool")
+    uploader = Uploader(spool, make_s3_store(f"http://127.0.0.1:{unused_port}", "nowhere", max_attempts=1), "logs",
+                        pytz.utc, StatusFile(tmp_path / "status.json"), 600)
+    spool.commit([spool.stage_batch(build_batch(1, day=date(2026, 11, 29)))])
+    with caplog.at_level(logging.INFO, logger="uploader.publish.uploader"):
+        assert not uploader.tidy(writer_started=True)
+        assert uploader.drain().failed == 1
+    said = [(r.levelno, r.getMessage().split()[0]) for r in caplog.records]
+    assert said == [(logging.INFO, "leftovers_kept"), (logging.WARNING, "upload_failed")]

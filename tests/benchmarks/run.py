@@ -10,7 +10,8 @@ Each server is started once per run (``tests/rig/s3servers.py``): moto, and a pr
 cluster, the server Linode Object Storage runs. Every benchmark that talks to S3 runs on each
 (the idle one on moto only: an idle service sends nothing), and the report puts the figures
 side by side. Run it alone on the machine: the report records the load beside it. The soak
-alone takes about 13 minutes per server at its default ``--soak-minutes 10``.
+alone takes about 13 minutes per server at its default ``--soak-minutes 10``; the many-streams
+benchmark (``--only streams``) about 5.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from tests.benchmarks import (
     bench_read,
     bench_replay,
     bench_soak,
+    bench_streams,
     bench_throughput,
     bench_writer,
 )
@@ -63,7 +65,7 @@ from tests.rig.s3servers import ServerUnavailable, ceph_missing
 log = logging.getLogger("bench")
 
 NAMES = ("writer", "latency", "append", "throughput", "replay", "idle", "backlog", "export", "soak", "catchup",
-         "gzip", "read")
+         "gzip", "read", "streams")
 MOTO_ONLY = {"idle": "an idle service sends the server nothing, so the server cannot change this figure"}
 _GIB = 1 << 30
 
@@ -259,7 +261,8 @@ def write_report(path: Path, results: list[Result], servers: list[BenchServer], 
          f"both), `--only NAME[,NAME]` ({', '.join(NAMES)}), `--sizes 1,16,128,512` and "
          "`--ceph-sizes` (day sizes of the append benchmark per server), `--ceph-memstore-gib`, "
          "`--throughput-seconds`, `--throughput-rate` (fetches/s of the paced writer), "
-         "`--idle-seconds`, `--soak-minutes` (the soak's paced and quiet time, per server), `--catchup-mib 256,1024` (MiB in the local file when the service starts), "
+         "`--idle-seconds`, `--soak-minutes` (the soak's paced and quiet time, per server), "
+         "`--streams-seconds` and `--streams-quiet-seconds` (the many-streams benchmark's paced and quiet windows), `--catchup-mib 256,1024` (MiB in the local file when the service starts), "
          "`--latency-batches`, `--replay-single-batches`, `--backlog-mib 256,1024` "
          "(backlog sizes replayed), `--export-mib`, `--read-mib` (the day read back), "
          "`--output` (the report's path, `-` for none); "
@@ -323,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="MiB in the local file when the catch-up starts (default %(default)s)")
     p.add_argument("--gzip-mib", default=",".join(map(str, bench_gzip.DEFAULT_SIZES_MIB)),
                    help="raw day sizes of the gzip benchmark (MiB)")
+    p.add_argument("--streams-seconds", type=float, default=30.0,
+                   help="paced time per service and per isolation run of the many-streams benchmark "
+                        "(default %(default)s)")
+    p.add_argument("--streams-quiet-seconds", type=float, default=60.0,
+                   help="its quiet window, measured on every service at once (default %(default)s; keep >= 60)")
     p.add_argument("--latency-batches", type=int, default=250)
     p.add_argument("--replay-batches", type=int, default=1000)
     p.add_argument("--replay-single-batches", type=int, default=150,
@@ -363,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         "catchup": lambda s: bench_catchup.run(s, sizes_mib=catchup_mib),
         "gzip": lambda s: bench_gzip.run(s, sizes_mib=gzip_mib),
         "read": lambda s: bench_read.run(s, size_mib=args.read_mib),
+        "streams": lambda s: bench_streams.run(s, load_seconds=args.streams_seconds,
+                                               quiet_seconds=args.streams_quiet_seconds,
+                                               isolation_seconds=args.streams_seconds),
     }
     load = {"start": loadavg()}
     busy = {"start": background()}

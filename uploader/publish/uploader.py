@@ -271,18 +271,19 @@ class Uploader:
                                   "permanent": isinstance(exc, StoreRejected)})
         self.metrics.append_failed(failure_kind(exc))
         level = logging.ERROR if isinstance(exc, StoreRejected) else logging.WARNING
-        if self._first_in_a_minute(message):
+        if self._first_in_a_minute("upload_failed", message):
             log.log(level, "upload_failed day=%s batches=%d attempt=%d error=%s (batches stay spooled)",
                     group[0].day, len(group), attempts, message)
         else:
             log.debug("upload_failed day=%s batches=%d attempt=%d error=%s", group[0].day, len(group), attempts, message)
 
-    def _first_in_a_minute(self, message: str) -> bool:
-        """Whether ``message`` is due to be logged: an outage or a missing permission fails every
-        attempt the same way, so it is said once a minute, not at every try. The object named
-        in it does not count: the same refusal of a probe object (a fresh name each try) or of
-        another day's document is the same failure."""
-        kind = _OBJECT_NAMED.sub("s3://...: ", message)
+    def _first_in_a_minute(self, event: str, message: str) -> bool:
+        """Whether ``event`` with ``message`` is due to be logged: an outage or a missing
+        permission fails every attempt the same way, so it is said once a minute, not at every
+        try. The object named in it does not count: the same refusal of a probe object (a fresh
+        name each try) or of another day's document is the same failure. Each event has its own
+        minute: an INFO line of the start's tidy must not silence the upload's WARNING."""
+        kind = event + " " + _OBJECT_NAMED.sub("s3://...: ", message)
         now = time.monotonic()
         if now - self._last_logged.get(kind, -_REPEAT_LOG_S) < _REPEAT_LOG_S:
             return False
@@ -325,7 +326,7 @@ class Uploader:
             removed = self.store.remove_leftovers(older_than_s=LEFTOVER_AGE_S, writer_started=writer_started)
         except StoreError as exc:
             # Uploads go on without it; a refusal (a permission missing) is the operator's to fix.
-            if self._first_in_a_minute(str(exc)):
+            if self._first_in_a_minute("leftovers_kept", str(exc)):
                 log.log(logging.WARNING if isinstance(exc, StoreRejected) else logging.INFO,
                         "leftovers_kept error=%s (uploads go on; tried again later)", exc)
             return False
