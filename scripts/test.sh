@@ -7,4 +7,10 @@ set -euo pipefail
 source "$(dirname "$0")/_venv.sh" test
 source "$(dirname "$0")/_system_packages.sh"
 cd "$root"
-exec "$venv/bin/python" -m pytest "$@"
+# On every core, a test file per worker: the tests mostly wait on servers and subprocesses. Each
+# worker starts its own moto and Ceph RGW. Give -n (or -p no:xdist) to choose otherwise.
+parallel=(-n auto --dist loadfile)
+for arg in "$@"; do
+    case "$arg" in -n*|--numprocesses*|no:xdist) parallel=() ;; esac
+done
+exec "$venv/bin/python" -m pytest "${parallel[@]}" "$@"

@@ -10,15 +10,23 @@ need it are skipped with one loud banner at the end; under ``CI=true`` they fail
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import SERVERS, build_batch, store_factory_for
-from rig.s3servers import CephRGW, MotoServer, S3Server, ServerUnavailable, ceph_missing, client_env
+from rig.s3servers import (
+    CephRGW,
+    MotoServer,
+    S3Server,
+    ServerUnavailable,
+    ceph_missing,
+    client_env,
+    free_port,
+)
 
 from uploader.store import Store
 
@@ -34,8 +42,16 @@ def _missing(what: str, why: str) -> None:
     """Skip the test for want of ``what``: loudly, and as a failure under CI=true."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"{what} is required under CI=true: {why}", pytrace=False)
-    _skipped.setdefault(what, why)
     pytest.skip(f"{what} not available: {why}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Note each skip for want of a system package, from its report: under pytest-xdist the
+    workers skip and this process (the controller) prints the banner."""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        found = re.match(rf"Skipped: ({'|'.join(map(re.escape, _SKIP_MEANS))}) not available: (.*)", report.longrepr[2])
+        if found:
+            _skipped.setdefault(found[1], found[2])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -130,8 +146,5 @@ def make_batch() -> Any:
 
 @pytest.fixture
 def unused_port() -> int:
-    """A loopback port with nothing listening on it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    """A loopback port with nothing listening on it (nor taken by another worker meanwhile)."""
+    return free_port()

@@ -40,13 +40,17 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
-from pathlib import Path
 from typing import Self
 from urllib.parse import parse_qsl, quote, unquote
 
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+try:
+    from .ports import listen as listen_on_a_free_port
+except ImportError:  # run as a script: tests/rig is on the path
+    from ports import listen as listen_on_a_free_port  # type: ignore[no-redef]
 
 __all__ = ["FAULT_KINDS", "MODES", "FaultProxy", "Request", "Response", "Rule", "Traffic", "blank_complete_etag"]
 
@@ -224,7 +228,7 @@ class FaultProxy:
         self._stop = threading.Event()
         self._open: set[socket.socket] = set()
         self._drawn = 0
-        self._sock: socket.socket | None = _listen_outside_ephemeral_range(self._rng)
+        self._sock: socket.socket | None = listen_on_a_free_port(self._rng)
         self.port: int = self._sock.getsockname()[1]
         self._accepter = threading.Thread(target=self._accept, args=(self._sock,), daemon=True)
         self._accepter.start()
@@ -483,23 +487,6 @@ def _wire(first: str, headers: dict[str, str], body: bytes, sized: bool) -> byte
         lines.append(f"content-length: {len(body)}")
     lines.append("connection: close")
     return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
-
-
-def _listen_outside_ephemeral_range(rng: random.Random) -> socket.socket:
-    """A listening socket on a port below the kernel's ephemeral range, so that while the proxy
-    is "down" no outgoing connection can take its port and the proxy can come back on it."""
-    low = 32768
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12000), low)
-        try:
-            return socket.create_server(("127.0.0.1", port))
-        except OSError:
-            continue
-    raise OSError("no free loopback port below the ephemeral range")
 
 
 def _split_head(head: bytes) -> tuple[str, dict[str, str]]:

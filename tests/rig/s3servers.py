@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -35,6 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:
+    from .ports import free_port
+except ImportError:  # run as a script: tests/rig is on the path
+    from ports import free_port  # type: ignore[no-redef]
 
 __all__ = [
     "ACCESS_KEY",
@@ -78,13 +82,6 @@ def client_env(base: dict[str, str] | None = None) -> dict[str, str]:
         "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
     })
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def ceph_missing() -> str | None:
@@ -315,7 +312,6 @@ class CephRGW:
         conf = base / "ceph.conf"
         conf.write_text(_CEPH_CONF.format(fsid=fsid, base=base, memstore_bytes=self.memstore_bytes,
                                           kms_key_id=KMS_KEY_ID, kms_key=_KMS_KEY, **ports))
-        (base / "owner").write_text(str(os.getpid()))
         mon_addr = f"[v2:127.0.0.1:{ports['mon_v2']},v1:127.0.0.1:{ports['mon_v1']}]"
         self._run("ceph-authtool", "--create-keyring", str(base / "mon.keyring"), "--gen-key", "-n", "mon.",
                   "--cap", "mon", "allow *")
@@ -442,9 +438,11 @@ def _reap_orphans(home: Path) -> None:
     if not home.is_dir():
         return
     for base in home.iterdir():
+        # The owner's pid starts the folder's name (mkdtemp's prefix), so a cluster another
+        # process (a pytest-xdist worker) is starting this very moment is never taken for dead.
         try:
-            owner = int((base / "owner").read_text())
-        except (OSError, ValueError):
+            owner = int(base.name.split("-", 1)[0])
+        except ValueError:
             owner = 0
         if owner and _alive(owner):
             continue
