@@ -164,7 +164,7 @@ def test_each_log_line_of_a_service_thread_names_its_stream_and_destination():
     import threading
 
     from uploader.logs import NameTheStream
-    from uploader.threads import thread_name
+    from uploader.threads import thread_name, working_for
 
     out = io.StringIO()
     handler = logging.StreamHandler(out)
@@ -178,6 +178,8 @@ def test_each_log_line_of_a_service_thread_names_its_stream_and_destination():
             t.start()
             t.join()
         log.info("close_out stream=odds through=2026-11-28")
+        with working_for("odds"):
+            log.info("cut day=%s", "2026-11-28")  # the stream's start-up, on the main thread
     finally:
         log.removeHandler(handler)
     assert out.getvalue().splitlines() == [
@@ -185,6 +187,7 @@ def test_each_log_line_of_a_service_thread_names_its_stream_and_destination():
         "upload day=2026-11-29 stream=odds",
         "upload day=2026-11-29",
         "close_out stream=odds through=2026-11-28",
+        "cut day=2026-11-28 stream=odds",
     ]
 
 

@@ -24,7 +24,7 @@ from uploader.local.spool import Spool
 from uploader.local.watcher import Watcher
 from uploader.recorder import NO_METRICS, Recorder
 from uploader.service.worker import DestinationWorker
-from uploader.threads import thread_name
+from uploader.threads import thread_name, working_for
 
 __all__ = ["StreamRunner"]
 
@@ -69,10 +69,11 @@ class StreamRunner:
 
     def start(self) -> None:
         """Finish what a previous run left, then upload and watch."""
-        self.cutter.recover()
-        self.delivery.tidy()
-        self._cut_past_days()
-        self._close_past_days(self.today() - timedelta(days=1))
+        with working_for(self.name):
+            self.cutter.recover()
+            self.delivery.tidy()
+            self._cut_past_days()
+            self._close_past_days(self.today() - timedelta(days=1))
         for worker in self.workers:
             worker.start()
         self.watcher.start()
