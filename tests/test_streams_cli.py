@@ -186,7 +186,7 @@ def test_verify_compares_destinations_and_repair_from_restores_the_one_behind(mi
         "  total_uploads_today: linode 4, backup 3",
         "  total_fetches_today: linode 35, backup 25",
         "  total_matches_today: linode 51, backup 36",
-        f"  Try: uploader repair {DAY} --from linode --destination backup"]
+        f"  Try: uploader repair {DAY} --stream all_api --from linode --destination backup"]
 
     repaired = ok("repair", DAY.isoformat(), "--stream", "all_api", "--from", "linode", config=path)
     assert "repair: 1 batch(es) of 2025-07-10 still wait in the spool" in repaired.stdout

@@ -60,13 +60,14 @@ class Agreement:
     def ok(self) -> bool:
         return not self.differences
 
-    def lines(self, day: str) -> list[str]:
+    def lines(self, day: str, stream: str) -> list[str]:
         if self.ok:
             return [f"destinations agree: {', '.join(self.names)} ({self.uploads} uploads, {self.fetches} fetches)"]
         lines = [f"destinations differ: {', '.join(self.names)}", *(f"  {d}" for d in self.differences)]
         lacking = [n for n in self.names if n != self.complete]
         if self.complete is not None and len(lacking) == 1:
-            lines.append(f"  Try: uploader repair {day} --from {self.complete} --destination {lacking[0]}")
+            lines.append(f"  Try: uploader repair {day} --stream {stream} --from {self.complete} "
+                         f"--destination {lacking[0]}")
         return lines
 
 

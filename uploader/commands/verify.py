@@ -175,7 +175,7 @@ def verify_selection(selection: Selection, day: date, *, say: Say, err: Say) -> 
                       many=selection.many, say=say, err=err) and ok
         if len(docs) > 1 and not all(ids.missing for _, ids in docs):  # none has it: said above
             agreement = compare(docs)
-            lines = agreement.lines(day.isoformat())
+            lines = agreement.lines(day.isoformat(), stream.name)
             if len(selection.groups) > 1:
                 lines[0] = f"stream {stream.name}: {lines[0]}"
             for line in lines:
