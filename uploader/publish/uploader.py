@@ -86,6 +86,7 @@ class Uploader:
         compression: Compression = Compression.NONE,
         queue: DeliveryQueue | None = None,
         state_dir: Path | None = None,
+        store_backoff_cap_s: float | None = None,
         document_name: str = daily.DEFAULT_NAME,
     ) -> None:
         """``queue``: what this destination has yet to acknowledge (every spooled batch where the
@@ -117,6 +118,9 @@ class Uploader:
         # costs a request per backoff, not one per cut (reset by the next success).
         self._store_failures = 0
         self._store_ready_at = 0.0
+        # At most this long, so a store that comes back is found within a retry tick; each
+        # batch's own backoff still grows to max_backoff_s.
+        self.store_backoff_cap_s = max_backoff_s if store_backoff_cap_s is None else store_backoff_cap_s
 
     @classmethod
     def for_config(
@@ -134,7 +138,8 @@ class Uploader:
         archive = ArchivePolicy(config.spool.archive_days * 86400.0, int(config.spool.archive_max_mb * (1 << 20)))
         return cls(spool, store, config.storage.prefix, config.day.tz, status, config.spool.max_backoff_s,
                    clock=clock, archive=archive, metrics=metrics, compression=config.storage.compression,
-                   queue=queue, state_dir=config.state, document_name=config.storage.document_name)
+                   queue=queue, state_dir=config.state, store_backoff_cap_s=config.spool.retry_interval_s,
+                   document_name=config.storage.document_name)
 
     def next_due(self) -> float | None:
         """POSIX time when the earliest spooled batch may be tried, None if the spool is empty."""
@@ -149,7 +154,7 @@ class Uploader:
 
     def _store_failed(self) -> None:
         self._store_failures += 1
-        delay = compute_backoff(self._store_failures, self.max_backoff_s, self.rand())
+        delay = compute_backoff(self._store_failures, self.store_backoff_cap_s, self.rand())
         self._store_ready_at = self.clock().timestamp() + delay
 
     def drain(
