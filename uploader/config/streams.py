@@ -101,11 +101,11 @@ def legacy_stream(watch: WatchConfig, day: DayConfig, spool: SpoolConfig, storag
 def streams_from(raw: dict[str, Any], values: dict[str, Any], resolve: Callable[[str], Path]) -> tuple[StreamConfig, ...]:
     """The streams of a config that has a [streams] table; ``values`` are its [day] and [spool]
     tables with their defaults (the streams' defaults)."""
-    for table in ("watch", "storage"):
+    moves = {"watch": "move file and batch_size into each [streams.NAME] table",
+             "storage": "move it into [destinations.NAME] tables, its prefix and compression into each [streams.NAME]"}
+    for table, hint in moves.items():
         if table in raw:
-            raise ConfigError(table, "does not apply with [streams]",
-                              f"move it into each [streams.NAME] ({'file, batch_size' if table == 'watch' else 'prefix, compression'}) "
-                              "and [destinations.NAME] tables")
+            raise ConfigError(table, "does not apply with [streams]", hint)
     if "dir" in raw.get("spool", {}):
         raise ConfigError("spool.dir", "does not apply with [streams]", "give each stream its own: streams.NAME.spool")
     streams_raw, dests_raw = _tables(raw, "streams"), _tables(raw, "destinations")
