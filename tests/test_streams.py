@@ -22,6 +22,7 @@ from helpers import (
     make_s3_store,
     scrape,
     stored_days,
+    uploader,
     value,
     wait_for,
     write_streams_config,
@@ -192,8 +193,9 @@ def test_each_log_line_of_a_service_thread_names_its_stream_and_destination():
 
 
 def test_a_gone_bucket_and_an_unreadable_file_trouble_only_their_own_stream(tmp_path, moto_server, unused_port):
-    """Stream a's bucket is deleted, stream c's file becomes a folder: stream b uploads on as if
-    nothing happened, and /healthz and /metrics name a's destination and c, each with its reason."""
+    """Stream a's bucket is deleted, stream c's file cannot be opened (a link to itself): stream b
+    uploads on as if nothing happened, and /healthz, /metrics and `status` name a's destination
+    and c, each with its reason."""
     gone = moto_server.new_bucket()
     path = write_streams_config(
         tmp_path, {"a": ["gone"], "b": ["local"], "c": ["other"]},
@@ -202,9 +204,10 @@ def test_a_gone_bucket_and_an_unreadable_file_trouble_only_their_own_stream(tmp_
          "other": {"backend": "directory", "path": "data/bucket-c"}},
         metrics={"listen": f"127.0.0.1:{unused_port}", "healthz_max_pending_age_s": 1},
         streams__a={"batch_size": 2}, streams__b={"batch_size": 2}, streams__c={"batch_size": 2})
-    config = load_config(path)  # it would refuse a folder at c's path: made one after, as a mistake would
+    config = load_config(path)
     moto_server.admin.delete_bucket(Bucket=gone)
-    (tmp_path / "data" / "c.json").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "c.json").symlink_to("c.json")
     service = Service(config)
     service.start()
     try:
@@ -216,13 +219,21 @@ def test_a_gone_bucket_and_an_unreadable_file_trouble_only_their_own_stream(tmp_
                  what="stream b uploaded while a and c are in trouble")
         status, reason = wait_for(lambda: (h := healthz(unused_port))[0] == 503 and "stream c" in h[1] and
                                   "stream a destination gone" in h[1] and h, timeout=20, what="/healthz naming a and c")
-        assert "Is a directory" in reason and "oldest pending batch" in reason and "stream b" not in reason
+        assert "Too many levels of symbolic links" in reason and "oldest pending batch" in reason
+        assert "stream b" not in reason
         samples = scrape(unused_port)
         assert value(samples, "uploader_stream_trouble", stream="c") == 1
         assert value(samples, "uploader_stream_trouble", stream="b") == 0
         assert value(samples, "uploader_append_failures_total", stream="a", destination="gone", kind="permanent") >= 1
         assert value(samples, "uploader_batches_uploaded_total", stream="b", destination="local") == 5
         assert len(spooled(tmp_path, "a")) == 2  # kept, retried with backoff
+        status = uploader("status", "--config", str(path))
+        assert status.returncode == 1 and "PROBLEMS" in status.stdout, status.stdout + status.stderr
+        problems = [line for line in status.stdout.splitlines() if line.startswith("PROBLEMS: ")]
+        assert problems[0] == "PROBLEMS: stream a, destination gone: 2 batch(es) being retried"
+        assert problems[1].startswith(f"PROBLEMS: stream c, destination other: {tmp_path}/data/c.json cannot be read: ")
+        assert len(problems) == 2 and f"file           {tmp_path}/data/c.json: cannot be read (Too many levels " \
+            "of symbolic links)" in status.stdout
     finally:
         service.stop()
     assert sorted(b_ids) == sorted(json.loads(p.read_bytes())["uploads"][i]["fetch_data"][j]["FETCH_HEADER"]["fetch_id"]

@@ -10,9 +10,12 @@ destination's own; the quarantine and the archive are its stream's.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from uploader import daily
@@ -38,6 +41,7 @@ class StatusReport:
     stream: str
     destination: str
     service_running: bool
+    file: dict[str, Any]
     spool: str
     spool_depth: int
     pending_per_day: dict[str, int]
@@ -57,7 +61,8 @@ class StatusReport:
     @property
     def problem_list(self) -> list[str]:
         """What makes it a problem, for the line that names it."""
-        found = [f"{len(self.retrying)} batch(es) being retried"] if self.retrying else []
+        found = [f"{self.file['path']} cannot be read: {self.file['problem']}"] if self.file["problem"] else []
+        found += [f"{len(self.retrying)} batch(es) being retried"] if self.retrying else []
         return found + (["today's counters cannot be read"] if "error" in self.today else [])
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +106,7 @@ def build_status(config: Config, queue: DeliveryQueue | None = None) -> StatusRe
         stream=config.stream,
         destination=config.destination,
         service_running=spool.is_locked(),
+        file={"path": str(config.watch.file), "problem": _unreadable(config.watch.file)},
         spool=str(config.spool.dir),
         spool_depth=len(pending),
         pending_per_day=dict(sorted(Counter(e.day.isoformat() for e in pending).items())),
@@ -121,6 +127,24 @@ def build_status(config: Config, queue: DeliveryQueue | None = None) -> StatusRe
     except StoreError as exc:
         report.today["error"] = str(exc)
     return report
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why the stream's file cannot be read, as the service's watcher would meet it (None: it can,
+    or it does not exist yet, which the pipeline's first write mends)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if stat.S_ISREG(mode):
+        return None
+    return "Is a directory" if stat.S_ISDIR(mode) else "not a regular file"
 
 
 def _archive_status(spool: Spool) -> dict[str, Any]:
@@ -159,6 +183,7 @@ def render_status(report: StatusReport) -> str:
     ls, le = r.last_success, r.last_error
     lines = [
         f"service        {'running' if r.service_running else 'not running'}",
+        f"file           {r.file['path']}" + (f": cannot be read ({r.file['problem']})" if r.file["problem"] else ""),
         f"spool          {r.spool_depth} batch(es) pending ({per_day})",
         (f"quarantine     {q['spans']} span(s), {_size(q['bytes'])} kept: {q['not_sent']['spans']} "
          f"({_size(q['not_sent']['bytes'])}) not yet sent, {q['sent']['spans']} ({_size(q['sent']['bytes'])}) "

@@ -137,7 +137,11 @@ def config_from_dict(raw: dict[str, Any], base: Path, source: Path | None = None
     values = apply_schema({k: v for k, v in raw.items() if k not in multi}, SCHEMA, "")
 
     def resolve(p: str) -> Path:
-        return (base / Path(p).expanduser()).resolve()
+        path = base / Path(p).expanduser()
+        try:
+            return path.resolve()
+        except (OSError, RuntimeError):  # a link to itself: the path as written; what reads it says why
+            return Path(os.path.abspath(path))
 
     metrics = metrics_config(values["metrics"])
     if multi:
