@@ -179,8 +179,8 @@ _DAY_HELP = "YYYY-MM-DD, a day in the zone of [day] timezone"
 # When each command exits 1 (docs/DESIGN.md §9 says the same), for its --help.
 _EXIT_1 = {
     "run": "a stream's spool is in use, or start-up failed on a spool or a store",
-    "status": "a batch is being retried, a stream's file cannot be read, or today's counters cannot be read (the output names which stream and "
-              "destination)",
+    "status": "a batch is being retried, a stream's file cannot be read, or today's counters cannot be read "
+              "(the output names which stream and destination)",
     "replay": "the service holds a stream's spool, or a batch is left for a destination, or an error occurred",
     "check": "a store failed one of the checks, or --fix could not install the lifecycle rules",
     "close-day": "the service holds a stream's spool, a batch of the day could not be uploaded to a destination, "
