@@ -120,6 +120,11 @@ def write_config(tmp_path: Path, *, s3: tuple[str, str] | None = None, quick: bo
                               "addressing_style": "path"}
         if quick:
             body["storage.s3"].update(max_attempts=1, connect_timeout_s=1, read_timeout_s=5)
+    return _write_toml(tmp_path, body, sections)
+
+
+def _write_toml(tmp_path: Path, body: dict[str, dict[str, Any]], sections: dict[str, dict[str, Any]]) -> Path:
+    """``tmp_path/config.toml`` of ``body``'s tables, with ``sections`` (``a__b`` for ``[a.b]``) added or overriding."""
     for name, values in sections.items():
         body.setdefault(name.replace("__", "."), {}).update(values)
     lines = []
@@ -149,16 +154,7 @@ def write_streams_config(tmp_path: Path, streams: dict[str, list[str]], destinat
                 "addressing_style": "path", "max_attempts": 1, "connect_timeout_s": 1, "read_timeout_s": 5}
     for name, dests in streams.items():
         body[f"streams.{name}"] = {"file": f"data/{name}.json", "spool": f"data/spool/{name}", "destinations": dests}
-    for name, values in sections.items():
-        body.setdefault(name.replace("__", "."), {}).update(values)
-    lines = []
-    for name, values in body.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return _write_toml(tmp_path, body, sections)
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -27,7 +27,6 @@ import logging
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from bisect import bisect_right
@@ -35,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from tests.helpers import write_config
 from tests.rig.s3servers import free_port
@@ -44,6 +43,7 @@ from uploader.fetchlog import FetchWriter
 from .harness import (
     ROOT,
     UPLOAD_LINE,
+    Background,
     BenchError,
     BenchServer,
     ProcState,
@@ -162,7 +162,7 @@ class _Landed:
         return self.events[bisect_right([n for _, n in self.events], g)][0]
 
 
-class _Scraper:
+class _Scraper(Background):
     """GETs ``/metrics`` every ``every`` seconds, as a Prometheus server does."""
 
     def __init__(self, port: int, every: float) -> None:
@@ -170,8 +170,7 @@ class _Scraper:
         self.every = every
         self.done = 0
         self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="scraper")
+        super().__init__("scraper")
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
@@ -181,14 +180,6 @@ class _Scraper:
                 self.done += 1
             except OSError as exc:
                 self.failed.append(str(exc))
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _pace(mode: str, local: Path, rate: float, seconds: float, kib: int, prefix: str,

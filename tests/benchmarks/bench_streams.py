@@ -33,20 +33,20 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from tests.rig.s3servers import free_port
 from uploader.fetchlog import FetchWriter
 
 from .harness import (
     ROOT,
+    Background,
     BenchError,
     BenchServer,
     Row,
@@ -201,7 +201,7 @@ class _Landed:
         return next(at for at, total in self.events[stream] if total > g)
 
 
-class _Scraper:
+class _Scraper(Background):
     """GETs ``/metrics`` of every service every ``SCRAPE_S``, as a Prometheus server does."""
 
     def __init__(self, ports: list[int]) -> None:
@@ -209,8 +209,7 @@ class _Scraper:
         self.done = 0
         self.seconds = 0.0
         self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="scraper")
+        super().__init__("scraper")
 
     def _run(self) -> None:
         while not self._stop.wait(SCRAPE_S):
@@ -223,43 +222,26 @@ class _Scraper:
                 except OSError as exc:
                     self.failed.append(str(exc))
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
 
 def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         return str(answer.read().decode())
 
 
-class _Peak:
+class _Peak(Background):
     """The most threads and resident memory a process showed, sampled every 0.5 s meanwhile."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.threads = self.rss_kib = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True, name="peak")
+        super().__init__("peak")
 
-    def _sample(self) -> None:
+    def _run(self) -> None:
         while True:
             state = proc_state(self.pid)
             self.threads, self.rss_kib = max(self.threads, state.threads), max(self.rss_kib, state.rss_kib)
             if self._stop.wait(0.5):
                 return
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _stop(proc: UploaderProcess) -> None:

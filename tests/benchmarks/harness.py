@@ -49,6 +49,7 @@ from uploader.local.records import encode_record
 from uploader.publish.listed import ListedIndex
 
 __all__ = [
+    "Background",
     "ROOT",
     "SEED",
     "TZ",
@@ -515,3 +516,23 @@ def old_id(upload: int) -> str:
 def remember_old_ids(folder: Path, key: str, uploads: int) -> None:
     """Keep the ids of such a day of ``uploads`` uploads in ``folder``, as the service would have."""
     ListedIndex(folder).remember(key, daily.ListedIds(old_id(u) for u in range(uploads)))
+
+
+class Background:
+    """A daemon thread running ``_run`` while a ``with`` block lasts: ``_stop`` is set at its end,
+    and the thread joined."""
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
