@@ -57,7 +57,7 @@ def write_and_cut(config: Config, name: str, n: int, start: int = 0) -> list[str
 
 def store_of(config: Config, name: str, dest: str) -> Store:
     s = stream(config, name)
-    return open_store(config.view(s, s.destination(dest)).storage)
+    return open_store(config.view(s, next(d for d in s.destinations if d.name == dest)).storage)
 
 
 def key_of(config: Config, name: str) -> str:

@@ -45,6 +45,10 @@ def stream_spools(selection: Selection, what: str, *, lock: bool = True) -> Iter
                 locks.enter_context(spool.locked(what))
             spools.append(spool)
         # Every destination of the stream, selected or not: a batch leaves once all of them have it.
-        yield [StreamSpool(stream, targets, spool,
-                           Delivery(spool, [(d.name, d.state_dir) for d in stream.destinations]))
-               for (stream, targets), spool in zip(selection, spools, strict=True)]
+        deliveries = [Delivery(spool, [(d.name, d.state_dir) for d in stream.destinations])
+                      for (stream, _), spool in zip(selection, spools, strict=True)]
+        if lock:  # a command that writes; a report or a dry run creates nothing
+            for delivery in deliveries:
+                delivery.prepare()
+        yield [StreamSpool(stream, targets, spool, delivery)
+               for (stream, targets), spool, delivery in zip(selection, spools, deliveries, strict=True)]

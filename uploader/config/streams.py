@@ -85,13 +85,6 @@ class StreamConfig:
     spool: SpoolConfig
     destinations: tuple[DestinationConfig, ...]
 
-    def destination(self, name: str) -> DestinationConfig:
-        for dest in self.destinations:
-            if dest.name == name:
-                return dest
-        known = ", ".join(d.name for d in self.destinations)
-        raise ConfigError(f"streams.{self.name}.destinations", f"has no destination {name!r}", f"use one of: {known}")
-
 
 def legacy_stream(watch: WatchConfig, day: DayConfig, spool: SpoolConfig, storage: StorageConfig) -> StreamConfig:
     """The one stream a config without [streams] describes."""

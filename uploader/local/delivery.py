@@ -40,7 +40,11 @@ class Delivery:
         # destination's outage cannot hold it.
         self.lock = threading.Lock()
         self._marks = {name: state / MARKS for name, state in destinations}
-        if len(self._marks) > 1:
+
+    def prepare(self) -> None:
+        """Make each destination's state and marks folders (0700), for a process that writes:
+        a report (`status`) only reads, and may run on a spool it cannot write."""
+        if self.shared:
             for folder in self._marks.values():
                 _private_folder(folder)
 

@@ -64,6 +64,7 @@ class StreamRunner:
     def lock(self, resources: ExitStack) -> None:
         """Take the spool's lock, held until ``resources`` close; check each store can be trusted."""
         resources.enter_context(self.spool.locked("uploader run"))
+        self.delivery.prepare()
         for worker in self.workers:
             worker.store.preflight()  # an untrusted certificate: say so now, not at every upload
 
