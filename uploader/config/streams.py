@@ -91,7 +91,8 @@ def legacy_stream(watch: WatchConfig, day: DayConfig, spool: SpoolConfig, storag
     return StreamConfig(LEGACY_STREAM, watch, day, spool, (DestinationConfig(LEGACY_DESTINATION, storage, spool.dir),))
 
 
-def streams_from(raw: dict[str, Any], values: dict[str, Any], resolve: Callable[[str], Path]) -> tuple[StreamConfig, ...]:
+def streams_from(raw: dict[str, Any], values: dict[str, Any],
+                 resolve: Callable[[str], Path]) -> tuple[StreamConfig, ...]:
     """The streams of a config that has a [streams] table; ``values`` are its [day] and [spool]
     tables with their defaults (the streams' defaults)."""
     moves = {"watch": "move file and batch_size into each [streams.NAME] table",
@@ -138,14 +139,16 @@ def _stream(name: str, s: dict[str, Any], values: dict[str, Any], defined: dict[
     watch = watch_config(resolve(s["file"]), s["batch_size"], where)
     prefix = (s["prefix"] if s["prefix"] is not None else f"{name}_rotating_logs").strip("/")
     if not prefix or ".." in prefix.split("/"):
-        raise ConfigError(f"{where}.prefix", f"invalid prefix {s['prefix']!r}", "use a plain path like all_api_rotating_logs")
+        raise ConfigError(f"{where}.prefix", f"invalid prefix {s['prefix']!r}",
+                          "use a plain path like all_api_rotating_logs")
     if s["compression"] not in tuple(Compression):
         raise ConfigError(f"{where}.compression", f"got {s['compression']!r}", 'use "none" or "gzip"')
     document_name = _document_name(s["document_name"], name)
     names = s["destinations"]
     if names is None or not names:
         raise ConfigError(f"{where}.destinations", "names no destination",
-                          'list where the stream ships, e.g. destinations = ["linode"], each a [destinations.NAME] table')
+                          'list where the stream ships, e.g. destinations = ["linode"], '
+                          "each a [destinations.NAME] table")
     destinations = []
     for i, dest in enumerate(names):
         if not isinstance(dest, str) or dest not in defined:

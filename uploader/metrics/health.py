@@ -30,7 +30,8 @@ def _stream_problems(stream: StreamView, limit: float, now: float) -> list[str]:
         trouble = f"state unreadable: {exc!r}"
     out = [] if trouble is None else [f"stream {stream.name}: {trouble}"]
     for dest in stream.destinations:
-        out.extend(f"stream {stream.name} destination {dest.name}: {p}" for p in _destination_problems(dest, limit, now))
+        out.extend(f"stream {stream.name} destination {dest.name}: {p}"
+                   for p in _destination_problems(dest, limit, now))
     return out
 
 
