@@ -228,7 +228,7 @@ def test_repair_from_refuses_to_drop_what_the_target_has_more(tmp_path: Path) ->
     before = store_of(config, "all_api", "linode").head(key_of(config, "all_api"))
     done = uploader("repair", DAY.isoformat(), "--stream", "all_api", "--from", "backup", "--config", str(path))
     assert done.returncode == 1
-    assert "would drop them, so nothing was written. Try: `uploader repair 2025-07-10 --from linode " \
+    assert "would drop them, so nothing was written. Try: `uploader repair 2025-07-10 --stream all_api --from linode " \
            "--destination backup`" in done.stderr
     assert store_of(config, "all_api", "linode").head(key_of(config, "all_api")) == before
 

@@ -160,7 +160,7 @@ def repair_day(
                 f"uploads them (not part of this repair)")
     etag = read.etag
     if source is not None:
-        etag, ended = _against_target(store, form, plan, config.destination, source.name, out)
+        etag, ended = _against_target(store, form, plan, config.stream, config.destination, source.name, out)
         if ended is not None:
             return ended
     elif not plan.changed:
@@ -191,7 +191,7 @@ def _reading(store: Store, form: DayForm, config: Config, source: Source | None,
     return _Read(source.store, found.key, source.name)
 
 
-def _against_target(store: Store, form: DayForm, plan: RepairPlan, target: str, source: str,
+def _against_target(store: Store, form: DayForm, plan: RepairPlan, stream: str, target: str, source: str,
                     out: _Transcript) -> tuple[str | None, RepairResult | None]:
     """The target's ETag for the write's condition, and a result when nothing is to be written:
     it holds the plan already, or batches the plan would drop."""
@@ -208,7 +208,8 @@ def _against_target(store: Store, form: DayForm, plan: RepairPlan, target: str, 
     if extra:
         out.say(f"repair: {target}'s {form.key} holds {len(extra)} batch(es) that {source}'s document and the "
                 f"local archive lack (first: {extra[0]}); rebuilding it from {source} would drop them, so nothing "
-                f"was written. Try: `uploader repair {form.day} --from {target} --destination {source}`, or "
+                f"was written. Try: `uploader repair {form.day} --stream {stream} --from {target} "
+                f"--destination {source}`, or "
                 f"remove {form.key} from {target} first if they are not wanted", error=True)
         return None, out.end(RepairOutcome.TARGET_AHEAD)
     return (info.etag if info is not None else None), None
