@@ -78,7 +78,7 @@ A_TAG, B_TAG = 1, 7  # matches per fetch of streams A and B
 _UPLOAD = re.compile(r" upload day=\S+ batches=\d+ fetches=(?P<fetches>\d+) matches=(?P<matches>\d+) ")
 _UPLOADED = re.compile(
     r'^uploader_fetches_uploaded_total\{(?=[^}]*destination="main")[^}]*stream="([^"]+)"[^}]*\} (\S+)$', re.M)
-_FAILED_B = re.compile(r'^uploader_append_failures_total\{(?=[^}]*stream="b")[^}]*\} (\S+)$', re.M)
+_FAILED = re.compile(r'^uploader_append_failures_total\{(?=[^}]*destination="(?:down|dead)")[^}]*\} (\S+)$', re.M)
 
 
 def _rate(streams: int) -> float:
@@ -146,16 +146,16 @@ class _Writer:
 # -- the service --------------------------------------------------------------------------------
 
 
-def _config(folder: Path, streams: list[tuple[str, int, str]], destinations: dict[str, tuple[str, str]],
-            port: int) -> Path:
-    """A config of ``streams`` (name, batch_size, destination) in ``folder``; product defaults else."""
+def _config(folder: Path, streams: list[tuple[str, int, tuple[str, ...]]],
+            destinations: dict[str, tuple[str, str]], port: int) -> Path:
+    """A config of ``streams`` (name, batch_size, destinations) in ``folder``; product defaults else."""
     lines = ["[metrics]", f'listen = "127.0.0.1:{port}"']
     for name, (url, bucket) in destinations.items():
         lines += [f"[destinations.{name}]", 'backend = "s3"', f"[destinations.{name}.s3]", f'bucket = "{bucket}"',
                   f'endpoint_url = "{url}"', 'region = "us-east-1"', 'addressing_style = "path"']
     for name, batch, dest in streams:
         lines += [f"[streams.{name}]", f'file = "data/{name}.json"', f'spool = "data/spool/{name}"',
-                  f"batch_size = {batch}", f'destinations = ["{dest}"]']
+                  f"batch_size = {batch}", f"destinations = {json.dumps(list(dest))}"]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -291,7 +291,7 @@ class _Scaled:
 
     def start(self, server: BenchServer) -> None:
         """Fill every stream's file, start ``uploader run``, wait until the first batches are stored."""
-        config = _config(self.folder, [(n, BATCH, "main") for n in self.names], {"main": (server.url, self.bucket)},
+        config = _config(self.folder, [(n, BATCH, ("main",)) for n in self.names], {"main": (server.url, self.bucket)},
                          self.port)
         for i, name in enumerate(self.names):
             (self.folder / "data").mkdir(parents=True, exist_ok=True)
@@ -434,12 +434,12 @@ def _scaling_rows(section: Section, services: list[_Scaled], scraper: _Scraper, 
 class _Isolated:
     """One run of the isolation benchmark: A's latencies and what B did meanwhile."""
 
-    mode: str  # "idle", "flood" or "down"
+    mode: str  # "idle", "flood", "down" (B's destination) or "mirror" (A's second destination down)
     latencies: list[float] = field(default_factory=list)  # ms
     b_written: int = 0
     b_seconds: float = 0.0
     b_stored: int = 0
-    b_attempts: int = 0  # B's appends that failed, as /metrics counts them
+    failed: int = 0  # appends to the dead destination that failed, as /metrics counts them
     cpu_share: float = 0.0  # % of a core, the service over A's writing
     warnings: int = 0
 
@@ -449,15 +449,18 @@ class _Isolated:
 
 
 def _isolated(server: BenchServer, tmp: Path, mode: str, seconds: float) -> _Isolated:
-    """One run: A paced beside B idle, flooded, or shipping to a store that is down."""
+    """One run: A paced beside B idle, flooded, or shipping to a store that is down; or A also
+    shipping to a second destination that is down."""
     result = _Isolated(mode)
     folder = tmp / f"isolation-{mode}"
     bucket = server.new_bucket("isolation")
     destinations = {"main": (server.url, bucket)}
-    if mode == "down":
-        destinations["down"] = (f"http://127.0.0.1:{free_port()}", "down")  # nothing listens there
+    dead = {"down": "down", "mirror": "dead"}.get(mode)
+    if dead is not None:
+        destinations[dead] = (f"http://127.0.0.1:{free_port()}", dead)  # nothing listens there
     port = free_port()
-    config = _config(folder, [("a", 1, "main"), ("b", BATCH, "down" if mode == "down" else "main")],
+    a_to = ("main", "dead") if mode == "mirror" else ("main",)
+    config = _config(folder, [("a", 1, a_to), ("b", BATCH, ("down",) if mode == "down" else ("main",))],
                      destinations, port)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     proc = UploaderProcess(config)
@@ -465,8 +468,8 @@ def _isolated(server: BenchServer, tmp: Path, mode: str, seconds: float) -> _Iso
         proc.wait_for(r"service_started", timeout=60)
         a_ids, b_ids = _beside(proc, folder / "data", result, seconds)
         result.warnings = len(proc.errors())
-        result.b_attempts = sum(int(float(m[1])) for m in _FAILED_B.finditer(_scrape(port)))
-        if mode != "down" and result.warnings:
+        result.failed = sum(int(float(m[1])) for m in _FAILED.finditer(_scrape(port)))
+        if dead is None and result.warnings:
             raise BenchError("uploader run logged problems: " + "; ".join(proc.errors()[:3]))
     finally:
         _stop(proc)
@@ -482,7 +485,7 @@ def _beside(proc: UploaderProcess, data: Path, result: _Isolated, seconds: float
     landed = _Landed(proc, {A_TAG: "a", B_TAG: "b"})
     a_ids = [FetchWriter(data / "a.json", TZ_NAME).append(make_raw(FETCH_BYTES, 0), A_TAG, fetch_id="a-warm")]
     landed.wait({"a": 1})  # warm-up: A's first append probes the store
-    b = None if result.mode == "idle" else _Writer(
+    b = None if result.mode in ("idle", "mirror") else _Writer(
         [data / "b.json"], ["b-"], [B_TAG], B_FLOOD if result.mode == "flood" else B_DOWN_RATE, seconds + 4, 0, BATCH)
     a = _Writer([data / "a.json"], ["a-"], [A_TAG], A_RATE, seconds, 0, 1)
     cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
@@ -507,7 +510,7 @@ def _beside(proc: UploaderProcess, data: Path, result: _Isolated, seconds: float
 
 
 def _isolation_rows(section: Section, runs: list[_Isolated], seconds: float) -> None:
-    idle, flood, down = runs
+    idle, flood, down, mirror = runs
     base = [percentile(idle.latencies, 50), percentile(idle.latencies, 95), max(idle.latencies)]
 
     def ratio(r: _Isolated) -> str:
@@ -520,6 +523,8 @@ def _isolation_rows(section: Section, runs: list[_Isolated], seconds: float) -> 
         Row("A's latency p50 / p95 / max, B flooded",
             project=f"{flood.figures()} (B at {flood.b_written / flood.b_seconds:,.0f} fetches/s)", ratio=ratio(flood)),
         Row("A's latency p50 / p95 / max, B's destination down", project=down.figures(), ratio=ratio(down)),
+        Row("A's latency to its main destination p50 / p95 / max, A's mirror down", project=mirror.figures(),
+            ratio=ratio(mirror)),
     ]
     section.notes.append(
         f"isolation: A {A_RATE:g} fetches/s of {FETCH_BYTES // 1024} KiB for {seconds:.0f} s, batch_size 1; "
@@ -527,8 +532,10 @@ def _isolation_rows(section: Section, runs: list[_Isolated], seconds: float) -> 
         f"its writer asked for {B_FLOOD:,.0f}/s and wrote {flood.b_written:,} fetches in {flood.b_seconds:.0f} s, "
         f"batch_size {BATCH}, all stored exactly once; the service used {flood.cpu_share:.0f}% of a core "
         f"(B idle: {idle.cpu_share:.1f}%). B down: {down.b_written:,} fetches at {B_DOWN_RATE:g}/s to a port "
-        f"nothing listens on, {down.b_stored} stored, {down.b_attempts} failed appends (/metrics), "
-        f"{down.warnings} warnings logged; the service used {down.cpu_share:.1f}% of a core")
+        f"nothing listens on, {down.b_stored} stored, {down.failed} failed appends (/metrics), "
+        f"{down.warnings} warnings logged; the service used {down.cpu_share:.1f}% of a core. A's mirror down: A "
+        f"ships to main and to a port nothing listens on, B idle; {mirror.failed} failed appends to the dead "
+        f"mirror, {mirror.warnings} warnings logged; the service used {mirror.cpu_share:.1f}% of a core")
 
 
 def run(server: BenchServer, load_seconds: float = 30.0, quiet_seconds: float = 60.0,
@@ -539,7 +546,8 @@ def run(server: BenchServer, load_seconds: float = 30.0, quiet_seconds: float = 
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
         services, scraper = _scaling(server, Path(tmp), load_seconds, quiet_seconds)
         server.collect_garbage()
-        runs = [_isolated(server, Path(tmp), mode, isolation_seconds) for mode in ("idle", "flood", "down")]
+        modes = ("idle", "flood", "down", "mirror")
+        runs = [_isolated(server, Path(tmp), mode, isolation_seconds) for mode in modes]
     _scaling_rows(section, services, scraper, quiet_seconds)
     _isolation_rows(section, runs, isolation_seconds)
     return section
