@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import date, datetime
+from datetime import datetime
 
 import pytz
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -114,12 +114,6 @@ class Service:
     def retry_tick(self) -> None:
         for stream in self.streams:
             stream.retry_tick()
-
-    def closed_through(self) -> date | None:
-        return self.streams[0].closed_through()
-
-    def today(self) -> date:
-        return self.streams[0].today()
 
     # -- internals -------------------------------------------------------------------------
 

@@ -110,11 +110,6 @@ class StreamRunner:
         for worker in self.workers:
             worker.kick()
 
-    def closed_through(self) -> date | None:
-        """The earliest of the destinations' closed-through days."""
-        days = [w.closed_through() for w in self.workers]
-        return None if None in days else min(d for d in days if d is not None)
-
     # -- internals -------------------------------------------------------------------------
 
     def _closed_out(self, through: date, cut: Future[list[CutOutcome]]) -> None:
